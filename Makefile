@@ -1,0 +1,39 @@
+# ketch developer entry points.  Everything runs as root on Debian 12.
+PY      ?= /usr/bin/python3
+VENV    := $(CURDIR)/.venv
+KETCH   := $(VENV)/bin/ketch
+ROOTFS  := $(CURDIR)/build/busybox-rootfs
+
+.PHONY: setup demo test unit integration bench clean
+
+# System packages, a venv on Debian's python (never a version-manager shim:
+# the shim costs ~100 ms on every container start), ketch installed in it,
+# bytecode compiled (PYTHONDONTWRITEBYTECODE=1 would otherwise recompile
+# every module on every start).
+setup: $(VENV)/.done
+$(VENV)/.done: pyproject.toml scripts/setup-system
+	bash scripts/setup-system
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/python -m compileall -q src
+	touch $@
+
+demo: setup
+	$(VENV)/bin/python -m compileall -q src
+	$(KETCH) demo
+
+test: setup
+	$(VENV)/bin/python -m compileall -q src
+	$(VENV)/bin/python -m pytest -q tests
+
+unit: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+integration: setup
+	$(VENV)/bin/python -m pytest -q tests/integration
+
+bench: setup
+	$(VENV)/bin/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) build

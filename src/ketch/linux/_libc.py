@@ -1,0 +1,222 @@
+"""Thin ctypes wrappers over the Linux syscalls Python 3.11 does not expose.
+
+Every wrapper raises ``OSError(errno, strerror, path)`` on failure, retries
+EINTR, and turns a syscall the kernel lacks into ENOSYS so callers can fall
+back.  Nothing here knows about containers.
+
+libc is loaded by soname: ``ctypes.util.find_library`` forks ldconfig and
+costs ~13 ms on every container start.
+"""
+
+import ctypes
+import errno as _errno
+import os
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# x86_64 and aarch64 syscall numbers for calls glibc 2.36 has no wrapper for.
+_MACHINE = os.uname().machine
+if _MACHINE == "x86_64":
+    NR = dict(pivot_root=155, setns=308, capget=125, capset=126, openat2=437,
+              open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
+              clone3=435, ioprio_set=251, personality=135, keyctl=250,
+              sched_setattr=314, fsopen=430, fsconfig=431, fsmount=432)
+elif _MACHINE == "aarch64":
+    NR = dict(pivot_root=41, setns=268, capget=90, capset=91, openat2=437,
+              open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
+              clone3=435, ioprio_set=30, personality=92, keyctl=219,
+              sched_setattr=274, fsopen=430, fsconfig=431, fsmount=432)
+else:  # pragma: no cover
+    NR = {}
+
+
+def _check(ret, what, path=None, path2=None):
+    if ret == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path, None, path2) if path2 else OSError(e, os.strerror(e), path)
+    return ret
+
+
+def _retry(fn, *args):
+    while True:
+        ret = fn(*args)
+        if ret != -1 or ctypes.get_errno() != _errno.EINTR:
+            return ret
+
+
+def _b(s):
+    if s is None:
+        return None
+    if isinstance(s, bytes):
+        return s
+    return os.fsencode(s)
+
+
+def raw_syscall(name, *args):
+    nr = NR.get(name)
+    if nr is None:
+        raise OSError(_errno.ENOSYS, f"{name} unsupported on {_MACHINE}")
+    return _retry(_syscall, ctypes.c_long(nr), *args)
+
+
+# ---- mounts -----------------------------------------------------------------
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    ret = _retry(_libc.mount, _b(source), _b(target), _b(fstype), flags, _b(data) if data else None)
+    return _check(ret, "mount", target)
+
+
+def umount2(target, flags=0):
+    return _check(_retry(_libc.umount2, _b(target), flags), "umount2", target)
+
+
+def pivot_root(new_root, put_old):
+    return _check(raw_syscall("pivot_root", _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+class OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+
+
+def openat2(dirfd, path, flags, mode=0, resolve=0):
+    how = OpenHow(flags, mode, resolve)
+    ret = raw_syscall("openat2", ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(ret, "openat2", path)
+
+
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_tree(dirfd, path, flags):
+    return _check(raw_syscall("open_tree", ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags)), "open_tree", path)
+
+
+def move_mount(from_dirfd, from_path, to_dirfd, to_path, flags):
+    ret = raw_syscall("move_mount", ctypes.c_int(from_dirfd), _b(from_path), ctypes.c_int(to_dirfd),
+                      _b(to_path), ctypes.c_uint(flags))
+    return _check(ret, "move_mount", to_path)
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(dirfd, path, flags, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
+    attr = MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    ret = raw_syscall("mount_setattr", ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
+                      ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    return _check(ret, "mount_setattr", path)
+
+
+# ---- namespaces and processes ----------------------------------------------
+
+def unshare(flags):
+    return _check(_retry(_libc.unshare, ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd, nstype=0):
+    return _check(raw_syscall("setns", ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def prctl(option, a2=0, a3=0, a4=0, a5=0):
+    return _check(_retry(_libc.prctl, option, a2, a3, a4, a5), "prctl")
+
+
+def sethostname(name):
+    b = _b(name)
+    return _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+
+
+def setdomainname(name):
+    b = _b(name)
+    return _check(_libc.setdomainname(b, ctypes.c_size_t(len(b))), "setdomainname")
+
+
+def setgroups(gids):
+    arr = (ctypes.c_uint * len(gids))(*gids)
+    return _check(_libc.setgroups(ctypes.c_size_t(len(gids)), arr), "setgroups")
+
+
+def personality(persona):
+    ret = raw_syscall("personality", ctypes.c_ulong(persona))
+    return _check(ret, "personality")
+
+
+def ioprio_set(which, who, ioprio):
+    return _check(raw_syscall("ioprio_set", ctypes.c_int(which), ctypes.c_int(who), ctypes.c_int(ioprio)),
+                  "ioprio_set")
+
+
+def keyctl(op, a2=0, a3=0, a4=0, a5=0):
+    return _check(raw_syscall("keyctl", ctypes.c_int(op), ctypes.c_ulong(a2), ctypes.c_ulong(a3),
+                              ctypes.c_ulong(a4), ctypes.c_ulong(a5)), "keyctl")
+
+
+def keyctl_join_session(name):
+    # KEYCTL_JOIN_SESSION_KEYRING = 1
+    return _check(raw_syscall("keyctl", ctypes.c_int(1), _b(name)), "keyctl")
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capget(pid=0):
+    hdr = CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (CapData * 2)()
+    _check(raw_syscall("capget", ctypes.byref(hdr), data), "capget")
+    join = lambda f: getattr(data[0], f) | (getattr(data[1], f) << 32)  # noqa: E731
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def capset(effective, permitted, inheritable, pid=0):
+    hdr = CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (CapData * 2)()
+    for i in (0, 1):
+        sh = 32 * i
+        data[i].effective = (effective >> sh) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> sh) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> sh) & 0xFFFFFFFF
+    return _check(raw_syscall("capset", ctypes.byref(hdr), data), "capset")
+
+
+# ---- misc ---------------------------------------------------------------------
+
+def mknod(path, mode, dev):
+    os.mknod(path, mode, dev)
+
+
+def errno_name(e):
+    return _errno.errorcode.get(e, str(e))
