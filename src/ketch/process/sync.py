@@ -1,0 +1,100 @@
+"""The parent <-> init protocol.
+
+One SOCK_SEQPACKET socketpair carries small JSON messages (one per packet).
+The parent (the `ketch create`/`run` process) keeps one end; stage-1 and then
+the container init inherit the other.
+
+ parent (ketch create)             stage-1                       init (pid 1 in the container)
+ ─────────────────────             ───────                       ─────────────────────────────
+ fork ───────────────────────────▶ wait
+ cgroups: create, apply(stage-1)
+ GO ─────────────────────────────▶ join namespaces given by path
+                                   unshare(user) ── USERMAP ──▶
+ write uid_map/gid_map ◀──────────
+ MAPPED ─────────────────────────▶ become root in the userns
+                                   unshare(pid, mnt, ...); fork ─▶ (init starts here)
+ ◀──────────────────────────────── PID {pid}; exit
+                                                                 rootfs.prepare ... before pivot_root:
+ ◀────────────────────────────────────────────────────────────── HOOKS
+ prestart + createRuntime hooks
+ CONTINUE ──────────────────────────────────────────────────────▶ createContainer hooks, pivot_root,
+                                                                 console, masked/readonly paths,
+                                                                 hostname, rlimits, user, caps ...
+ ◀────────────────────────────────────────────────────────────── READY
+ state.json = created; pid file;                                 open(exec.fifo, O_WRONLY) blocks
+ exit                                                            until `ketch start` opens it, then
+                                                                 startContainer hooks, seccomp, execve
+
+ At any point stage-1 or init may send ERROR {step, msg} and exit; the
+ parent raises it as SetupError(step) and undoes everything.  EOF without a
+ message means the child died: the parent reports the wait status.
+"""
+
+import json
+import os
+import socket
+
+GO = "go"
+USERMAP = "usermap"
+MAPPED = "mapped"
+PID = "pid"
+HOOKS = "hooks"
+CONTINUE = "continue"
+READY = "ready"
+ERROR = "error"
+
+_MAX = 1 << 16
+
+
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    return a, b
+
+
+def send(sock, kind, **fields):
+    fields["t"] = kind
+    sock.send(json.dumps(fields, separators=(",", ":")).encode())
+
+
+def recv(sock):
+    """Next message as a dict, or None on EOF (the peer died or closed)."""
+    while True:
+        try:
+            data = sock.recv(_MAX)
+            break
+        except InterruptedError:  # pragma: no cover (PEP 475 retries)
+            continue
+    if not data:
+        return None
+    return json.loads(data)
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def expect(sock, kind):
+    msg = recv(sock)
+    if msg is None:
+        raise ProtocolError(f"peer closed the sync socket while ketch waited for {kind!r}")
+    if msg["t"] != kind:
+        raise ProtocolError(f"unexpected {msg['t']!r} message while waiting for {kind!r}")
+    return msg
+
+
+def report_error(sock, step, exc):
+    """In a child: tell the parent which step failed and why, best effort."""
+    from ..errors import SetupError, describe_oserror
+
+    if isinstance(exc, SetupError):
+        step, text = exc.step, (describe_oserror(exc.cause) if exc.cause is not None else "")
+    elif isinstance(exc, OSError):
+        text = describe_oserror(exc)
+        if exc.filename and str(exc.filename) not in step:
+            text = f"{exc.filename}: {text}"
+    else:
+        text = str(exc)
+    try:
+        send(sock, ERROR, step=step, msg=text)
+    except OSError:
+        os.write(2, f"ketch: {step}: {text}\n".encode())

@@ -1,0 +1,209 @@
+"""The state store: one directory per container under the runtime root.
+
+    <root>/<id>/            0711, created with mkdir (atomic: no two creates win)
+        state.json          written atomically (temp, fsync, rename)
+        exec.fifo           present from create until start; its existence is
+                            what makes a live init "created" rather than "running"
+
+Every verb takes an flock on the container's directory for its duration, so
+two verbs on one container are serialized.  Status is computed from the
+kernel each time; state.json only says which pid (and which start time of
+that pid) is the container's init.
+"""
+
+import fcntl
+import json
+import os
+
+from ..errors import ContainerExists, ContainerNotFound, KetchError
+from . import status as st
+
+DEFAULT_ROOT = "/run/ketch"
+STATE_FILE = "state.json"
+FIFO = "exec.fifo"
+
+_ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.+-")
+
+
+def validate_id(cid):
+    """A container id is a plain name, never a path ("..", "/" and NUL are impossible)."""
+    if not cid:
+        raise KetchError("container id must not be empty")
+    if len(cid) > 1024 or cid[0] not in _ID_FIRST or any(c not in _ID_REST for c in cid) \
+            or cid in (".", ".."):
+        raise KetchError(f"invalid container id {cid!r}: use letters, digits and _ . + - "
+                         "(starting with a letter or digit), not a path")
+    return cid
+
+
+def proc_start_time(pid):
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), and the state letter.
+
+    Returns (None, None) when the pid does not exist.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None, None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[19]), rest[0].decode()
+
+
+def now_rfc3339():
+    import time
+
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%09dZ" % int((t % 1) * 1e9)
+
+
+class Store:
+    def __init__(self, root=None):
+        self.root = os.path.abspath(root or DEFAULT_ROOT)
+
+    def path(self, cid):
+        return os.path.join(self.root, validate_id(cid))
+
+    def ids(self):
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if os.path.isfile(os.path.join(self.root, n, STATE_FILE)))
+
+    def new(self, cid):
+        """Reserve the id: mkdir is the atomic test-and-set.  Returns a locked Container."""
+        d = self.path(cid)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(d, 0o711)
+        except FileExistsError:
+            raise ContainerExists(cid) from None
+        c = Container(self, cid, d)
+        c.lock()
+        return c
+
+    def get(self, cid, lock=True):
+        d = self.path(cid)
+        c = Container(self, cid, d)
+        try:
+            if lock:
+                c.lock()
+            c.load()
+        except FileNotFoundError:
+            c.unlock()
+            raise ContainerNotFound(cid) from None
+        return c
+
+
+class Container:
+    def __init__(self, store, cid, path):
+        self.store = store
+        self.id = cid
+        self.dir = path
+        self.state = {}
+        self._lockfd = -1
+
+    # -- locking ------------------------------------------------------------
+    def lock(self):
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lockfd = fd
+
+    def unlock(self):
+        if self._lockfd >= 0:
+            os.close(self._lockfd)
+            self._lockfd = -1
+
+    # -- state ----------------------------------------------------------------
+    def load(self):
+        with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
+            self.state = json.loads(f.read())
+        return self.state
+
+    def save(self):
+        tmp = os.path.join(self.dir, f".{STATE_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(self.state, separators=(",", ":")).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+
+    @property
+    def fifo_path(self):
+        return os.path.join(self.dir, FIFO)
+
+    @property
+    def pid(self):
+        return self.state.get("pid") or 0
+
+    def init_alive(self):
+        """True when the recorded init pid is alive and is the same process (start time)."""
+        pid = self.pid
+        if not pid:
+            return False
+        start, letter = proc_start_time(pid)
+        if start is None or letter in ("Z", "X"):
+            return False
+        return start == self.state.get("pidStartTime")
+
+    def status(self):
+        s = self.state.get("status")
+        if s == st.CREATING:
+            # A create in progress holds the lock, so a reader that got the lock
+            # sees a create that died half-way: only delete can clean it up.
+            creator = self.state.get("creatorPid")
+            if creator and proc_start_time(creator)[0] == self.state.get("creatorStartTime"):
+                return st.CREATING
+            return st.STOPPED
+        if not self.init_alive():
+            return st.STOPPED
+        if os.path.exists(self.fifo_path):
+            return st.CREATED
+        if self._frozen():
+            return st.PAUSED
+        return st.RUNNING
+
+    def _frozen(self):
+        paths = self.state.get("cgroupPaths") or {}
+        p = paths.get("freezer")
+        if p:
+            try:
+                with open(os.path.join(p, "freezer.state")) as f:
+                    return f.read().strip() in ("FROZEN", "FREEZING")
+            except OSError:
+                return False
+        p = paths.get("") or paths.get("unified")
+        if p:
+            try:
+                with open(os.path.join(p, "cgroup.freeze")) as f:
+                    return f.read().strip() == "1"
+            except OSError:
+                return False
+        return False
+
+    def oci_state(self):
+        """The state the OCI spec defines, plus runc's extra fields."""
+        s = self.state
+        status = self.status()
+        return {
+            "ociVersion": s.get("ociVersion", "1.0.2"),
+            "id": self.id,
+            "pid": s.get("pid", 0) if status != st.STOPPED else 0,
+            "status": status,
+            "bundle": s.get("bundle", ""),
+            "rootfs": s.get("rootfs", ""),
+            "created": s.get("created", ""),
+            "owner": s.get("owner", ""),
+            "annotations": s.get("annotations") or {},
+        }
+
+    def remove_dir(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.unlock()
