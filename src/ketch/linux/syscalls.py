@@ -1,0 +1,552 @@
+"""The swappable syscall layer the mount engine works through.
+
+``Syscalls`` does the real thing (``ketch.linux._libc`` and ``os``).
+``PlanningSyscalls`` has the same interface but changes nothing: it reads
+the real filesystem, remembers what it would have created so later lookups
+see it, and records every change as one human-readable line.  The dry-run
+plan comes from running the rootfs engine against it, and the unit-test fake
+(``tests/unit/fakes.py``) records the same calls as tuples.
+
+Creation calls take ``root``: the kernel then creates the object relative to
+a directory opened *inside* that root (``openat2(RESOLVE_IN_ROOT)``), so a
+symlink swapped in between resolution and creation cannot send it outside.
+A mount target may be a ``Handle`` (an ``O_PATH`` fd opened in the root and
+checked); mounting on ``/proc/self/fd/N`` then mounts on exactly the
+checked inode (the CVE-2021-30465 class of race).
+"""
+
+import errno
+import os
+import stat as _stat
+
+from ketch.linux import _libc
+
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+_DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class Handle:
+    """An fd opened inside a root; ``path`` is its host path, ``proc`` what mount(2) is given."""
+
+    __slots__ = ("fd", "path", "proc")
+
+    def __init__(self, fd, path):
+        self.fd = fd
+        self.path = path
+        self.proc = path if fd is None else f"/proc/self/fd/{fd}"
+
+    def __fspath__(self):
+        return self.proc
+
+    def __repr__(self):
+        return f"Handle({self.path!r})"
+
+
+def _target(t):
+    return t.proc if isinstance(t, Handle) else t
+
+
+def under(root, path):
+    """True when `path` is `root` or below it (both absolute, normalised)."""
+    if root == "/":
+        return path.startswith("/")
+    return path == root or path.startswith(root + "/")
+
+
+class Syscalls:
+    """The real kernel."""
+
+    planning = False
+    _openat2 = True
+
+    # ---- mounts ------------------------------------------------------------
+
+    def mount(self, source, target, fstype, flags=0, data=None):
+        _libc.mount(source, _target(target), fstype, int(flags), data or None)
+
+    def umount2(self, target, flags=0):
+        _libc.umount2(_target(target), flags)
+
+    def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
+        flags = _libc.AT_RECURSIVE if recursive else 0
+        if isinstance(target, Handle):
+            _libc.mount_setattr(target.fd, "", flags | _libc.AT_EMPTY_PATH, attr_set, attr_clr,
+                                propagation, userns_fd)
+        else:
+            _libc.mount_setattr(_libc.AT_FDCWD, target, flags, attr_set, attr_clr, propagation, userns_fd)
+
+    def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
+        """Clone `source` as a detached tree, idmap it, attach it on `target`."""
+        flags = _libc.OPEN_TREE_CLONE | _libc.OPEN_TREE_CLOEXEC
+        if recursive:
+            flags |= _libc.AT_RECURSIVE
+        fd = _libc.open_tree(_libc.AT_FDCWD, source, flags)
+        try:
+            rec = _libc.AT_RECURSIVE if recursive else 0
+            _libc.mount_setattr(fd, "", _libc.AT_EMPTY_PATH | rec, attr_set | 0x100000, attr_clr,
+                                0, userns_fd)
+            _libc.move_mount(fd, "", _libc.AT_FDCWD, _target(target), _libc.MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(fd)
+
+    def userns_fd(self, uid_mappings, gid_mappings):
+        """An fd of a fresh user namespace with these mappings (for idmapped mounts)."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.close(w)
+                _libc.unshare(0x10000000)  # CLONE_NEWUSER
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+        os.close(r)
+        try:
+            for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
+                text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
+                # wait for the child's unshare: its ns link changes when it has happened
+                for _ in range(2000):
+                    if os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+                        break
+                    os.sched_yield()
+                if name == "gid_map":
+                    with open(f"/proc/{pid}/setgroups", "w") as f:
+                        f.write("deny")
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+            return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(w)
+            os.waitpid(pid, 0)
+
+    def pivot_root(self, new_root, put_old):
+        _libc.pivot_root(new_root, put_old)
+
+    def chroot(self, path):
+        os.chroot(path)
+
+    def chdir(self, path):
+        os.chdir(path)
+
+    def fchdir(self, fd):
+        os.fchdir(fd)
+
+    # ---- lookups -----------------------------------------------------------
+
+    def lstat(self, path):
+        return os.lstat(path)
+
+    def stat(self, path):
+        return os.stat(path)
+
+    def readlink(self, path):
+        return os.readlink(path)
+
+    def exists(self, path):
+        return os.path.exists(path)
+
+    def statvfs_flags(self, path):
+        return os.statvfs(_target(path)).f_flag
+
+    def read_text(self, path):
+        with open(path) as f:
+            return f.read()
+
+    def open(self, path, flags, mode=0o777):
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd):
+        os.close(fd)
+
+    def open_in_root(self, root, path, directory=False):
+        """O_PATH fd of `path` (a host path under `root`), resolved and checked inside root."""
+        flags = O_PATH | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+        fd = None
+        if Syscalls._openat2:
+            rootfd = os.open(root, _DIR_FLAGS)
+            try:
+                rel = os.path.relpath(path, root)
+                fd = _libc.openat2(rootfd, rel, flags, 0,
+                                   _libc.RESOLVE_IN_ROOT | _libc.RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise OSError(e.errno, e.strerror, path) from None
+                Syscalls._openat2 = False
+            finally:
+                os.close(rootfd)
+        if fd is None:
+            # the caller resolved symlinks already; refuse one appearing since
+            fd = os.open(path, flags | os.O_NOFOLLOW)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            if not under(os.path.normpath(root), real):
+                raise OSError(errno.EXDEV, f"resolves to {real}, outside the root {root}", path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Handle(fd, path)
+
+    def release(self, handle):
+        if isinstance(handle, Handle) and handle.fd is not None:
+            os.close(handle.fd)
+
+    # ---- creation (relative to a parent opened inside root) ----------------
+
+    def _at(self, root, path):
+        parent, name = os.path.split(path)
+        if root is None:
+            return None, path
+        h = self.open_in_root(root, parent, directory=True)
+        return h, name
+
+    def _do_at(self, root, path, fn):
+        h, name = self._at(root, path)
+        try:
+            return fn(name, h.fd if h else None)
+        finally:
+            self.release(h)
+
+    def mkdir(self, path, mode=0o755, root=None):
+        self._do_at(root, path, lambda n, d: os.mkdir(n, mode, dir_fd=d))
+
+    def create_file(self, path, mode=0o644, root=None):
+        def mk(n, d):
+            os.close(os.open(n, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d))
+        self._do_at(root, path, mk)
+
+    def mknod(self, path, mode, dev, root=None):
+        self._do_at(root, path, lambda n, d: os.mknod(n, mode, dev, dir_fd=d))
+
+    def symlink(self, target, path, root=None):
+        self._do_at(root, path, lambda n, d: os.symlink(target, n, dir_fd=d))
+
+    def unlink(self, path, root=None):
+        self._do_at(root, path, lambda n, d: os.unlink(n, dir_fd=d))
+
+    def chown(self, path, uid, gid):
+        os.chown(_target(path), uid, gid, follow_symlinks=False)
+
+    def chmod(self, path, mode):
+        os.chmod(_target(path), mode)
+
+    def umask(self, mask):
+        return os.umask(mask)
+
+    def copy_tree(self, src, dst):
+        """Copy the contents of directory `src` into directory `dst`, keeping modes, owners, times."""
+        _copy_tree(src, dst)
+
+    # ---- labels --------------------------------------------------------------
+
+    def set_file_label(self, path, label):
+        fn = getattr(_label_module(), "set_file_label", None) if label else None
+        if fn is not None:
+            fn(_target(path), label)
+
+    def relabel(self, path, label, shared):
+        fn = getattr(_label_module(), "relabel", None)
+        if fn is not None:
+            fn(path, label, shared)
+
+    def note(self, text):
+        pass
+
+
+def _label_module():
+    try:
+        from ketch.linux import label
+    except ImportError:
+        return None
+    return label
+
+
+def _copy_tree(src, dst):
+    with os.scandir(src) as it:
+        entries = list(it)
+    for e in entries:
+        s = os.path.join(src, e.name)
+        d = os.path.join(dst, e.name)
+        st = os.lstat(s)
+        m = st.st_mode
+        if _stat.S_ISDIR(m):
+            os.mkdir(d, 0o700)
+            _copy_tree(s, d)
+        elif _stat.S_ISLNK(m):
+            os.symlink(os.readlink(s), d)
+        elif _stat.S_ISREG(m):
+            fi = os.open(s, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fo = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    while os.sendfile(fo, fi, None, 1 << 30):
+                        pass
+                finally:
+                    os.close(fo)
+            finally:
+                os.close(fi)
+        else:
+            os.mknod(d, m, st.st_rdev)
+        os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not _stat.S_ISLNK(m):
+            os.chmod(d, _stat.S_IMODE(m))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class _VStat:
+    """A stat result for something the planning layer would have created."""
+
+    def __init__(self, mode, rdev=0):
+        self.st_mode = mode
+        self.st_rdev = rdev
+        self.st_uid = self.st_gid = 0
+        self.st_dev = self.st_ino = 0
+
+
+class PlanningSyscalls(Syscalls):
+    """Changes nothing: records each change as a line, reads through to the real filesystem.
+
+    ``root`` is the rootfs: lines show in-root paths as the container sees
+    them, and after ``pivot_root``/``chroot`` absolute paths are looked up
+    under it, as they would be in the container.
+    """
+
+    planning = True
+
+    def __init__(self, root=None):
+        self.steps = []
+        self.root = os.path.normpath(root) if root else None
+        self._chroot = None
+        self._created = {}      # host path -> _VStat
+        self._links = {}        # host path -> symlink target
+        self._removed = set()   # real host paths it would have removed
+        self._vmounts = []      # (host mountpoint, type, source): what lookups below it see
+        self._umask = 0o022
+        self._fd = 1000
+
+    def _h(self, path):
+        path = _target(path)
+        if self._chroot and isinstance(path, str) and path.startswith("/"):
+            return os.path.normpath(self._chroot + path) if path != "/" else self._chroot
+        return path
+
+    def show(self, path):
+        """How a path is shown: in-root paths as the container sees them."""
+        path = _target(path)
+        if self._chroot or not isinstance(path, str):
+            return "(the old root)" if path == "." else path
+        r = self.root
+        if r and path.startswith(r.rstrip("/") + "/"):
+            return "/" + path[len(r):].lstrip("/")
+        return path
+
+    def record(self, line):
+        self.steps.append(line)
+
+    def note(self, text):
+        self.record(text)
+
+    # ---- virtual lookups ---------------------------------------------------
+
+    def lstat(self, path):
+        hp = self._h(path)
+        v = self._created.get(hp)
+        if v is not None:
+            return v
+        return os.lstat(self._real(hp, path))
+
+    def stat(self, path):
+        hp = self._h(path)
+        for _ in range(40):
+            if hp not in self._links:
+                break
+            t = self._links[hp]
+            if t.startswith("/") and self._chroot:
+                hp = self._h(t)
+            else:
+                hp = os.path.normpath(os.path.join(os.path.dirname(hp), t))
+        v = self._created.get(hp)
+        return v if v is not None else os.stat(self._real(hp, path))
+
+    def readlink(self, path):
+        hp = self._h(path)
+        return self._links[hp] if hp in self._links else os.readlink(self._real(hp, path))
+
+    def exists(self, path):
+        try:
+            self.stat(path)
+            return True
+        except OSError:
+            return False
+
+    def statvfs_flags(self, path):
+        try:
+            return os.statvfs(self._h(path)).f_flag
+        except OSError:
+            return 0
+
+    def read_text(self, path):
+        return Syscalls.read_text(self, self._h(path))
+
+    def open_in_root(self, root, path, directory=False):
+        st = self.stat(path)
+        if directory and not _stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return Handle(None, path)
+
+    def release(self, handle):
+        pass
+
+    def open(self, path, flags, mode=0o777):
+        self._fd += 1
+        return self._fd
+
+    def close(self, fd):
+        pass
+
+    # ---- recorded changes ---------------------------------------------------
+
+    def mount(self, source, target, fstype, flags=0, data=None):
+        from ketch.linux.mountopts import flag_names
+        parts = []
+        if fstype:
+            parts.append(f"type {fstype}")
+        if flags:
+            parts.append(f"flags {flag_names(flags)}")
+        if data:
+            parts.append(f"data {data}")
+        extra = f" ({', '.join(parts)})" if parts else ""
+        self.record(f"mount {self.show(source) or 'none'} on {self.show(target)}{extra}")
+        if flags & 0x2020 or (flags & 0x1c0000 and not fstype) or not isinstance(target, (str, Handle)):
+            return  # remount, move, propagation change: no new filesystem at target
+        hp = self._h(target)
+        if hp == "." or hp == self.root and source == self.root:
+            return
+        if flags & 0x1000:
+            src = self._h(source) if self._chroot else source
+            try:
+                src = self._real(src, source)
+            except OSError:
+                pass
+            self._vmounts.append((hp, "bind", src))
+        else:
+            self._vmounts.append((hp, fstype, source))
+        self._created = {k: v for k, v in self._created.items() if not k.startswith(hp + "/")}
+
+    def umount2(self, target, flags=0):
+        self.record(f"umount {self.show(target)}" + (" (detach)" if flags & 2 else ""))
+
+    def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
+        self.record(f"mount_setattr {self.show(target)} (set {attr_set:#x}, clear {attr_clr:#x}"
+                    f"{', recursive' if recursive else ''})")
+
+    def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
+        self.record(f"mount idmapped {'r' if recursive else ''}bind {self.show(source)} on {self.show(target)}")
+
+    def userns_fd(self, uid_mappings, gid_mappings):
+        self.record("create a user namespace for the idmapped mount")
+        return -1
+
+    def pivot_root(self, new_root, put_old):
+        self.record(f"pivot_root {self.root} (the old root is detached)")
+        self._chroot = self.root
+
+    def chroot(self, path):
+        self.record(f"chroot {self.root}")
+        self._chroot = self.root
+
+    def chdir(self, path):
+        self.record(f"chdir {self.show(path)}")
+
+    def fchdir(self, fd):
+        pass
+
+    def _exists(self, hp):
+        if hp in self._created:
+            return True
+        try:
+            self._real(hp, hp)
+        except FileNotFoundError:
+            return False
+        return os.path.lexists(self._real(hp, hp))
+
+    def _real(self, hp, shown):
+        """Where a lookup of host path `hp` really goes, given the mounts it would have made."""
+        if hp in self._removed:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
+        best = None
+        for mp, kind, src in self._vmounts:
+            if (hp == mp or hp.startswith(mp + "/")) and (best is None or len(mp) >= len(best[0])):
+                best = (mp, kind, src)
+        if best is None:
+            return hp
+        mp, kind, src = best
+        rest = hp[len(mp):]
+        if kind == "bind":
+            return src + rest
+        # a fresh proc or sysfs looks like the host's; any other new filesystem starts empty
+        if kind == "proc":
+            return "/proc" + rest
+        if kind == "sysfs":
+            return "/sys" + rest
+        if rest == "":
+            return "/"
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
+
+    def mkdir(self, path, mode=0o755, root=None):
+        hp = self._h(path)
+        if self._exists(hp):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        self._created[hp] = _VStat(_stat.S_IFDIR | (mode & ~self._umask))
+        self.record(f"mkdir {self.show(path)} (mode {mode & ~self._umask:04o})")
+
+    def create_file(self, path, mode=0o644, root=None):
+        self._created[self._h(path)] = _VStat(_stat.S_IFREG | (mode & ~self._umask))
+        self.record(f"create file {self.show(path)} (mode {mode & ~self._umask:04o})")
+
+    def mknod(self, path, mode, dev, root=None):
+        hp = self._h(path)
+        if self._exists(hp):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        self._created[hp] = _VStat(mode, dev)
+        kind = "c" if _stat.S_ISCHR(mode) else "b" if _stat.S_ISBLK(mode) else "p"
+        self.record(f"mknod {self.show(path)} {kind} {os.major(dev)}:{os.minor(dev)} "
+                    f"(mode {_stat.S_IMODE(mode) & ~self._umask:04o})")
+
+    def symlink(self, target, path, root=None):
+        hp = self._h(path)
+        if self._exists(hp):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        self._created[hp] = _VStat(_stat.S_IFLNK | 0o777)
+        self._removed.discard(hp)
+        self._links[hp] = target
+        self.record(f"symlink {self.show(path)} -> {target}")
+
+    def unlink(self, path, root=None):
+        hp = self._h(path)
+        self._created.pop(hp, None)
+        self._links.pop(hp, None)
+        self._removed.add(hp)
+        self.record(f"remove {self.show(path)}")
+
+    def chown(self, path, uid, gid):
+        self.record(f"chown {self.show(path)} {uid}:{gid}")
+
+    def chmod(self, path, mode):
+        self.record(f"chmod {self.show(path)} {mode:04o}")
+
+    def umask(self, mask):
+        old, self._umask = self._umask, mask
+        return old
+
+    def copy_tree(self, src, dst):
+        self.record(f"copy the contents of {self.show(src)} into {self.show(dst)}")
+
+    def set_file_label(self, path, label):
+        if label:
+            self.record(f"label {self.show(path)} {label}")
+
+    def relabel(self, path, label, shared):
+        self.record(f"relabel {path} {label} ({'shared' if shared else 'private'})")
+
+
+default = Syscalls()

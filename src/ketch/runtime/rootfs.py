@@ -1,0 +1,705 @@
+"""The container's root filesystem: every mount, device and guard, in order.
+
+``prepare`` runs in the container init inside its new mount namespace and
+reads as the list of steps it carries out.  Everything goes through a
+syscall layer (``ketch.linux.syscalls``): the real kernel in a container,
+``PlanningSyscalls`` for ``plan()`` (the dry run prints the very calls
+``prepare`` makes) and a recording fake in unit tests.
+
+Security invariants kept here:
+- every destination is resolved with symlinks followed inside the rootfs,
+  created relative to a directory opened inside it, and mounted on an fd
+  opened with ``openat2(RESOLVE_IN_ROOT)`` and checked to still be inside;
+- destinations under /proc are refused except a short allow-list (a
+  writable /proc/sys or /proc/sysrq-trigger reaches the host kernel);
+- a rootfs whose /proc or /sys is a symlink or not a directory is refused
+  (the proc mount would land wherever the link points).
+"""
+
+import errno
+import os
+import stat as _stat
+
+from ketch.errors import ConfigError, SecurityError, SetupError, describe_oserror
+from ketch.linux import paths
+from ketch.linux.mountopts import MS, parse_options
+from ketch.linux.mounts import describe, ms_from_statvfs
+
+# Mounts over procfs files that cannot reach beyond the container (runc's list).
+PROC_ALLOWED = frozenset((
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
+))
+
+_PROPAGATION_BITS = MS.SHARED | MS.SLAVE | MS.PRIVATE | MS.UNBINDABLE
+_ROOT_PROPAGATION = {
+    "private": MS.PRIVATE, "rprivate": MS.PRIVATE | MS.REC, "shared": MS.SHARED,
+    "rshared": MS.SHARED | MS.REC, "slave": MS.SLAVE, "rslave": MS.SLAVE | MS.REC,
+    "unbindable": MS.UNBINDABLE, "runbindable": MS.UNBINDABLE | MS.REC,
+}
+# Flags the kernel locks on a mount made in a less privileged user namespace;
+# a bind remount that would drop one of them fails with EPERM.
+_LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIRATIME | MS.RELATIME
+_MNT_DETACH = 2
+
+
+def _default_sys(sys):
+    if sys is None:
+        from ketch.linux.syscalls import default
+        return default
+    return sys
+
+
+def _label_data(data, label):
+    if not label:
+        return data
+    try:
+        from ketch.linux.label import format_mount_label
+    except ImportError:
+        return data
+    return format_mount_label(data, label)
+
+
+class Mount:
+    """One config.json mount, parsed: container destination, kind, flags and data."""
+
+    __slots__ = ("source", "dest", "type", "kind", "opts", "relabel", "uid_mappings", "gid_mappings",
+                 "raw")
+
+    def __init__(self, spec, bundle="/"):
+        if not isinstance(spec, dict) or not spec.get("destination"):
+            raise ConfigError(f"mount {spec!r} has no destination")
+        self.raw = spec
+        options = list(spec.get("options") or ())
+        self.relabel = None
+        for z in ("z", "Z"):
+            while z in options:
+                options.remove(z)
+                self.relabel = z
+        self.opts = parse_options(options)
+        self.type = spec.get("type") or ""
+        self.dest = paths.clean(spec["destination"])
+        self.kind = "bind" if (self.opts.flags & MS.BIND or self.type == "bind") else (self.type or "none")
+        if self.kind == "bind":
+            self.opts.flags |= MS.BIND
+        src = spec.get("source") or ""
+        if self.kind == "bind" and src and not src.startswith("/"):
+            src = os.path.join(bundle, src)
+        self.source = src or self.type or "none"
+        self.uid_mappings = spec.get("uidMappings") or ()
+        self.gid_mappings = spec.get("gidMappings") or ()
+
+
+class _Engine:
+    """Carries out rootfs steps through `sys` under `root` (a host path, '/' after pivot)."""
+
+    def __init__(self, root, sys, label=""):
+        self.root = os.path.normpath(root)
+        self.sys = sys
+        self.label = label
+
+    # ---- paths ----------------------------------------------------------------
+
+    def host(self, dest):
+        return paths.secure_join(self.root, dest, self.sys.lstat, self.sys.readlink)
+
+    def container_path(self, host):
+        return paths.in_root(self.root, host)
+
+    def check_dest(self, m, host):
+        cpath = self.container_path(host)
+        if cpath == "/proc":
+            if m.kind not in ("proc", "bind"):
+                raise SecurityError(f"mount {m.type or m.kind} on /proc: only proc may be mounted there")
+        elif cpath.startswith("/proc/") and cpath not in PROC_ALLOWED:
+            via = "" if cpath == m.dest else f" (via symlinks to {cpath})"
+            raise SecurityError(f"mount destination {m.dest}{via} is in /proc, which is not allowed")
+        return cpath
+
+    def mkdir_all(self, host, mode=0o755):
+        """Create `host` (resolved already) and its missing parents, each inside root."""
+        cpath = self.container_path(host)
+        cur = self.root if self.root != "/" else ""
+        for comp in [c for c in cpath.split("/") if c]:
+            cur = cur + "/" + comp
+            try:
+                st = self.sys.lstat(cur)
+            except FileNotFoundError:
+                try:
+                    self.sys.mkdir(cur, mode, root=self.root)
+                except FileExistsError:
+                    st = self.sys.lstat(cur)
+                else:
+                    continue
+            if not _stat.S_ISDIR(st.st_mode):
+                # secure_join resolved every existing link; a new one is a race we refuse
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), cur)
+
+    def create_target(self, host, is_dir):
+        try:
+            self.sys.lstat(host)
+            return
+        except FileNotFoundError:
+            pass
+        if is_dir:
+            self.mkdir_all(host)
+        else:
+            self.mkdir_all(os.path.dirname(host))
+            self.sys.create_file(host, 0o755, root=self.root)
+
+    def step(self, what, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            raise SetupError(what, describe_oserror(e)) from e
+
+    # ---- mounting -------------------------------------------------------------
+
+    def mount(self, source, host, fstype, flags, data, shown_dest, shown_source=None):
+        """mount(2) on the fd of `host` opened in root; errors name everything."""
+        what = describe(shown_source or source, shown_dest, fstype, flags, data)
+        try:
+            h = self.sys.open_in_root(self.root, host)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                raise SecurityError(f"{what}: destination {e.strerror}") from e
+            raise SetupError(what, describe_oserror(e)) from e
+        try:
+            self.sys.mount(source, h, fstype, flags, data)
+        except OSError as e:
+            raise SetupError(what, describe_oserror(e)) from e
+        finally:
+            self.sys.release(h)
+
+    def on_mount(self, host, fn, what):
+        """Run fn(handle) on the mount now at `host` (a fresh fd: the old one is under it)."""
+        try:
+            h = self.sys.open_in_root(self.root, host)
+        except OSError as e:
+            raise SetupError(what, describe_oserror(e)) from e
+        try:
+            return fn(h)
+        except OSError as e:
+            raise SetupError(what, describe_oserror(e)) from e
+        finally:
+            self.sys.release(h)
+
+    def remount(self, host, flags, shown_dest, bind=True):
+        """Apply per-mount flags with a remount; keep flags the kernel locked (user namespaces)."""
+        flags = (flags & ~(MS.REC | _PROPAGATION_BITS)) | MS.REMOUNT | (MS.BIND if bind else 0)
+
+        def do(h):
+            try:
+                self.sys.mount(None, h, None, flags, None)
+            except PermissionError:
+                locked = ms_from_statvfs(self.sys.statvfs_flags(h)) & _LOCKABLE
+                if not locked or (flags | locked) == flags:
+                    raise
+                self.sys.mount(None, h, None, flags | locked, None)
+        self.on_mount(host, do, describe(None, shown_dest, None, flags, None).replace("mount none", "remount", 1))
+
+    def finish(self, m, host):
+        """What every mount gets after the mount itself: propagation and recursive attributes."""
+        for p in m.opts.propagation:
+            self.on_mount(host, lambda h, p=p: self.sys.mount(None, h, None, p, None),
+                          describe(None, m.dest, None, p, None).replace("mount none", "set propagation of", 1))
+        if m.opts.attr_set or m.opts.attr_clr:
+            self.on_mount(host, lambda h: self.sys.mount_setattr(h, True, m.opts.attr_set, m.opts.attr_clr),
+                          f"set recursive mount attributes on {m.dest}")
+
+    def mount_flags(self, m):
+        flags = m.opts.flags & ~(MS.REMOUNT | _PROPAGATION_BITS)
+        if m.dest == "/dev":
+            # /dev is made read-only by finalize(), after the devices are in it
+            flags &= ~MS.RDONLY
+        return flags
+
+    def mount_entry(self, m, cgroup_paths=None, cgroupns=False, userns=False):
+        handler = _HANDLERS.get(m.kind, _mount_other)
+        host = self.host(m.dest)
+        self.check_dest(m, host)
+        handler(self, m, host, cgroup_paths=cgroup_paths, cgroupns=cgroupns, userns=userns)
+
+
+# ---- handlers by mount type ------------------------------------------------------
+
+def _mkdir_dest(eng, m, host):
+    eng.step(f"create mount destination {m.dest}", eng.mkdir_all, host)
+
+
+def _mount_proc_sys(eng, m, host, **_):
+    _mkdir_dest(eng, m, host)
+    # procfs and sysfs take no SELinux context= option
+    eng.mount(m.source, host, m.type, eng.mount_flags(m), m.opts.data_string, m.dest)
+    eng.finish(m, host)
+
+
+def _mount_mqueue(eng, m, host, **_):
+    _mkdir_dest(eng, m, host)
+    data = _label_data(m.opts.data_string, eng.label)
+    try:
+        eng.mount(m.source, host, m.type, eng.mount_flags(m), data, m.dest)
+    except SetupError:
+        if data == m.opts.data_string:
+            raise
+        # older kernels refuse context= on mqueue: label the mountpoint instead
+        eng.mount(m.source, host, m.type, eng.mount_flags(m), m.opts.data_string, m.dest)
+        eng.on_mount(host, lambda h: eng.sys.set_file_label(h, eng.label), f"label {m.dest}")
+    eng.finish(m, host)
+
+
+def _mount_tmpfs(eng, m, host, **_):
+    sys = eng.sys
+    try:
+        old_mode = _stat.S_IMODE(sys.lstat(host).st_mode)
+    except FileNotFoundError:
+        old_mode = None
+        _mkdir_dest(eng, m, host)
+    flags = eng.mount_flags(m)
+    data = _label_data(m.opts.data_string, eng.label)
+    if "tmpcopyup" not in m.opts.extensions:
+        eng.mount(m.source, host, m.type, flags, data, m.dest)
+    else:
+        _tmpcopyup(eng, m, host, flags, data)
+    if old_mode is not None and "mode=" not in m.opts.data_string:
+        # the image's mode of the directory survives the tmpfs over it
+        eng.on_mount(host, lambda h: sys.chmod(h, old_mode), f"chmod {m.dest} {old_mode:04o}")
+    eng.finish(m, host)
+
+
+def _tmpcopyup(eng, m, host, flags, data):
+    """Mount the tmpfs, copy what it covers into it, then make it read-only if asked.
+
+    The covered directory stays reachable through an fd opened before the
+    mount, so no temporary mountpoint is needed anywhere (nothing is created
+    outside the rootfs, not even in the host's /tmp).
+    """
+    sys = eng.sys
+    old = eng.step(f"open {m.dest} for tmpcopyup", sys.open_in_root, eng.root, host, True)
+    try:
+        eng.mount(m.source, host, m.type, flags & ~MS.RDONLY, data, m.dest)
+        try:
+            eng.on_mount(host, lambda h: sys.copy_tree(old.proc, h.proc), f"tmpcopyup: copy {m.dest}")
+        except SetupError as e:
+            try:
+                eng.on_mount(host, lambda h: sys.umount2(h, _MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
+            except SetupError as e2:
+                raise SetupError(e.step, f"{e.cause}; and then {e2}") from e
+            raise
+    finally:
+        sys.release(old)
+    if flags & MS.RDONLY:
+        eng.remount(host, flags, m.dest, bind=False)
+
+
+def _mount_simple(eng, m, host, **_):
+    _mkdir_dest(eng, m, host)
+    eng.mount(m.source, host, m.type, eng.mount_flags(m), _label_data(m.opts.data_string, eng.label), m.dest)
+    eng.finish(m, host)
+
+
+def _mount_bind(eng, m, host, userns=False, **_):
+    sys = eng.sys
+    try:
+        st = sys.stat(m.source)
+    except OSError as e:
+        raise SetupError(f"bind mount {m.source} on {m.dest}", f"source: {describe_oserror(e)}") from e
+    eng.step(f"create mount destination {m.dest}", eng.create_target, host, _stat.S_ISDIR(st.st_mode))
+    rec = bool(m.opts.flags & MS.REC)
+    if m.opts.extensions & {"idmap", "ridmap"}:
+        _mount_idmapped(eng, m, host, rec or "ridmap" in m.opts.extensions)
+    else:
+        eng.mount(m.source, host, "bind", MS.BIND | (MS.REC if rec else 0), None, m.dest)
+    # a bind mount ignores every other flag: they take a remount
+    if m.opts.flags & ~(MS.REC | MS.REMOUNT | MS.BIND | _PROPAGATION_BITS):
+        eng.remount(host, eng.mount_flags(m), m.dest)
+    if m.relabel and eng.label:
+        eng.step(f"relabel {m.source}", sys.relabel, m.source, eng.label, m.relabel == "z")
+    eng.finish(m, host)
+
+
+def _mount_idmapped(eng, m, host, recursive):
+    sys = eng.sys
+    if not m.uid_mappings or not m.gid_mappings:
+        raise ConfigError(f"mount {m.dest}: idmap needs uidMappings and gidMappings")
+    what = f"idmapped bind mount {m.source} on {m.dest}"
+    fd = eng.step(what, sys.userns_fd, m.uid_mappings, m.gid_mappings)
+    try:
+        eng.on_mount(host, lambda h: sys.mount_idmapped(m.source, h, recursive, fd), what)
+    finally:
+        if fd >= 0:
+            sys.close(fd)
+
+
+def _mount_other(eng, m, host, **_):
+    _mount_simple(eng, m, host)
+
+
+def _mount_cgroup(eng, m, host, cgroup_paths=None, cgroupns=False, **_):
+    sys = eng.sys
+    hier = cgroup_hierarchies(sys, cgroup_paths)
+    flags = eng.mount_flags(m)
+    v1 = [h for h in hier if h["version"] == 1]
+    v2 = [h for h in hier if h["version"] == 2]
+    if not v1:
+        _mkdir_dest(eng, m, host)
+        _mount_cgroup2(eng, m, host, m.dest, v2[0] if v2 else None, flags, cgroupns)
+        eng.finish(m, host)
+        return
+    tmpfs = Mount({"destination": m.dest, "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "noexec", "nodev", "mode=755"]})
+    tmpfs.opts.propagation = list(m.opts.propagation)
+    _mount_tmpfs(eng, tmpfs, host)
+    merged = []
+    for h in v1:
+        name = ",".join(s[5:] if s.startswith("name=") else s for s in h["subsystems"])
+        sub_dest = f"{m.dest}/{name}"
+        sub = eng.host(sub_dest)
+        _mkdir_dest(eng, Mount({"destination": sub_dest}), sub)
+        if cgroupns:
+            # a fresh mount inside the cgroup namespace shows only the container's subtree
+            opts = ",".join(h["subsystems"]) if not h["subsystems"][0].startswith("name=") \
+                else "none," + ",".join(h["subsystems"])
+            eng.mount("cgroup", sub, "cgroup", flags, opts, sub_dest)
+        else:
+            src = _own_cgroup_dir(h)
+            eng.mount(src, sub, "bind", MS.BIND | MS.REC, None, sub_dest)
+            eng.remount(sub, flags, sub_dest)
+        if "," in name:
+            merged.append(name)
+    for h in v2:
+        sub_dest = f"{m.dest}/unified"
+        sub = eng.host(sub_dest)
+        _mkdir_dest(eng, Mount({"destination": sub_dest}), sub)
+        _mount_cgroup2(eng, m, sub, sub_dest, h, flags, cgroupns, hybrid=True)
+    for name in merged:
+        for ss in name.split(","):
+            link = eng.host(f"{m.dest}/{ss}")
+            try:
+                sys.symlink(name, link, root=eng.root)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise SetupError(f"symlink {m.dest}/{ss} -> {name}", describe_oserror(e)) from e
+    if flags & MS.RDONLY:
+        eng.remount(host, flags | MS.NOSUID | MS.NOEXEC | MS.NODEV, m.dest)
+
+
+def _mount_cgroup2(eng, m, host, dest, h, flags, cgroupns, hybrid=False):
+    if hybrid and not cgroupns and h is not None:
+        # like the v1 hierarchies beside it: only the container's own cgroup, not the host tree
+        eng.mount(_own_cgroup_dir(h), host, "bind", MS.BIND | MS.REC, None, dest)
+        eng.remount(host, flags, dest)
+        return
+    try:
+        eng.mount("cgroup2", host, "cgroup2", flags, None, dest)
+    except SetupError as e:
+        # without a cgroup namespace a fresh cgroup2 mount may be refused: bind our own cgroup
+        if cgroupns or h is None or not isinstance(e.__cause__, OSError) \
+                or e.__cause__.errno not in (errno.EPERM, errno.EBUSY):
+            raise
+        eng.mount(_own_cgroup_dir(h), host, "bind", MS.BIND | MS.REC, None, dest)
+        eng.remount(host, flags, dest)
+
+
+def _own_cgroup_dir(h):
+    root, path = h["root"], h["path"]
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root):] or "/"
+    return h["mountpoint"] + ("" if path == "/" else path)
+
+
+_HANDLERS = {
+    "proc": _mount_proc_sys,
+    "sysfs": _mount_proc_sys,
+    "mqueue": _mount_mqueue,
+    "tmpfs": _mount_tmpfs,
+    "devpts": _mount_simple,
+    "securityfs": _mount_simple,
+    "bind": _mount_bind,
+    "cgroup": _mount_cgroup,
+}
+
+
+def cgroup_hierarchies(sys, given=None):
+    """[{version, mountpoint, root, subsystems, path}] for this process, one per hierarchy.
+
+    `given` (from ketch.linux.cgroups) may be dicts or objects with those names.
+    Otherwise derived from /proc/self/cgroup and /proc/self/mountinfo.
+    """
+    if given is not None:
+        out = []
+        for g in given:
+            get = g.get if isinstance(g, dict) else (lambda k, g=g: getattr(g, k, None))
+            out.append({"version": get("version") or (2 if not get("subsystems") else 1),
+                        "mountpoint": get("mountpoint"), "root": get("root") or "/",
+                        "subsystems": list(get("subsystems") or ()), "path": get("path") or "/"})
+        return out
+    from ketch.linux.mounts import parse_mountinfo, parse_proc_cgroup
+
+    own = parse_proc_cgroup(sys.read_text("/proc/self/cgroup"))
+    by_ctrl = {}
+    v2_path = None
+    for _hid, ctrls, path in own:
+        if not ctrls:
+            v2_path = path
+        for c in ctrls:
+            by_ctrl[c] = path
+    out = []
+    seen = set()
+    for mi in parse_mountinfo(sys.read_text("/proc/self/mountinfo")):
+        if mi.fstype == "cgroup":
+            subs = [o for o in mi.super_options if o in by_ctrl]
+            if not subs or tuple(subs) in seen:
+                continue
+            seen.add(tuple(subs))
+            out.append({"version": 1, "mountpoint": mi.mountpoint, "root": mi.root,
+                        "subsystems": subs, "path": by_ctrl[subs[0]]})
+        elif mi.fstype == "cgroup2" and v2_path is not None and ("v2",) not in seen:
+            seen.add(("v2",))
+            out.append({"version": 2, "mountpoint": mi.mountpoint, "root": mi.root,
+                        "subsystems": [], "path": v2_path})
+    return out
+
+
+# ---- the ordered steps ---------------------------------------------------------
+
+def _namespaces(config):
+    return {ns.get("type"): ns.get("path") for ns in ((config.get("linux") or {}).get("namespaces") or ())}
+
+
+def _check_rootfs(eng):
+    for d in ("/proc", "/sys"):
+        p = eng.root.rstrip("/") + d
+        try:
+            st = eng.sys.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise SetupError(f"check rootfs {d}", describe_oserror(e)) from e
+        if _stat.S_ISLNK(st.st_mode):
+            raise SecurityError(f"rootfs {d} is a symlink, which is not allowed")
+        if not _stat.S_ISDIR(st.st_mode):
+            raise SecurityError(f"rootfs {d} is not a directory")
+
+
+def _root_propagation(config):
+    name = (config.get("linux") or {}).get("rootfsPropagation")
+    if not name:
+        return None
+    try:
+        return _ROOT_PROPAGATION[name]
+    except KeyError:
+        raise ConfigError(f"linux.rootfsPropagation {name!r} is not a propagation mode") from None
+
+
+def _make_parent_private(eng):
+    """pivot_root(2) refuses a new root whose parent mount is shared: make that parent private."""
+    from ketch.linux.mounts import parse_mountinfo
+
+    try:
+        entries = parse_mountinfo(eng.sys.read_text("/proc/self/mountinfo"))
+    except OSError:
+        return
+    best = None
+    for mi in entries:
+        if paths.is_under(mi.mountpoint, eng.root) and (best is None or len(mi.mountpoint) >= len(best.mountpoint)):
+            best = mi
+    if best is not None and "shared" in best.propagation:
+        eng.step(f"make {best.mountpoint} private", eng.sys.mount, None, best.mountpoint, None, MS.PRIVATE, None)
+
+
+def _needs_dev(mounts):
+    return not any(m.dest == "/dev" and m.kind == "bind" for m in mounts)
+
+
+def _create_devices(eng, config, bind):
+    from ketch.linux.devices import devices_for
+
+    sys = eng.sys
+    old = sys.umask(0)
+    try:
+        for d in devices_for(config):
+            host = eng.host(d.path)
+            if not paths.is_under(eng.root.rstrip("/") + "/dev", host) and eng.root != "/":
+                raise SecurityError(f"device {d.path} resolves outside /dev")
+            eng.step(f"create directory for device {d.path}", eng.mkdir_all, os.path.dirname(host))
+            if not bind:
+                try:
+                    sys.mknod(host, d.file_type | d.mode, d.rdev, root=eng.root)
+                except FileExistsError:
+                    continue
+                except PermissionError:
+                    bind = True  # not allowed to mknod (a user namespace): bind the host's nodes
+                except OSError as e:
+                    raise SetupError(f"mknod {d.path}", describe_oserror(e)) from e
+                else:
+                    eng.on_mount(host, lambda h, d=d: sys.chown(h, d.uid, d.gid), f"chown {d.path}")
+                    continue
+            try:
+                sys.lstat(host)
+            except FileNotFoundError:
+                eng.step(f"create {d.path}", sys.create_file, host, 0o666, eng.root)
+            eng.mount(d.path, host, "bind", MS.BIND, None, d.path)
+    finally:
+        sys.umask(old)
+
+
+def _dev_symlinks(eng):
+    from ketch.linux.devices import DEV_SYMLINKS
+
+    links = list(DEV_SYMLINKS)
+    if eng.sys.exists("/proc/kcore"):
+        links.append(("/proc/kcore", "/dev/core"))
+    for target, link in links:
+        host = eng.host(link)
+        try:
+            eng.sys.symlink(target, host, root=eng.root)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise SetupError(f"symlink {link} -> {target}", describe_oserror(e)) from e
+
+
+def _setup_ptmx(eng):
+    # the container's own devpts instance must serve /dev/ptmx, not the host's
+    host = eng.host("/dev/ptmx")
+    try:
+        eng.sys.lstat(host)
+        eng.step("remove /dev/ptmx", eng.sys.unlink, host, eng.root)
+    except FileNotFoundError:
+        pass
+    eng.step("symlink /dev/ptmx -> pts/ptmx", eng.sys.symlink, "pts/ptmx", host, eng.root)
+
+
+def _pivot(eng, no_pivot):
+    sys = eng.sys
+    root = eng.root
+    if no_pivot:
+        eng.step(f"chdir {root}", sys.chdir, root)
+        eng.step(f"move {root} to /", sys.mount, root, "/", None, MS.MOVE, None)
+        eng.step(f"chroot {root}", sys.chroot, ".")
+    else:
+        oldfd = eng.step("open /", sys.open, "/", os.O_DIRECTORY | os.O_RDONLY)
+        newfd = eng.step(f"open {root}", sys.open, root, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            # pivot_root(".", ".") stacks the old root on the new one: no put_old
+            # directory is needed in the rootfs and nothing is left to clean up there
+            sys.fchdir(newfd)
+            eng.step(f"pivot_root {root}", sys.pivot_root, ".", ".")
+            sys.fchdir(oldfd)
+            # slave first, so unmounting the old root does not propagate to the host
+            eng.step("make the old root a slave", sys.mount, None, ".", None, MS.SLAVE | MS.REC, None)
+            eng.step("unmount the old root", sys.umount2, ".", _MNT_DETACH)
+        finally:
+            sys.close(oldfd)
+            sys.close(newfd)
+    eng.step("chdir /", sys.chdir, "/")
+
+
+def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, before_pivot=None,
+            no_pivot=False, sys=None):
+    """Lay out the container's root filesystem and pivot into it (in the new mount namespace)."""
+    sys = _default_sys(sys)
+    eng = _Engine(rootfs_path, sys, mount_label)
+    mounts = [Mount(m, bundle) for m in (config.get("mounts") or ())]
+    nss = _namespaces(config)
+    _check_rootfs(eng)
+
+    prop = _root_propagation(config)
+    eng.step("make / " + ("rslave" if prop is None else config["linux"]["rootfsPropagation"]),
+             sys.mount, None, "/", None, MS.SLAVE | MS.REC if prop is None else prop, None)
+    _make_parent_private(eng)
+    eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
+             MS.BIND | MS.REC, None)
+
+    for m in mounts:
+        eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss)
+
+    if _needs_dev(mounts):
+        _create_devices(eng, config, bind="user" in nss)
+        _dev_symlinks(eng)
+        _setup_ptmx(eng)
+
+    if before_pivot is not None:
+        before_pivot()
+
+    _pivot(eng, no_pivot)
+    if prop is not None:
+        # applied to the container's own "/" again now that it is one (runc does the same)
+        eng.step(f"make / {config['linux']['rootfsPropagation']}", sys.mount, None, "/", None, prop, None)
+
+
+def mount_console(slave_path, mount_label="", sys=None):
+    """Bind the pty slave on /dev/console (after pivot)."""
+    sys = _default_sys(sys)
+    eng = _Engine("/", sys, mount_label)
+    old = sys.umask(0)
+    try:
+        if mount_label:
+            eng.step(f"label {slave_path}", sys.set_file_label, slave_path, mount_label)
+        host = eng.host("/dev/console")
+        try:
+            sys.lstat(host)
+        except FileNotFoundError:
+            eng.step("create /dev/console", sys.create_file, host, 0o666, "/")
+        eng.mount(slave_path, host, "bind", MS.BIND, None, "/dev/console")
+    finally:
+        sys.umask(old)
+
+
+def finalize(config, sys=None):
+    """After pivot: readonlyPaths, maskedPaths, a read-only /dev if asked, root.readonly."""
+    sys = _default_sys(sys)
+    linux = config.get("linux") or {}
+    label = linux.get("mountLabel") or ""
+    eng = _Engine("/", sys, label)
+    for p in linux.get("readonlyPaths") or ():
+        p = paths.clean(p)
+        host = eng.host(p)
+        try:
+            sys.lstat(host)
+        except FileNotFoundError:
+            continue
+        eng.mount(host, host, "bind", MS.BIND | MS.REC, None, p, shown_source=p)
+        eng.remount(host, MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, p)
+    for p in linux.get("maskedPaths") or ():
+        p = paths.clean(p)
+        host = eng.host(p)
+        try:
+            st = sys.stat(host)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if _stat.S_ISDIR(st.st_mode):
+            eng.mount("tmpfs", host, "tmpfs", MS.RDONLY, _label_data("", label), p)
+        else:
+            eng.mount("/dev/null", host, "bind", MS.BIND, None, p)
+    for spec in config.get("mounts") or ():
+        m = Mount(spec)
+        if m.dest == "/dev" and m.opts.flags & MS.RDONLY and m.kind != "bind":
+            eng.remount("/dev", m.opts.flags | MS.RDONLY, "/dev", bind=False)
+    if (config.get("root") or {}).get("readonly"):
+        eng.remount("/", MS.RDONLY, "/")
+
+
+def rootfs_of(config, bundle):
+    path = (config.get("root") or {}).get("path") or "rootfs"
+    return os.path.normpath(os.path.join(bundle, path))
+
+
+def plan(config, bundle):
+    """The ordered steps prepare/mount_console/finalize would carry out, changing nothing."""
+    from ketch.linux.syscalls import PlanningSyscalls
+
+    bundle = os.path.abspath(bundle)
+    root = rootfs_of(config, bundle)
+    sys = PlanningSyscalls(root)
+    linux = config.get("linux") or {}
+    label = linux.get("mountLabel") or ""
+    sys.note(f"# rootfs {root}; paths below are as the container sees them")
+    prepare(config, bundle, root, mount_label=label,
+            before_pivot=lambda: sys.note("run the createRuntime and createContainer hooks"), sys=sys)
+    if (config.get("process") or {}).get("terminal"):
+        mount_console("/dev/pts/0", label, sys=sys)
+    finalize(config, sys=sys)
+    return sys.steps
