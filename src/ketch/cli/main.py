@@ -1,0 +1,240 @@
+"""ketch's command line: runc's global flags and verbs.
+
+Parsing is a small table-driven parser rather than argparse (~12 ms to
+import and build a runc-sized parser, on every container start).  Like
+runc's flag library it stops at the first non-flag argument, so
+``ketch exec ID sh -c ...`` passes ``-c`` to the container.
+
+Each verb lives in its own module, imported only when that verb runs.  A
+verb module defines ``USAGE``, ``FLAGS`` (see ``Flag``) and
+``run(g, opts, args) -> int``; ``g`` holds the global options.
+"""
+
+import os
+import sys
+
+from .. import errors
+
+# verb -> (module, one-line summary)
+VERBS = {
+    "create": ("create", "create a container"),
+    "start": ("start", "executes the user defined process in a created container"),
+    "run": ("run", "create and run a container"),
+    "state": ("state", "output the state of a container"),
+    "kill": ("kill", "kill sends the specified signal to the container's init process"),
+    "delete": ("delete", "delete any resources held by the container"),
+    "list": ("list", "lists containers started by ketch with the given root"),
+    "ps": ("ps", "ps displays the processes running inside a container"),
+    "spec": ("spec", "create a new specification file"),
+    "features": ("features", "show the enabled features"),
+    "demo": ("demo", "build a busybox rootfs and run a container in it"),
+    "plan": ("plan", "print the ordered root filesystem steps for a bundle, changing nothing"),
+}
+
+ALIASES = {"ls": "list", "rm": "delete"}
+
+
+class Flag:
+    """names: ("--bundle", "-b"); kind: bool | str | int | list; dest: key in opts."""
+
+    __slots__ = ("names", "kind", "dest", "default", "help")
+
+    def __init__(self, names, kind="bool", dest=None, default=None, help=""):
+        self.names = names
+        self.kind = kind
+        self.dest = dest or names[0].lstrip("-").replace("-", "_")
+        if default is None:
+            default = {"bool": False, "list": [], "int": 0}.get(kind)
+        self.default = default
+        self.help = help
+
+
+GLOBAL_FLAGS = [
+    Flag(("--root",), "str", default=None, help="root directory for storage of container state"),
+    Flag(("--log",), "str", default="", help="set the log file to write ketch logs to (default stderr)"),
+    Flag(("--log-format",), "str", default="text", help="set the log format ('text' (default), or 'json')"),
+    Flag(("--debug",), help="enable debug logging"),
+    Flag(("--systemd-cgroup",), help="enable systemd cgroup support (not supported by ketch)"),
+    Flag(("--criu",), "str", default="", help="accepted for runc compatibility; checkpointing is not supported"),
+    Flag(("--rootless",), "str", default="auto", help="ignore cgroup permission errors ('true', 'false', or 'auto')"),
+    Flag(("--version", "-v"), help="print the version"),
+    Flag(("--help", "-h"), help="show help"),
+]
+
+
+def parse_flags(flags, argv, where):
+    opts = {f.dest: (list(f.default) if f.kind == "list" else f.default) for f in flags}
+    index = {}
+    for f in flags:
+        for n in f.names:
+            index[n] = f
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        name, eq, value = a.partition("=")
+        if not name.startswith("--") and len(name) > 2 and name not in index:
+            name = "-" + name.lstrip("-")  # Go's flag package takes -flag like --flag
+        f = index.get(name) or index.get("-" + name if not name.startswith("--") else name)
+        if f is None and not name.startswith("--"):
+            f = index.get("-" + name)
+        if f is None:
+            raise errors.UsageError(f"{where}: flag provided but not defined: {name}")
+        if f.kind == "bool":
+            if eq:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise errors.UsageError(f"{where}: invalid boolean value {value!r} for {name}")
+                opts[f.dest] = value.lower() in ("true", "1")
+            else:
+                opts[f.dest] = True
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                raise errors.UsageError(f"{where}: flag needs an argument: {name}")
+            value = argv[i + 1]
+            i += 2
+        else:
+            i += 1
+        if f.kind == "int":
+            try:
+                value = int(value)
+            except ValueError:
+                raise errors.UsageError(f"{where}: invalid value {value!r} for {name}: not a number") from None
+        if f.kind == "list":
+            opts[f.dest].append(value)
+        else:
+            opts[f.dest] = value
+    return opts, argv[i:]
+
+
+class Globals:
+    def __init__(self, opts):
+        self.root = opts["root"]
+        self.log = opts["log"]
+        self.log_format = opts["log_format"]
+        self.debug = opts["debug"]
+        self.systemd_cgroup = opts["systemd_cgroup"]
+
+    def store(self):
+        from ..runtime.store import Store
+
+        return Store(self.root)
+
+
+def _usage_text():
+    lines = ["usage: ketch [global options] command [command options] [arguments...]", "", "commands:"]
+    for v, (_, h) in VERBS.items():
+        lines.append(f"   {v:<10}  {h}")
+    lines += ["", "global options:"]
+    lines += _flag_help(GLOBAL_FLAGS)
+    return "\n".join(lines) + "\n"
+
+
+def _flag_help(flags):
+    out = []
+    for f in flags:
+        names = ", ".join(f.names)
+        if f.kind != "bool":
+            names += " value"
+        out.append(f"   {names:<28}  {f.help}")
+    return out
+
+
+def _verb_help(verb, mod):
+    text = f"usage: ketch {verb} {getattr(mod, 'USAGE', '')}\n\n{VERBS[verb][1]}\n"
+    flags = getattr(mod, "FLAGS", [])
+    if flags:
+        text += "\noptions:\n" + "\n".join(_flag_help(flags)) + "\n"
+    return text
+
+
+def load_verb(verb):
+    import importlib
+
+    return importlib.import_module(f"ketch.cli.{VERBS[verb][0]}")
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    from . import log
+
+    try:
+        gopts, rest = parse_flags(GLOBAL_FLAGS, argv, "ketch")
+    except errors.KetchError as e:
+        log.error(str(e))
+        return 1
+    if gopts["log_format"] not in ("text", "json"):
+        log.error(f"invalid log format {gopts['log_format']!r}: use 'text' or 'json'")
+        return 1
+    log.configure(gopts["log"], gopts["log_format"], gopts["debug"])
+    if gopts["version"]:
+        from .. import __version__
+        from ..spec.default import OCI_VERSION
+
+        sys.stdout.write(f"ketch version {__version__}\nspec: {OCI_VERSION}\npython: "
+                         f"{sys.version.split()[0]}\n")
+        return 0
+    if gopts["help"] or not rest:
+        sys.stdout.write(_usage_text())
+        return 0 if gopts["help"] else 1
+    verb = ALIASES.get(rest[0], rest[0])
+    if verb == "help":
+        if len(rest) > 1 and rest[1] in VERBS:
+            sys.stdout.write(_verb_help(rest[1], load_verb(rest[1])))
+        else:
+            sys.stdout.write(_usage_text())
+        return 0
+    if verb not in VERBS:
+        log.error(f"unknown command {rest[0]!r} (see 'ketch --help')")
+        return 1
+    mod = load_verb(verb)
+    flags = list(getattr(mod, "FLAGS", [])) + [Flag(("--help", "-h"), dest="help_")]
+    try:
+        opts, args = parse_flags(flags, rest[1:], f"ketch {verb}")
+        if opts.pop("help_"):
+            sys.stdout.write(_verb_help(verb, mod))
+            return 0
+        nargs = getattr(mod, "NARGS", None)
+        if nargs is not None:
+            lo, hi = nargs
+            if len(args) < lo or (hi is not None and len(args) > hi):
+                want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+                raise errors.UsageError(f"ketch {verb}: expected {want} argument(s), got {len(args)} "
+                                        f"(usage: ketch {verb} {mod.USAGE})")
+        g = Globals(gopts)
+        return mod.run(g, opts, args) or 0
+    except errors.KetchError as e:
+        log.error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        # An unexpected OS error is still reported as one line, naming the file.
+        where = f"{e.filename}: " if e.filename else ""
+        log.error(f"{verb}: {where}{errors.describe_oserror(e)}")
+        return 1
+
+
+def entry():  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def need_id(args):
+    """The container id argument every per-container verb takes first."""
+    from ..runtime.store import validate_id
+
+    return validate_id(args[0])
+
+
+def abspath(p):
+    return os.path.abspath(p) if p else p

@@ -1,0 +1,376 @@
+"""The container init: pid 1 of the container until it execs the user's process.
+
+It runs in the namespaces stage-1 made, as a fork of the runtime, so it
+already holds the parsed config in memory.  ``main`` runs the ordered steps;
+each failure is sent to the parent as ERROR with the step's name.  After
+READY the parent has gone: a failure then can only be written to the
+container's stderr.
+"""
+
+import os
+
+from .. import errors
+from . import sync
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Step:
+    """Context manager naming the step in progress for error reports."""
+
+    current = "container init"
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        Step.current = self.name
+
+    def __exit__(self, et, ev, tb):
+        if ev is not None and not hasattr(ev, "_ketch_step"):
+            try:
+                ev._ketch_step = self.name
+            except AttributeError:
+                pass
+        return False
+
+
+def main(ctx, sock):
+    ready = False
+    try:
+        ready = _setup(ctx, sock)
+        _release_and_exec(ctx)
+    except BaseException as e:  # noqa: BLE001
+        step = getattr(e, "_ketch_step", Step.current)
+        if isinstance(e, errors.SetupError):
+            step = e.step
+        if not ready:
+            sync.report_error(sock, step, e)
+        else:
+            text = errors.describe_oserror(e) if isinstance(e, OSError) else str(e)
+            if isinstance(e, errors.SetupError) and e.cause is not None:
+                text = errors.describe_oserror(e.cause)
+            try:
+                os.write(2, f"ketch: {step}: {text}\n".encode())
+            except OSError:
+                pass
+    os._exit(127 if ready else 1)
+
+
+def _preload(ctx, cfg):
+    """Import now every module the steps after pivot_root will use: once the
+    host's root is gone, so are the interpreter's and ketch's source files."""
+    import errno  # noqa: F401
+    import fcntl  # noqa: F401
+    import socket  # noqa: F401
+    import struct  # noqa: F401
+
+    from ..linux import _libc, capabilities  # noqa: F401
+    from ..runtime import rootfs  # noqa: F401
+
+    proc = cfg.get("process") or {}
+    linux = cfg.get("linux") or {}
+    hooks = cfg.get("hooks") or {}
+    if proc.get("terminal"):
+        from ..linux import console  # noqa: F401
+    if proc.get("rlimits"):
+        from ..linux import rlimits  # noqa: F401
+    if linux.get("sysctl"):
+        from ..linux import sysctl  # noqa: F401
+    if linux.get("seccomp"):
+        # libseccomp is a host library: dlopen it and build the filter now,
+        # load it into the kernel just before execve.
+        from ..linux import seccomp
+
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=_warn)
+    if proc.get("apparmorProfile") or proc.get("scheduler") or proc.get("ioPriority") \
+            or linux.get("personality"):
+        from ..linux import procattr  # noqa: F401
+    if proc.get("selinuxLabel") or linux.get("mountLabel"):
+        from ..linux import label  # noqa: F401
+    if hooks.get("createContainer") or hooks.get("startContainer"):
+        from ..runtime import hooks as hk
+
+        getattr(hk, "preload", lambda: None)()
+
+
+def _setup(ctx, sock):
+    cfg = ctx.config
+    proc = cfg.get("process") or {}
+    linux = cfg.get("linux") or {}
+    nsmap = ctx.nsmap
+
+    with Step("load runtime modules"):
+        _preload(ctx, cfg)
+
+    with Step("create session"):
+        os.setsid()
+
+    if "network" in nsmap and not nsmap["network"]:
+        with Step("bring up loopback"):
+            _loopback_up()
+
+    def before_pivot():
+        with Step("wait for createRuntime hooks"):
+            sync.send(sock, sync.HOOKS)
+            sync.expect(sock, sync.CONTINUE)
+        hooks = (cfg.get("hooks") or {}).get("createContainer")
+        if hooks:
+            with Step("createContainer hook"):
+                from ..runtime import hooks as hk
+
+                hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "createContainer")
+
+    from ..runtime import rootfs
+
+    with Step("prepare rootfs"):
+        rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
+                       cgroup_paths=ctx.cgroup_paths, before_pivot=before_pivot,
+                       no_pivot=ctx.no_pivot)
+
+    if proc.get("terminal"):
+        with Step("set up console"):
+            _setup_console(ctx, proc, linux.get("mountLabel") or "")
+
+    with Step("finalize rootfs"):
+        rootfs.finalize(cfg)
+
+    if "uts" in nsmap and not nsmap["uts"]:
+        from ..linux import _libc
+
+        if cfg.get("hostname"):
+            with Step(f"set hostname {cfg['hostname']!r}"):
+                _libc.sethostname(cfg["hostname"])
+        if cfg.get("domainname"):
+            with Step(f"set domainname {cfg['domainname']!r}"):
+                _libc.setdomainname(cfg["domainname"])
+
+    if linux.get("sysctl"):
+        with Step("apply sysctl"):
+            from ..linux import sysctl
+
+            sysctl.apply(linux["sysctl"], nsmap)
+
+    _apply_process_attrs(ctx, proc)
+
+    with Step("close runtime file descriptors"):
+        _close_fds(ctx, keep={sock.fileno()})
+
+    with Step("report ready"):
+        sync.send(sock, sync.READY)
+        sock.close()
+    return True
+
+
+def _apply_process_attrs(ctx, proc):
+    """Everything about the process that needs privileges, before READY."""
+    from ..linux import _libc
+
+    if "oomScoreAdj" in proc:
+        with Step("set oom_score_adj"):
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(proc["oomScoreAdj"]))
+
+    for key, mod, what in (("personality", "procattr", "set personality"),
+                           ("scheduler", "procattr", "set scheduler"),
+                           ("ioPriority", "procattr", "set I/O priority")):
+        val = proc.get(key) if key != "personality" else (ctx.config.get("linux") or {}).get(key)
+        if val:
+            with Step(what):
+                from ..linux import procattr
+
+                getattr(procattr, "set_" + {"personality": "personality", "scheduler": "scheduler",
+                                            "ioPriority": "io_priority"}[key])(val)
+
+    if proc.get("rlimits"):
+        with Step("set rlimits"):
+            from ..linux import rlimits
+
+            rlimits.apply(proc["rlimits"])
+
+    if not ctx.no_new_keyring:
+        with Step("join session keyring"):
+            try:
+                _libc.keyctl_join_session("_ses." + ctx.id)
+            except OSError as e:
+                import errno
+
+                # Kernels without keyrings, or a seccomp profile of a parent
+                # runtime, may refuse keyctl: runc ignores ENOSYS and EPERM/EACCES.
+                if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EACCES):
+                    raise
+
+    env = proc.get("env") or []
+    with Step("change to working directory " + proc.get("cwd", "/")):
+        _chdir(proc.get("cwd") or "/")
+
+    user = proc.get("user") or {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    caps = proc.get("capabilities")
+    from ..linux import capabilities
+
+    with Step(f"set user {uid}:{gid}"):
+        capabilities.prepare_keep_caps()
+        if not ctx.setgroups_denied:
+            _libc.setgroups(list(user.get("additionalGids") or []))
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+
+    with Step("chdir after setuid"):
+        # The directory may only be reachable as the container user (root
+        # squashing on network filesystems): go there again as that user.
+        _chdir(proc.get("cwd") or "/")
+
+    with Step("set capabilities"):
+        capabilities.apply(caps or {}, warn=_warn)
+
+    if proc.get("noNewPrivileges"):
+        with Step("set no_new_privs"):
+            _libc.prctl(38, 1)  # PR_SET_NO_NEW_PRIVS
+
+    if proc.get("apparmorProfile"):
+        with Step(f"apply AppArmor profile {proc['apparmorProfile']!r}"):
+            from ..linux import procattr
+
+            procattr.set_apparmor(proc["apparmorProfile"])
+
+    if proc.get("selinuxLabel"):
+        with Step(f"set SELinux exec label {proc['selinuxLabel']!r}"):
+            from ..linux import label
+
+            label.set_exec_label(proc["selinuxLabel"])
+
+    if "umask" in user:
+        os.umask(user["umask"])
+    else:
+        os.umask(0o022)
+
+    with Step(f"find executable {proc['args'][0]!r}"):
+        ctx.exec_path = lookup_executable(proc["args"][0], env)
+
+
+def _release_and_exec(ctx):
+    cfg = ctx.config
+    proc = cfg["process"]
+    with Step("wait for start"):
+        # The fifo was opened O_PATH before pivot_root; reopening it through
+        # /proc blocks until `ketch start` opens the read end.
+        fd = os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(ctx.fifo_fd)
+
+    hooks = (cfg.get("hooks") or {}).get("startContainer")
+    if hooks:
+        with Step("startContainer hook"):
+            from ..runtime import hooks as hk
+
+            hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "running"), "startContainer")
+
+    seccomp = (cfg.get("linux") or {}).get("seccomp")
+    if seccomp:
+        with Step("load seccomp filter"):
+            from ..linux import seccomp as sc
+
+            sc.load(ctx.seccomp_filter, seccomp, state=ctx.hook_state(os.getpid(), "creating"))
+
+    with Step(f"exec {proc['args'][0]!r}"):
+        os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))
+
+
+def _env_dict(env):
+    d = {}
+    for kv in env:
+        k, sep, v = kv.partition("=")
+        if sep:
+            d[k] = v
+    return d
+
+
+def lookup_executable(name, env):
+    """Resolve argv[0] with the container's PATH, as execvp would."""
+    if "/" in name:
+        if not os.path.isfile(name):
+            raise errors.KetchError(f"exec: {name!r}: no such file or directory")
+        if not os.access(name, os.X_OK):
+            raise errors.KetchError(f"exec: {name!r}: permission denied")
+        return name
+    path = DEFAULT_PATH
+    for kv in env:
+        if kv.startswith("PATH="):
+            path = kv[5:]
+    for d in path.split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise errors.KetchError(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _chdir(cwd):
+    os.chdir(cwd)
+
+
+def _warn(msg):
+    try:
+        os.write(2, f"ketch: warning: {msg}\n".encode())
+    except OSError:
+        pass
+
+
+def _close_fds(ctx, keep):
+    """Close every fd the runtime opened; stdio, --preserve-fds and our own
+    sync/fifo fds stay (the last two are close-on-exec)."""
+    keep = set(keep) | {0, 1, 2, ctx.fifo_fd} | set(range(3, 3 + ctx.preserve_fds))
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for fd in range(3, 3 + ctx.preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+
+
+def _loopback_up():
+    import fcntl
+    import socket
+    import struct
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        req = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+    finally:
+        s.close()
+
+
+def _setup_console(ctx, proc, mount_label):
+    from ..linux import console
+    from ..runtime import rootfs
+
+    master, slave_path = console.open_pty()
+    size = proc.get("consoleSize") or {}
+    if size:
+        console.set_size(master, size.get("height", 0), size.get("width", 0))
+    if mount_label:
+        from ..linux import label
+
+        label.set_file_label(slave_path, mount_label)
+    rootfs.mount_console(slave_path, mount_label)
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    if ctx.console_sock is not None:
+        console.send_fd(ctx.console_sock, master, "/dev/ptmx")
+        ctx.console_sock.close()
+        ctx.console_sock = None
+    os.close(master)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    console.set_controlling_tty(0)

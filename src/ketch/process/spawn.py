@@ -1,0 +1,180 @@
+"""Parent side of container creation: fork stage-1, which makes the namespaces
+and forks the init.  The protocol is drawn in ``sync.py``.
+
+The runtime stays single-threaded until the namespaces are set: with a second
+thread alive, unshare(CLONE_NEWUSER) and setns into a mount namespace fail.
+"""
+
+import os
+import signal
+
+from .. import errors
+from ..linux import namespaces as ns
+from . import sync
+
+
+class InitProcess:
+    """What the parent knows of a started (not yet released) init."""
+
+    def __init__(self, pid, sock):
+        self.pid = pid
+        self.sock = sock
+
+
+def spawn(ctx):
+    """Start the container's init and drive it to READY.
+
+    ``ctx`` is a runtime.container.CreateContext.  Returns the init's host pid.
+    On any failure the children are killed and reaped, and an error raised.
+    """
+    parent_sock, child_sock = sync.pair()
+    ctx.prepare_fds()
+    stage1 = os.fork()
+    if stage1 == 0:  # ---------------------------------------------- stage-1
+        code = 1
+        try:
+            parent_sock.close()
+            _stage1(ctx, child_sock)
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - report everything to the parent
+            sync.report_error(child_sock, getattr(e, "_ketch_step", "create namespaces"), e)
+        finally:
+            os._exit(code)
+    # ------------------------------------------------------------------ parent
+    child_sock.close()
+    ctx.close_child_fds()
+    init_pid = 0
+    try:
+        ctx.on_stage1(stage1)
+        sync.send(parent_sock, sync.GO)
+        init_pid = _drive(ctx, parent_sock, stage1)
+    except BaseException:
+        _kill_and_reap(stage1)
+        if init_pid:
+            _kill_and_reap(init_pid)
+        parent_sock.close()
+        raise
+    parent_sock.close()
+    return init_pid
+
+
+def _drive(ctx, sock, stage1):
+    init_pid = 0
+    while True:
+        msg = sync.recv(sock)
+        if msg is None:
+            _raise_died(stage1, init_pid)
+        t = msg["t"]
+        if t == sync.USERMAP:
+            linux = ctx.config.get("linux") or {}
+            try:
+                ns.write_id_maps(stage1, linux.get("uidMappings"), linux.get("gidMappings"))
+            except OSError as e:
+                raise errors.SetupError("write user namespace id maps", e) from None
+            sync.send(sock, sync.MAPPED)
+        elif t == sync.PID:
+            init_pid = msg["pid"]
+            _reap(stage1)
+            ctx.on_init_pid(init_pid)
+        elif t == sync.HOOKS:
+            ctx.run_create_runtime_hooks(init_pid)
+            sync.send(sock, sync.CONTINUE)
+        elif t == sync.READY:
+            return init_pid
+        elif t == sync.ERROR:
+            if init_pid:
+                _kill_and_reap(init_pid)
+            raise errors.SetupError(msg["step"], msg["msg"] or None)
+        else:
+            raise errors.KetchError(f"internal error: unexpected {t!r} from container init")
+
+
+def _raise_died(stage1, init_pid):
+    pid = init_pid or stage1
+    status = _reap(pid)
+    if status is not None and os.WIFSIGNALED(status):
+        why = f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    elif status is not None and os.WIFEXITED(status):
+        why = f"exited with status {os.WEXITSTATUS(status)}"
+    else:
+        why = "exited"
+    raise errors.SetupError("container init", f"{why} before it was ready")
+
+
+def _reap(pid):
+    try:
+        _, status = os.waitpid(pid, 0)
+        return status
+    except ChildProcessError:
+        return None
+
+
+def _kill_and_reap(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _reap(pid)
+
+
+# ------------------------------------------------------------------ stage-1
+
+def _stage1(ctx, sock):
+    from ..linux import _libc
+
+    sync.expect(sock, sync.GO)
+    nsmap = ctx.nsmap
+    # Not dumpable: a process in the container's pid namespace must not be
+    # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
+    # the CVE-2019-5736 class) while we are still the runtime.
+    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    fds = ns.open_paths(nsmap)
+    try:
+        ns.join([(t, fd) for t, fd in fds if t == "user"])
+        ns.join([(t, fd) for t, fd in fds if t != "user"])
+    except OSError as e:
+        e._ketch_step = "join namespaces"
+        raise
+    flags = ns.unshare_flags(nsmap)
+    if flags & ns.CLONE_NEWUSER:
+        try:
+            _libc.unshare(ns.CLONE_NEWUSER)
+        except OSError as e:
+            e._ketch_step = "unshare user namespace"
+            raise
+        sync.send(sock, sync.USERMAP)
+        sync.expect(sock, sync.MAPPED)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        flags &= ~ns.CLONE_NEWUSER
+    if flags:
+        try:
+            _libc.unshare(flags)
+        except OSError as e:
+            names = [t for t, (bit, _) in ns.TYPES.items() if flags & bit]
+            e._ketch_step = f"unshare namespaces ({', '.join(names)})"
+            raise
+    if flags & ns.CLONE_NEWTIME:
+        _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
+    pid = os.fork()
+    if pid == 0:  # ------------------------------------------------- init
+        from . import init
+
+        init.main(ctx, sock)  # never returns
+        os._exit(1)
+    sync.send(sock, sync.PID, pid=pid)
+
+
+def _write_time_offsets(offsets):
+    lines = []
+    for clock in ("monotonic", "boottime"):
+        o = offsets.get(clock)
+        if o:
+            lines.append(f"{clock} {int(o.get('secs', 0))} {int(o.get('nanosecs', 0))}\n")
+    if lines:
+        try:
+            with open("/proc/self/timens_offsets", "w") as f:
+                f.write("".join(lines))
+        except OSError as e:
+            e._ketch_step = "write time namespace offsets"
+            raise

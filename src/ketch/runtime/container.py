@@ -1,0 +1,645 @@
+"""Container lifecycle: create, start, run, kill, delete, state.
+
+Each verb takes the container's lock for as long as it changes the
+container, never while a foreground `run` merely waits for the process (so
+`ketch state` from another shell answers at once).  Anything a failed create
+made is undone before the error reaches the user: the init and stage-1 are
+killed and reaped, the cgroups removed, the state directory deleted.
+"""
+
+import os
+import signal
+
+from .. import errors, spec
+from . import status as st
+from .store import Store, proc_start_time, now_rfc3339
+
+
+class CreateOptions:
+    __slots__ = ("bundle", "pid_file", "console_socket", "no_pivot", "no_new_keyring",
+                 "preserve_fds", "detach", "keep")
+
+    def __init__(self, bundle=".", pid_file=None, console_socket=None, no_pivot=False,
+                 no_new_keyring=False, preserve_fds=0, detach=True, keep=False):
+        self.bundle = bundle
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
+        self.detach = detach
+        self.keep = keep
+
+
+class CreateContext:
+    """Everything the parent, stage-1 and the init share (the init is a fork,
+    so it reads this object from memory: nothing is serialized)."""
+
+    def __init__(self, container, config, opts):
+        self.container = container
+        self.id = container.id
+        self.config = config
+        self.bundle = os.path.abspath(opts.bundle)
+        root = config["root"]["path"]
+        self.rootfs = os.path.normpath(os.path.join(self.bundle, root))
+        self.nsmap = spec.namespaces(config)
+        self.no_pivot = opts.no_pivot
+        self.no_new_keyring = opts.no_new_keyring
+        self.preserve_fds = opts.preserve_fds
+        self.console_socket_path = opts.console_socket
+        self.console_sock = None
+        self.fifo_fd = -1
+        self.cgroups = None
+        self.cgroup_paths = None
+        self.init_pid = 0
+        self.exec_path = None
+        self.seccomp_filter = None
+        linux = config.get("linux") or {}
+        # In a user namespace whose gid map we wrote without CAP_SETGID over
+        # the mapped range, setgroups is denied; as real root it is allowed.
+        self.setgroups_denied = False
+        del linux
+
+    # -- fds shared with the children -------------------------------------
+    def _high(self, fd):
+        """Move ``fd`` above the --preserve-fds range (the init must not clobber
+        fds 3..3+N-1 that the caller asked to pass through)."""
+        floor = 3 + self.preserve_fds
+        if fd >= floor:
+            return fd
+        import fcntl
+
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+        os.close(fd)
+        return new
+
+    def prepare_fds(self):
+        self.fifo_fd = self._high(os.open(self.container.fifo_path, os.O_PATH | os.O_CLOEXEC))
+        if self.console_socket_path is not None and not isinstance(self.console_socket_path, str):
+            import socket
+
+            self.console_sock = socket.socket(fileno=self._high(os.dup(self.console_socket_path.fileno())))
+        elif self.console_socket_path:
+            from ..linux import console
+            import socket
+
+            try:
+                s = console.connect(self.console_socket_path)
+            except OSError as e:
+                raise errors.KetchError(f"connect to console socket {self.console_socket_path}: "
+                                        f"{errors.describe_oserror(e)}") from None
+            fd = self._high(s.detach())
+            self.console_sock = socket.socket(fileno=fd)
+
+    def close_child_fds(self):
+        if self.fifo_fd >= 0:
+            os.close(self.fifo_fd)
+            self.fifo_fd = -1
+        if self.console_sock is not None:
+            self.console_sock.close()
+            self.console_sock = None
+
+    # -- parent callbacks ---------------------------------------------------
+    def on_stage1(self, pid):
+        linux = self.config.get("linux") or {}
+        try:
+            from ..linux import cgroups
+        except ImportError:  # pragma: no cover
+            return
+        mgr = cgroups.Manager.from_spec(self.id, linux)
+        self.cgroups = mgr
+        try:
+            mgr.create()
+            self._save_cgroups()
+            mgr.apply(pid)
+            if linux.get("resources"):
+                mgr.set(linux["resources"])
+        except errors.KetchError:
+            raise
+        except OSError as e:
+            raise errors.SetupError("set up cgroups", e) from None
+        self.cgroup_paths = mgr.paths()
+
+    def _save_cgroups(self):
+        self.container.state["cgroupPaths"] = self.cgroups.paths()
+        self.container.save()
+
+    def on_init_pid(self, pid):
+        self.init_pid = pid
+        s = self.container.state
+        s["pid"] = pid
+        s["pidStartTime"] = proc_start_time(pid)[0]
+        self.container.save()
+
+    def hook_state(self, pid, status):
+        return {
+            "ociVersion": self.config.get("ociVersion"),
+            "id": self.id,
+            "status": status,
+            "pid": pid,
+            "bundle": self.bundle,
+            "annotations": self.config.get("annotations") or {},
+        }
+
+    def run_create_runtime_hooks(self, pid):
+        hooks = self.config.get("hooks") or {}
+        if not (hooks.get("prestart") or hooks.get("createRuntime")):
+            return
+        from . import hooks as hk
+
+        state = self.hook_state(pid, st.CREATING)
+        for phase in ("prestart", "createRuntime"):
+            if hooks.get(phase):
+                hk.run_hooks(hooks[phase], state, phase)
+
+
+# ------------------------------------------------------------------------ verbs
+
+def _check_bundle(config, bundle):
+    root = os.path.normpath(os.path.join(bundle, config["root"]["path"]))
+    if not os.path.exists(root):
+        raise errors.ConfigError(f"rootfs {root!r} does not exist (root.path in config.json)")
+    if not os.path.isdir(root):
+        raise errors.ConfigError(f"rootfs {root!r} is not a directory (root.path in config.json)")
+    nsmap = spec.namespaces(config)
+    if "mount" not in nsmap:
+        raise errors.ConfigError("config.json: linux.namespaces: a mount namespace is required")
+    if nsmap.get("mount"):
+        raise errors.ConfigError("config.json: linux.namespaces: joining an existing mount namespace "
+                                 "by path is not supported (the rootfs could not be set up)")
+    if "process" not in config:
+        raise errors.ConfigError("config.json: process is required to create a container")
+    for t in ("uts",):
+        if config.get("hostname") and t not in nsmap:
+            raise errors.ConfigError("config.json: hostname needs a new uts namespace")
+
+
+def create(store, cid, opts, _keep_lock=False, config=None):
+    """Create a container: its init waits in its namespaces for `start`.
+
+    Returns the Container (locked only when ``_keep_lock``)."""
+    from ..process import spawn
+
+    store.path(cid)  # validates the id before anything else
+    bundle = os.path.abspath(opts.bundle)
+    if config is None:
+        config = spec.load(bundle)
+    _check_bundle(config, bundle)
+    if (config.get("process") or {}).get("terminal") and not opts.console_socket and opts.detach:
+        raise errors.ConfigError("cannot allocate a terminal for a detached container without "
+                                 "--console-socket (process.terminal is true)")
+
+    c = store.new(cid)
+    ctx = None
+    try:
+        me = os.getpid()
+        c.state = {
+            "ociVersion": config["ociVersion"],
+            "id": cid,
+            "status": st.CREATING,
+            "creatorPid": me,
+            "creatorStartTime": proc_start_time(me)[0],
+            "bundle": bundle,
+            "rootfs": os.path.normpath(os.path.join(bundle, config["root"]["path"])),
+            "created": now_rfc3339(),
+            "owner": _owner(),
+            "annotations": config.get("annotations") or {},
+            "hooks": {k: v for k, v in (config.get("hooks") or {}).items() if k in ("poststart", "poststop")},
+            "nsmap": spec.namespaces(config),
+        }
+        c.save()
+        os.mkfifo(c.fifo_path, 0o622)
+        ctx = CreateContext(c, config, opts)
+        try:
+            pid = spawn.spawn(ctx)
+        finally:
+            ctx.close_child_fds()
+        c.state["status"] = st.CREATED
+        if ctx.cgroups is not None:
+            c.state["cgroupPaths"] = ctx.cgroups.paths()
+        c.save()
+        if opts.pid_file:
+            write_pid_file(opts.pid_file, pid)
+    except BaseException:
+        _undo_create(c, ctx)
+        raise
+    if not _keep_lock:
+        c.unlock()
+    return c
+
+
+def _undo_create(c, ctx):
+    if ctx is not None and ctx.init_pid:
+        _kill_wait(ctx.init_pid)
+    if ctx is not None and ctx.cgroups is not None:
+        try:
+            ctx.cgroups.destroy()
+        except Exception:  # noqa: BLE001 - best effort; the original error matters more
+            pass
+    c.remove_dir()
+
+
+def _owner():
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def write_pid_file(path, pid):
+    """Atomically: containerd and conmon poll for this file and read it once."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def start(store, cid, c=None):
+    if c is None:
+        c = store.get(cid)
+    try:
+        check = c.status()
+        st.check_verb("start", check, cid)
+        _release_fifo(c)
+        c.state["status"] = st.RUNNING
+        c.save()
+        _run_poststart(c)
+    finally:
+        c.unlock()
+
+
+def _release_fifo(c):
+    """Open the exec fifo's read end: the init, blocked opening the write
+    end, proceeds to exec.  Poll the init's pidfd too so a dead init is an
+    error, not a hang."""
+    import select
+
+    fifo = os.open(c.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        pidfd = _pidfd(c)
+        try:
+            poller = select.poll()
+            poller.register(fifo, select.POLLIN)
+            if pidfd >= 0:
+                poller.register(pidfd, select.POLLIN)
+            while True:
+                events = dict(poller.poll(10000))
+                if events.get(fifo, 0) & select.POLLIN:
+                    if os.read(fifo, 1):
+                        break
+                if pidfd >= 0 and events.get(pidfd):
+                    raise errors.NotRunning(f"container {c.id!r}: init exited before start")
+                if not events and not c.init_alive():
+                    raise errors.NotRunning(f"container {c.id!r}: init exited before start")
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+    finally:
+        os.close(fifo)
+    os.unlink(c.fifo_path)
+
+
+def _pidfd(c):
+    """A pidfd for the init, checked to be the same process as recorded."""
+    try:
+        fd = os.pidfd_open(c.pid)
+    except OSError:
+        return -1
+    if not c.init_alive():
+        os.close(fd)
+        return -1
+    return fd
+
+
+def _run_poststart(c):
+    hooks = (c.state.get("hooks") or {}).get("poststart")
+    if not hooks:
+        return
+    from . import hooks as hk
+
+    try:
+        hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart")
+    except errors.HookError:
+        # As runc: a failed poststart hook stops the container it just started.
+        _kill_wait(c.pid)
+        raise
+
+
+def _state_for_hooks(c, status):
+    s = c.state
+    return {"ociVersion": s.get("ociVersion"), "id": c.id, "status": status,
+            "pid": s.get("pid", 0), "bundle": s.get("bundle"), "annotations": s.get("annotations") or {}}
+
+
+SIGNALS = {s.name[3:]: s.value for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_")}
+
+
+def parse_signal(text):
+    t = text.upper()
+    if t.isdigit():
+        n = int(t)
+        if 0 < n < 65:
+            return n
+    else:
+        if t.startswith("SIG"):
+            t = t[3:]
+        if t in SIGNALS:
+            return SIGNALS[t]
+        if t.startswith("RTMIN") or t.startswith("RTMAX"):
+            base = signal.SIGRTMIN if t.startswith("RTMIN") else signal.SIGRTMAX
+            off = t[5:]
+            try:
+                n = base + int(off) if off else base
+                if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
+                    return n
+            except ValueError:
+                pass
+    raise errors.UsageError(f"unknown signal {text!r}")
+
+
+def kill(store, cid, sig, all_procs=False):
+    c = store.get(cid)
+    try:
+        stat = c.status()
+        st.check_verb("kill", stat, cid)
+        if all_procs:
+            _signal_all(c, sig)
+        else:
+            _signal_init(c, sig)
+    finally:
+        c.unlock()
+
+
+def _signal_init(c, sig):
+    pidfd = _pidfd(c)
+    if pidfd < 0:
+        raise errors.NotRunning(f"container {c.id!r} is not running")
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        raise errors.NotRunning(f"container {c.id!r} is not running") from None
+    finally:
+        os.close(pidfd)
+    if sig in (signal.SIGKILL, signal.SIGTERM) and c.status() == st.PAUSED:
+        # A frozen task cannot die until thawed.
+        _thaw(c)
+
+
+def _cgroup_manager(c):
+    paths = c.state.get("cgroupPaths")
+    if not paths:
+        return None
+    from ..linux import cgroups
+
+    return cgroups.Manager.load(paths)
+
+
+def _signal_all(c, sig):
+    mgr = _cgroup_manager(c)
+    pids = set(mgr.pids()) if mgr is not None else set()
+    if c.init_alive():
+        pids.add(c.pid)
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    if mgr is not None and sig == signal.SIGKILL:
+        _thaw(c)
+
+
+def _thaw(c):
+    mgr = _cgroup_manager(c)
+    if mgr is not None:
+        try:
+            mgr.thaw()
+        except (OSError, errors.KetchError):
+            pass
+
+
+def _kill_wait(pid, timeout=10.0):
+    """SIGKILL ``pid`` and wait until it is gone (it need not be our child)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        p.poll(int(timeout * 1000))
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    finally:
+        os.close(fd)
+
+
+def delete(store, cid, force=False):
+    c = store.get(cid)
+    try:
+        stat = c.status()
+        if stat == st.CREATED:
+            # As runc: deleting a created container kills its waiting init.
+            _kill_wait(c.pid)
+        elif stat != st.STOPPED:
+            if not force:
+                st.check_verb("delete", stat, cid)
+            _kill_all_wait(c)
+        _destroy(c)
+    finally:
+        c.unlock()
+
+
+def _kill_all_wait(c):
+    mgr = _cgroup_manager(c)
+    nsmap = c.state.get("nsmap") or {}
+    if mgr is not None and not ("pid" in nsmap and not nsmap["pid"]):
+        # Without a pid namespace of its own, the container's other processes
+        # do not die with its init: kill everything in its cgroup.
+        _signal_all(c, signal.SIGKILL)
+    if c.init_alive():
+        if c.status() == st.PAUSED:
+            _thaw(c)
+        _kill_wait(c.pid)
+
+
+def _destroy(c):
+    """Remove what a stopped container still has; poststop hooks last."""
+    mgr = _cgroup_manager(c)
+    if mgr is not None:
+        import time
+
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                mgr.destroy()
+                break
+            except (OSError, errors.KetchError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+    hooks = (c.state.get("hooks") or {}).get("poststop")
+    if hooks:
+        from . import hooks as hk
+
+        try:
+            hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop")
+        except errors.HookError as e:
+            # The spec: a poststop failure is logged, the deletion goes on.
+            _warn(str(e))
+    c.remove_dir()
+
+
+def _warn(msg):
+    from ..cli import log
+
+    log.warning(msg)
+
+
+def state(store, cid):
+    c = store.get(cid, lock=False)
+    return c.oci_state()
+
+
+def list_states(store):
+    out = []
+    for cid in store.ids():
+        try:
+            c = store.get(cid, lock=False)
+        except (errors.ContainerNotFound, ValueError):
+            continue
+        out.append(c)
+    return out
+
+
+# ------------------------------------------------------------------------ run
+
+def run(store, cid, opts):
+    """`ketch run`: create, start, and (unless detached) wait, forward
+    signals, delete.  Returns the exit code for the CLI."""
+    from ..linux import _libc
+
+    if opts.detach:
+        c = create(store, cid, opts, _keep_lock=True)
+        try:
+            start(store, cid, c)
+        except BaseException:
+            _try_force_delete(store, cid)
+            raise
+        return 0
+
+    # Become the subreaper: when stage-1 exits, the init is re-parented to us
+    # so that we can wait for it and return its exit status.
+    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    tty = None
+    store.path(cid)
+    config = spec.load(os.path.abspath(opts.bundle))
+    if not opts.console_socket and (config.get("process") or {}).get("terminal"):
+        from . import tty as ttymod
+
+        tty = ttymod.ForegroundTerminal()
+        opts.console_socket = tty.child_socket
+    try:
+        c = create(store, cid, opts, _keep_lock=True, config=config)
+    except BaseException:
+        if tty:
+            tty.close()
+        raise
+    pid = c.pid
+    forward = _forward_signals(pid)
+    try:
+        if tty:
+            tty.receive_master()
+        start(store, cid, c)
+        status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
+    except BaseException:
+        _restore_signals(forward)
+        if tty:
+            tty.close()
+        _try_force_delete(store, cid)
+        raise
+    _restore_signals(forward)
+    if tty:
+        tty.close()
+    if not opts.keep:
+        delete(store, cid, force=True)
+    return status
+
+
+def _try_force_delete(store, cid):
+    try:
+        delete(store, cid, force=True)
+    except errors.KetchError:
+        pass
+
+
+def exit_code(status):
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _wait_init(pid):
+    """Reap children until the init exits; other orphans that reach us as
+    subreaper (containers without a pid namespace) are reaped on the way."""
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 255
+        if got == pid:
+            return exit_code(status)
+
+
+_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGURG, signal.SIGWINCH}
+
+
+def _forward_signals(pid):
+    def handler(sig, frame):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    old = {}
+    for s in signal.Signals:
+        if s in _NOT_FORWARDED:
+            continue
+        try:
+            old[s] = signal.signal(s, handler)
+        except (OSError, ValueError):
+            pass
+    return old
+
+
+def _restore_signals(old):
+    for s, h in old.items():
+        try:
+            signal.signal(s, h)
+        except (OSError, ValueError, TypeError):
+            pass
+
+
+def default_store(root=None):
+    return Store(root)
+
+
+def pids(store, cid):
+    """Host pids of every process in the container (its cgroup), init first."""
+    c = store.get(cid, lock=False)
+    st.check_verb("ps", c.status(), cid)
+    mgr = _cgroup_manager(c)
+    found = list(mgr.pids()) if mgr is not None else []
+    if c.pid not in found and c.init_alive():
+        found.insert(0, c.pid)
+    return found
