@@ -220,3 +220,17 @@ def mknod(path, mode, dev):
 
 def errno_name(e):
     return _errno.errorcode.get(e, str(e))
+
+
+# ---- bpf ------------------------------------------------------------------------
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(_MACHINE)
+
+
+def bpf(cmd, attr_addr, size):
+    """bpf(2) with ``attr_addr`` the address of a zero-padded union bpf_attr."""
+    if _NR_BPF is None:
+        raise OSError(_errno.ENOSYS, f"bpf unsupported on {_MACHINE}")
+    ret = _retry(_syscall, ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), ctypes.c_void_p(attr_addr),
+                 ctypes.c_uint(size))
+    return _check(ret, "bpf")
