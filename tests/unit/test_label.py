@@ -1,0 +1,669 @@
+"""ketch.linux.label without root: selinuxfs is a temp dir (KETCH_SELINUXFS), xattrs a recording fake."""
+
+import errno
+import multiprocessing
+import os
+
+import pytest
+
+from ketch.errors import ConfigError, SecurityError, SetupError
+from ketch.linux import label as L
+
+ENV = ("KETCH_SELINUXFS", "KETCH_SELINUX_CONTEXTS", "KETCH_SELINUX_EXEC_ATTR", "KETCH_SELINUX_MOUNT_CONTEXT")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for k in ENV:
+        monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture
+def fakefs(tmp_path, monkeypatch):
+    d = tmp_path / "selinuxfs"
+    d.mkdir()
+    (d / "enforce").write_text("1")
+    monkeypatch.setenv("KETCH_SELINUXFS", str(d))
+    return d
+
+
+@pytest.fixture
+def off(monkeypatch):
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+
+
+@pytest.fixture
+def state(tmp_path):
+    return str(tmp_path / "state")
+
+
+class FakeXattrs:
+    """Stands in for os.setxattr/os.getxattr: security.* needs CAP_SYS_ADMIN."""
+
+    def __init__(self):
+        self.store = {}
+        self.calls = []
+        self.fail = None
+
+    def _key(self, path, follow):
+        path = os.path.abspath(path)
+        return os.path.realpath(path) if follow else path
+
+    def setxattr(self, path, name, value, flags=0, *, follow_symlinks=True):
+        self.calls.append((path, name, value, follow_symlinks))
+        if self.fail:
+            raise OSError(self.fail, os.strerror(self.fail), path)
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        self.store[(self._key(path, follow_symlinks), name)] = value
+
+    def getxattr(self, path, name, *, follow_symlinks=True):
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        try:
+            return self.store[(self._key(path, follow_symlinks), name)]
+        except KeyError:
+            raise OSError(errno.ENODATA, "No data available", path) from None
+
+    def raw(self, path, follow=False):
+        return self.store.get((self._key(str(path), follow), L.XATTR_NAME))
+
+
+@pytest.fixture
+def xattrs(monkeypatch):
+    fake = FakeXattrs()
+    monkeypatch.setattr(os, "setxattr", fake.setxattr)
+    monkeypatch.setattr(os, "getxattr", fake.getxattr)
+    return fake
+
+
+def level_of(label):
+    return label.split(":", 3)[3]
+
+
+# ---- enabled -------------------------------------------------------------------
+
+def test_enabled_with_fake_selinuxfs(fakefs):
+    assert L.enabled()
+    assert L.selinuxfs() == str(fakefs)
+
+
+def test_disabled_without_enforce_file(fakefs):
+    (fakefs / "enforce").unlink()
+    assert not L.enabled()
+    assert L.selinuxfs() == ""
+
+
+def test_disabled_when_forced_off_or_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    assert not L.enabled()
+    monkeypatch.setenv("KETCH_SELINUXFS", str(tmp_path / "nope"))
+    assert not L.enabled()
+
+
+def test_enforce_must_be_a_file(fakefs):
+    (fakefs / "enforce").unlink()
+    (fakefs / "enforce").mkdir()
+    assert not L.enabled()
+
+
+def test_real_detection_matches_kernel():
+    with open("/proc/filesystems") as f:
+        kernel_has_it = "selinuxfs" in f.read()
+    found = L._find_real_selinuxfs()
+    if not kernel_has_it:
+        assert found == ""
+    else:
+        assert found == "" or os.path.isfile(os.path.join(found, "enforce"))
+
+
+def test_mountinfo_unescape():
+    assert L._unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
+    assert L._unescape_mountinfo("/plain") == "/plain"
+    assert L._unescape_mountinfo("/end\\04") == "/end\\04"
+
+
+# ---- init_labels ----------------------------------------------------------------
+
+def test_init_labels_off_touches_nothing(off, state):
+    assert L.init_labels([], state) == ("", "")
+    assert L.init_labels(["level:s0:c1,c2", "type:x_t"], state) == ("", "")
+    assert not os.path.exists(state)
+
+
+def test_init_labels_defaults_and_fresh_pair(fakefs, state):
+    proc, mnt = L.init_labels([], state)
+    assert proc.startswith("system_u:system_r:container_t:s0:c")
+    assert mnt.startswith("system_u:object_r:container_file_t:s0:c")
+    level = level_of(proc)
+    assert level == level_of(mnt)
+    x, y = (int(c[1:]) for c in level[3:].split(","))
+    assert 0 <= x < y <= 1023
+    assert L.reserved_levels(state) == [level]
+    lock = os.path.join(state, "selinux", "mcs.lock")
+    assert os.stat(os.path.join(state, "selinux")).st_mode & 0o777 == 0o700
+    assert os.path.exists(lock)
+
+
+def test_init_labels_reads_lxc_contexts_in_selinuxfs_dir(fakefs, state):
+    (fakefs / "lxc_contexts").write_text(
+        '# comment\nprocess = "u_u:r_r:proc_t:s0"\ncontent = "x:y:z:s0"\n'
+        "file='u_u:object_r:file_t:s0'  # trailing\n\n")
+    proc, mnt = L.init_labels([], state)
+    assert proc.startswith("u_u:r_r:proc_t:s0:c")
+    assert mnt.startswith("u_u:object_r:file_t:s0:c")
+
+
+def test_init_labels_contexts_env_overrides(fakefs, state, tmp_path):
+    (fakefs / "lxc_contexts").write_text('process = "a:b:ignored_t:s0"\n')
+    other = tmp_path / "ctx"
+    other.write_text('process = "a:b:chosen_t:s0"\nfile = "a:object_r:chosen_file_t:s0"\n')
+    os.environ["KETCH_SELINUX_CONTEXTS"] = str(other)
+    proc, mnt = L.init_labels([], state)
+    assert proc.split(":")[2] == "chosen_t"
+    assert mnt.split(":")[2] == "chosen_file_t"
+
+
+def test_init_labels_missing_keys_fall_back(fakefs, state):
+    (fakefs / "lxc_contexts").write_text('content = "x:y:z:s0"\n')
+    proc, mnt = L.init_labels(["level:s0"], state)
+    assert (proc, mnt) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
+
+
+def test_init_labels_options(fakefs, state):
+    proc, mnt = L.init_labels(["user:me_u", "role:me_r", "type:me_t", "filetype:me_file_t"], state)
+    p, m = proc.split(":", 3), mnt.split(":", 3)
+    assert p[:3] == ["me_u", "me_r", "me_t"]
+    assert m[:3] == ["me_u", "object_r", "me_file_t"]
+    assert p[3] == m[3] and p[3].startswith("s0:c")
+
+
+def test_init_labels_string_option(fakefs, state):
+    proc, _ = L.init_labels("type:one_t", state)
+    assert proc.split(":")[2] == "one_t"
+
+
+def test_level_s0_reserves_nothing(fakefs, state):
+    assert L.init_labels(["level:s0"], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
+    assert L.reserved_levels(state) == []
+
+
+def test_explicit_pair_counted_per_holder(fakefs, state):
+    a, _ = L.init_labels(["level:s0:c9,c5"], state)
+    b, _ = L.init_labels(["level:s0:c5,c9"], state)
+    assert level_of(a) == level_of(b) == "s0:c5,c9"
+    assert L.reserved_levels(state) == ["s0:c5,c9", "s0:c5,c9"]
+    L.release_labels(a, state)
+    assert L.reserved_levels(state) == ["s0:c5,c9"]
+    L.release_labels(b, state)
+    assert L.reserved_levels(state) == []
+
+
+def test_explicit_other_levels_not_tracked(fakefs, state):
+    for lvl in ("s0-s0:c0.c1023", "s0:c3", "s0:c7,c7", "s0:c1,c2000", "s1:c1,c2"):
+        proc, mnt = L.init_labels([f"level:{lvl}"], state)
+        assert level_of(proc) == level_of(mnt) == lvl
+    assert L.reserved_levels(state) == []
+
+
+def test_disable_option(fakefs, state):
+    assert L.init_labels(["disable"], state) == ("", "")
+    assert L.init_labels(["type:x_t", "disable"], state) == ("", "")
+    assert not os.path.exists(state)
+
+
+@pytest.mark.parametrize("opt", ["bogus:x", "types:x", "user", "disabled", "label=user:x", "user:",
+                                 "type:a b", 'type:x"', "type:x:y", "level:s0;c1", "user:a,b", ""])
+def test_bad_options(fakefs, state, opt):
+    with pytest.raises(ConfigError) as ei:
+        L.init_labels(["level:s0:c1,c2", opt], state)
+    assert "SELinux label option" in str(ei.value)
+    assert not os.path.exists(state)
+
+
+def test_bad_options_rejected_even_when_off(off, state):
+    with pytest.raises(ConfigError):
+        L.init_labels(["nope:x"], state)
+
+
+def test_mls_off_gives_no_categories(fakefs, state):
+    (fakefs / "mls").write_text("0")
+    assert L.init_labels([], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
+    assert L.reserved_levels(state) == []
+
+
+def test_non_mls_contexts(fakefs, state):
+    (fakefs / "lxc_contexts").write_text('process = "u:r:t"\nfile = "u:object_r:f"\n')
+    assert L.init_labels([], state) == ("u:r:t", "u:object_r:f")
+    assert L.reserved_levels(state) == []
+
+
+def test_many_labels_unique_and_released(fakefs, state):
+    labels = [L.init_labels([], state)[0] for _ in range(1500)]
+    levels = [level_of(p) for p in labels]
+    assert len(set(levels)) == 1500
+    assert sorted(L.reserved_levels(state)) == sorted(levels)
+    for p in labels[:1000]:
+        L.release_labels(p, state)
+    assert sorted(L.reserved_levels(state)) == sorted(levels[1000:])
+
+
+def test_reservations_survive_restart(fakefs, state):
+    proc, _ = L.init_labels([], state)
+    # A new ketch process knows only the file: simulate by reading it fresh.
+    with open(os.path.join(state, "selinux", "mcs")) as f:
+        assert f.read().split() == [level_of(proc)]
+
+
+def test_allocation_skips_every_reserved_pair(fakefs, state):
+    d = os.path.join(state, "selinux")
+    os.makedirs(d)
+    free = (517, 1000)
+    with open(os.path.join(d, "mcs"), "w") as f:
+        for x in range(1024):
+            f.write("".join(f"s0:c{x},c{y}\n" for y in range(x + 1, 1024) if (x, y) != free))
+    proc, _ = L.init_labels([], state)
+    assert level_of(proc) == "s0:c517,c1000"
+    with pytest.raises(SetupError) as ei:
+        L.init_labels([], state)
+    assert "all 523776 category pairs in use" in str(ei.value)
+
+
+def test_torn_line_ignored(fakefs, state):
+    proc, _ = L.init_labels([], state)
+    with open(os.path.join(state, "selinux", "mcs"), "a") as f:
+        f.write("s0:c1,c2")  # no newline: an append cut short by a crash
+    assert L.reserved_levels(state) == [level_of(proc)]
+    again, _ = L.init_labels(["level:s0:c3,c4"], state)
+    assert L.reserved_levels(state) == [level_of(proc), "s0:c3,c4"]
+
+
+def _worker(args):
+    env_dir, state, n = args
+    os.environ["KETCH_SELINUXFS"] = env_dir
+    return [L.init_labels([], state)[0] for _ in range(n)]
+
+
+def test_parallel_processes_never_collide(fakefs, state, monkeypatch):
+    # 32 categories give 496 pairs: 480 picks without a working lock collide.
+    monkeypatch.setattr(L, "_MCS_MAX", 32)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(8) as pool:
+        results = pool.map(_worker, [(str(fakefs), state, 60)] * 8)
+    levels = [level_of(p) for r in results for p in r]
+    assert len(levels) == 480
+    assert len(set(levels)) == 480
+    assert sorted(L.reserved_levels(state)) == sorted(levels)
+
+
+def _release_worker(args):
+    env_dir, state, labels = args
+    os.environ["KETCH_SELINUXFS"] = env_dir
+    for p in labels:
+        L.release_labels(p, state)
+    return [L.init_labels([], state)[0] for _ in range(len(labels))]
+
+
+def test_parallel_release_and_reserve(fakefs, state):
+    held = [L.init_labels([], state)[0] for _ in range(200)]
+    ctx = multiprocessing.get_context("fork")
+    chunks = [held[i::4] for i in range(4)]
+    with ctx.Pool(4) as pool:
+        results = pool.map(_release_worker, [(str(fakefs), state, c) for c in chunks])
+    new = [level_of(p) for r in results for p in r]
+    assert len(set(new)) == 200
+    assert sorted(L.reserved_levels(state)) == sorted(new)
+
+
+def test_release_noops(fakefs, state, tmp_path):
+    L.release_labels("", state)
+    L.release_labels("u:r:t:s0:c1,c2", state)
+    L.release_labels("u:r:t", state)
+    assert not os.path.exists(state)
+    proc, _ = L.init_labels([], state)
+    L.release_labels("u:r:t:s0:c1,c1023" if level_of(proc) != "s0:c1,c1023" else "u:r:t:s0:c2,c3", state)
+    assert L.reserved_levels(state) == [level_of(proc)]
+
+
+def test_release_works_when_off(fakefs, state, monkeypatch):
+    proc, _ = L.init_labels([], state)
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    L.release_labels(proc, state)
+    assert L.reserved_levels(state) == []
+
+
+def test_default_state_root(fakefs, monkeypatch, tmp_path):
+    monkeypatch.setattr(L, "DEFAULT_STATE_ROOT", str(tmp_path / "root"))
+    proc, _ = L.init_labels([])
+    assert L.reserved_levels() == [level_of(proc)]
+    assert os.path.exists(tmp_path / "root" / "selinux" / "mcs")
+    L.release_labels(proc)
+    assert L.reserved_levels() == []
+
+
+# ---- format_mount_label ---------------------------------------------------------
+
+LBL = "system_u:object_r:container_file_t:s0:c1,c2"
+
+
+@pytest.mark.parametrize("data,expected", [
+    ("", f'context="{LBL}"'),
+    (None, f'context="{LBL}"'),
+    ("mode=755", f'mode=755,context="{LBL}"'),
+    ("mode=755,size=65536k", f'mode=755,size=65536k,context="{LBL}"'),
+    ("mode=755,", f'mode=755,context="{LBL}"'),
+])
+def test_format_mount_label(fakefs, data, expected):
+    assert L.format_mount_label(data, LBL) == expected
+
+
+def test_format_mount_label_rootcontext(fakefs):
+    assert L.format_mount_label("mode=755", LBL, "rootcontext") == f'mode=755,rootcontext="{LBL}"'
+    assert L.format_mount_label(f'context="{LBL}"', LBL, "rootcontext") == f'context="{LBL}",rootcontext="{LBL}"'
+
+
+def test_format_mount_label_keeps_user_context(fakefs):
+    for data in ('mode=1777,context="a:b:c:s0:c3,c4"', 'fscontext="a:b:c:s0",mode=1777', "defcontext=a:b:c:s0"):
+        assert L.format_mount_label(data, LBL) == data
+    data = 'rootcontext="a:b:c:s0:c3,c4",mode=1777'
+    assert L.format_mount_label(data, LBL, "rootcontext") == data
+    assert L.format_mount_label(data, LBL) == f'{data},context="{LBL}"'
+
+
+def test_format_mount_label_quoted_commas_not_options(fakefs):
+    # "c2,context=x" inside quotes is part of the label, not an option.
+    data = 'rootcontext="a:b:c:s0:c1,context=x"'
+    assert L._split_mount_data(data) == [data]
+    assert L.format_mount_label(data, LBL) == f'{data},context="{LBL}"'
+
+
+def test_format_mount_label_noops(fakefs, monkeypatch):
+    assert L.format_mount_label("mode=755", "") == "mode=755"
+    assert L.format_mount_label("", "") == ""
+    monkeypatch.setenv("KETCH_SELINUX_MOUNT_CONTEXT", "0")
+    assert L.format_mount_label("mode=755", LBL) == "mode=755"
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    monkeypatch.delenv("KETCH_SELINUX_MOUNT_CONTEXT")
+    assert L.format_mount_label("mode=755", LBL) == "mode=755"
+    assert L.format_mount_label(None, LBL) == ""
+
+
+def test_format_mount_label_bad_input(fakefs):
+    with pytest.raises(ConfigError):
+        L.format_mount_label("", LBL, "fcontext")
+    for bad in ('a:b:c:s0",nosuid', "a:b:c\0", "a:b\nc"):
+        with pytest.raises(ConfigError):
+            L.format_mount_label("mode=755", bad)
+
+
+# ---- file labels ----------------------------------------------------------------
+
+def test_set_and_read_file_label(fakefs, xattrs, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    L.set_file_label(str(f), LBL)
+    assert xattrs.raw(f) == LBL.encode() + b"\0"
+    assert L.file_label(str(f)) == LBL
+
+
+def test_file_label_follow_symlinks(fakefs, xattrs, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    link = tmp_path / "l"
+    link.symlink_to("f")
+    L.set_file_label(str(link), "a:b:link_t:s0", follow_symlinks=False)
+    L.set_file_label(str(link), "a:b:target_t:s0")
+    assert L.file_label(str(link), follow_symlinks=False) == "a:b:link_t:s0"
+    assert L.file_label(str(f)) == "a:b:target_t:s0"
+    assert L.file_label(str(link)) == "a:b:target_t:s0"
+
+
+def test_file_label_unlabeled_and_unterminated(fakefs, xattrs, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert L.file_label(str(f)) == ""
+    xattrs.store[(str(f), L.XATTR_NAME)] = b"a:b:c:s0"  # written by a tool without the NUL
+    assert L.file_label(str(f)) == "a:b:c:s0"
+
+
+def test_file_label_enotsup_is_empty(fakefs, monkeypatch, tmp_path):
+    def nosup(*a, **k):
+        raise OSError(errno.ENOTSUP, "Operation not supported", a[0])
+    monkeypatch.setattr(os, "getxattr", nosup)
+    assert L.file_label(str(tmp_path)) == ""
+
+
+def test_file_label_other_errors_raise(fakefs, xattrs, tmp_path):
+    with pytest.raises(OSError):
+        L.file_label(str(tmp_path / "missing"))
+
+
+def test_set_file_label_noops(fakefs, xattrs, tmp_path, monkeypatch):
+    f = tmp_path / "f"
+    f.write_text("x")
+    L.set_file_label(str(f), "")
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    L.set_file_label(str(f), LBL)
+    assert xattrs.calls == []
+    xattrs.store[(str(f), L.XATTR_NAME)] = b"a:b:c:s0\0"
+    assert L.file_label(str(f)) == ""
+
+
+def test_set_file_label_errors(fakefs, xattrs, tmp_path):
+    with pytest.raises(SetupError) as ei:
+        L.set_file_label(str(tmp_path / "missing"), LBL)
+    assert str(ei.value) == f"set SELinux label {LBL} on {tmp_path / 'missing'}: no such file or directory"
+    assert isinstance(ei.value.__cause__, FileNotFoundError)
+    xattrs.fail = errno.EOPNOTSUPP
+    with pytest.raises(SetupError) as ei:
+        L.set_file_label(str(tmp_path), LBL)
+    assert str(ei.value).endswith("operation not supported")
+    with pytest.raises(ConfigError):
+        L.set_file_label(str(tmp_path), "a:b:c\0d")
+
+
+# ---- process labels -------------------------------------------------------------
+
+def test_set_exec_label_to_fake_attr(fakefs, tmp_path, monkeypatch):
+    attr = tmp_path / "exec"
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    L.set_exec_label("u:r:container_t:s0:c1,c2")
+    assert attr.read_text() == "u:r:container_t:s0:c1,c2"
+    L.set_process_label("u:r:other_t:s0")
+    assert attr.read_text() == "u:r:other_t:s0"
+    assert L.set_process_label is L.set_exec_label
+
+
+def test_set_exec_label_with_early_fd(fakefs, tmp_path, monkeypatch):
+    attr = tmp_path / "exec"
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fd = L.open_exec_attr()
+    try:
+        monkeypatch.delenv("KETCH_SELINUX_EXEC_ATTR")
+        L.set_exec_label("u:r:t:s0", fd=fd)
+    finally:
+        os.close(fd)
+    assert attr.read_text() == "u:r:t:s0"
+
+
+def test_set_exec_label_noops(fakefs, tmp_path, monkeypatch):
+    attr = tmp_path / "exec"
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    L.set_exec_label("")
+    assert not attr.exists()
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    L.set_exec_label("u:r:t:s0")
+    assert L.open_exec_attr() is None
+    assert not attr.exists()
+
+
+def test_exec_attr_override_ignored_when_off(monkeypatch, tmp_path):
+    # Only the "as if enabled" mode may redirect the write.
+    attr = tmp_path / "exec"
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    L.set_exec_label("u:r:t:s0")
+    assert not attr.exists()
+
+
+def test_set_exec_label_bad_label(fakefs, tmp_path, monkeypatch):
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "exec"))
+    with pytest.raises(ConfigError):
+        L.set_exec_label('u:r:t"')
+
+
+def test_exec_attr_open_error(fakefs, tmp_path, monkeypatch):
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "no" / "exec"))
+    with pytest.raises(SetupError) as ei:
+        L.set_exec_label("u:r:t:s0")
+    assert str(ei.value) == f"open {tmp_path / 'no' / 'exec'}: no such file or directory"
+
+
+def test_fstatfs_magic(tmp_path):
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    try:
+        assert L._fstatfs_type(fd) == L._PROC_SUPER_MAGIC
+    finally:
+        os.close(fd)
+    fd = os.open(str(tmp_path), os.O_RDONLY)
+    try:
+        assert L._fstatfs_type(fd) != L._PROC_SUPER_MAGIC
+    finally:
+        os.close(fd)
+
+
+def test_exec_attr_must_be_procfs(fakefs, monkeypatch):
+    # CVE-2019-16884: a container can mount over /proc; never trust a non-procfs attr file.
+    monkeypatch.setattr(L, "_fstatfs_type", lambda fd: 0xEF53)
+    with pytest.raises(SecurityError) as ei:
+        L.open_exec_attr()
+    assert "/proc/thread-self/attr/exec is not on procfs" in str(ei.value)
+
+
+# ---- z / Z ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("opt,shared", [("z", True), ("Z", False)])
+def test_validate_and_is_shared(opt, shared):
+    L.validate(opt)
+    assert L.is_shared(opt) is shared
+
+
+@pytest.mark.parametrize("opt", ["", "zZ", "Zz", "x", "rw", "z,ro", " z", None, "shared"])
+def test_validate_rejects(opt):
+    with pytest.raises(ConfigError) as ei:
+        L.validate(opt)
+    assert "want z (shared) or Z (private)" in str(ei.value)
+    with pytest.raises(ConfigError):
+        L.is_shared(opt)
+
+
+# ---- relabel --------------------------------------------------------------------
+
+def make_tree(root):
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "f").write_text("1")
+    (root / "a" / "g").write_text("2")
+    (root / "a" / "b" / "h").write_text("3")
+    (root / "a" / "link").symlink_to("/etc/passwd")
+    return [root, root / "f", root / "a", root / "a" / "g", root / "a" / "b", root / "a" / "b" / "h",
+            root / "a" / "link"]
+
+
+@pytest.mark.parametrize("shared,expected", [(False, LBL), (True, "system_u:object_r:container_file_t:s0")])
+def test_relabel_tree(fakefs, xattrs, tmp_path, shared, expected):
+    entries = make_tree(tmp_path / "vol")
+    L.relabel(str(tmp_path / "vol"), LBL, shared)
+    for e in entries:
+        assert xattrs.raw(e) == expected.encode() + b"\0", e
+    # Symlinks get their own label; what they point at is untouched.
+    assert xattrs.raw("/etc/passwd", follow=True) is None
+    assert all(follow is False for _, _, _, follow in xattrs.calls)
+
+
+def test_relabel_single_file_and_relative_path(fakefs, xattrs, tmp_path, monkeypatch):
+    (tmp_path / "one").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    L.relabel("one", LBL, False)
+    assert xattrs.raw(tmp_path / "one") == LBL.encode() + b"\0"
+    assert len(xattrs.calls) == 1
+
+
+def test_relabel_shared_non_mls_label(fakefs, xattrs, tmp_path):
+    L.relabel(str(tmp_path), "u:object_r:t", True)
+    assert xattrs.raw(tmp_path) == b"u:object_r:t\0"
+
+
+def test_relabel_noops(fakefs, xattrs, tmp_path, monkeypatch):
+    make_tree(tmp_path / "vol")
+    L.relabel(str(tmp_path / "vol"), "", False)
+    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    L.relabel(str(tmp_path / "vol"), LBL, True)
+    L.relabel("/", LBL, True)  # off: quiet, as Docker's label package
+    assert xattrs.calls == []
+
+
+def test_relabel_missing_path(fakefs, xattrs, tmp_path):
+    with pytest.raises(SetupError) as ei:
+        L.relabel(str(tmp_path / "missing"), LBL, False)
+    assert str(tmp_path / "missing") in str(ei.value)
+
+
+def test_relabel_error_names_file(fakefs, xattrs, tmp_path):
+    make_tree(tmp_path / "vol")
+    xattrs.fail = errno.EOPNOTSUPP
+    with pytest.raises(SetupError) as ei:
+        L.relabel(str(tmp_path / "vol"), LBL, False)
+    assert str(ei.value) == f"set SELinux label {LBL} on {tmp_path / 'vol'}: operation not supported"
+
+
+@pytest.mark.parametrize("path", [
+    "/", "/bin", "/boot", "/dev", "/etc", "/etc/", "/etc/passwd", "/etc/shadow", "/home", "/lib", "/lib64",
+    "/media", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+    "//etc", "/usr/../etc", "/./usr/", "/var/run", "/usr/lib", "/var/lib", "///", "/tmp/..",
+])
+def test_relabel_refuses_system_locations(fakefs, xattrs, path):
+    with pytest.raises(SecurityError) as ei:
+        L.relabel(path, LBL, True)
+    msg = str(ei.value)
+    assert msg.startswith(f"relabel {path}") and "not allowed" in msg
+    assert xattrs.calls == []
+
+
+def test_relabel_refuses_symlink_to_system_location(fakefs, xattrs, tmp_path):
+    (tmp_path / "sneaky").symlink_to("/etc")
+    with pytest.raises(SecurityError) as ei:
+        L.relabel(str(tmp_path / "sneaky"), LBL, False)
+    assert str(ei.value) == f"relabel {tmp_path / 'sneaky'} (/etc): SELinux relabeling of a system location is not allowed"
+    assert xattrs.calls == []
+
+
+def test_relabel_refuses_home_dirs(fakefs, xattrs, tmp_path, monkeypatch):
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(SecurityError):
+        L.relabel(str(home) + "/", LBL, False)
+    import pwd
+    root_home = pwd.getpwuid(0).pw_dir
+    with pytest.raises(SecurityError):
+        L.check_relabel_path(root_home)
+    # Below a home directory is fine.
+    (home / "data").mkdir()
+    L.relabel(str(home / "data"), LBL, False)
+    assert xattrs.raw(home / "data") == LBL.encode() + b"\0"
+
+
+def test_check_relabel_path_bad_input():
+    with pytest.raises(ConfigError):
+        L.check_relabel_path("")
+    L.check_relabel_path("/srv/volumes/x")
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+    code = ("import sys; import ketch.linux.label; "
+            "print(' '.join(m for m in ('re', 'subprocess', 'logging', 'dataclasses', 'fcntl', 'ctypes', 'pwd') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {L.__file__.rsplit('/ketch/', 1)[0]!r}); {code}"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
