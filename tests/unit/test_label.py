@@ -274,7 +274,7 @@ def test_torn_line_ignored(fakefs, state):
     with open(os.path.join(state, "selinux", "mcs"), "a") as f:
         f.write("s0:c1,c2")  # no newline: an append cut short by a crash
     assert L.reserved_levels(state) == [level_of(proc)]
-    again, _ = L.init_labels(["level:s0:c3,c4"], state)
+    L.init_labels(["level:s0:c3,c4"], state)
     assert L.reserved_levels(state) == [level_of(proc), "s0:c3,c4"]
 
 
@@ -585,6 +585,22 @@ def test_relabel_single_file_and_relative_path(fakefs, xattrs, tmp_path, monkeyp
     L.relabel("one", LBL, False)
     assert xattrs.raw(tmp_path / "one") == LBL.encode() + b"\0"
     assert len(xattrs.calls) == 1
+
+
+def test_relabel_symlinked_top_labels_target(fakefs, xattrs, tmp_path):
+    entries = make_tree(tmp_path / "vol")
+    (tmp_path / "alias").symlink_to("vol")
+    L.relabel(str(tmp_path / "alias"), LBL, False)
+    assert all(xattrs.raw(e) == LBL.encode() + b"\0" for e in entries)
+    assert xattrs.raw(tmp_path / "alias") is None
+
+
+def test_reservation_file_errors(fakefs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SetupError) as ei:
+        L.init_labels([], str(blocker))
+    assert str(ei.value) == f"reserve SELinux MCS level: {blocker}/selinux: not a directory"
 
 
 def test_relabel_shared_non_mls_label(fakefs, xattrs, tmp_path):

@@ -60,15 +60,38 @@ API (a label is ``user:role:type[:level]``, the level may hold ``:`` and ``,``)
     off.
 
 ``relabel(path, label, shared)``
-    Label a whole tree (bind-mount sources given ``z``/``Z``), never following
-    symlinks nor crossing into other mounts.  ``shared`` (``z``) drops the
-    categories (level ``s0``) so every container can use it; private (``Z``)
-    keeps them.  System locations (``/``, ``/etc``, ``/usr``, ``/home``...,
-    their symlinked or ``//``/``..`` spellings, and every user's home) raise
-    ``SecurityError``.  No-op when off or label empty.
+    Label a whole tree (bind-mount sources given ``z``/``Z``; pass the mount
+    label).  A symlinked ``path`` is resolved, as the bind mount will resolve
+    it; inside the tree symlinks get their own label and are never followed,
+    and other filesystems mounted in the tree are left alone.  ``shared``
+    (``z``) drops the categories (level ``s0``) so every container can use
+    it; private (``Z``) keeps them.  System locations (``/``, ``/etc``,
+    ``/usr``, ``/home``..., their symlinked or ``//``/``..`` spellings, and
+    every user's home) raise ``SecurityError``; ``check_relabel_path(path)``
+    runs that check alone (e.g. at config validation).  No-op when off or
+    label empty.
 
 ``validate(option)`` accepts only ``"z"``/``"Z"`` (else ``ConfigError``);
 ``is_shared(option)`` is True for ``"z"``.
+
+Also: ``selinuxfs()`` (the directory in use, ``""`` when off),
+``reserved_levels(state_root)`` (what is held, one entry per holder),
+``read_contexts(path)`` (an ``lxc_contexts`` file as a dict).
+
+Errors: bad options/labels raise ``ConfigError``; a refused path
+``SecurityError``; a failed xattr/attr write ``SetupError`` whose message
+names the label and path (the ``OSError`` is its ``__cause__``).
+
+Where the engine and runtime call it (as Docker/runc do)
+    engine: ``init_labels`` at create (store both labels with the container,
+    ``release_labels`` at delete); ``set_file_label(mount_label)`` on the
+    resolv.conf/hostname/hosts files, the /dev/shm source and layer
+    directories (those with ``init_labels(["level:s0"])[1]``).
+    runtime init: ``format_mount_label(data, mount_label)`` for tmpfs,
+    mqueue, devpts...; ``relabel(source, mount_label, is_shared(z_or_Z))`` for
+    bind mounts; ``set_file_label(console_pty, mount_label)`` before binding
+    it to /dev/console; ``set_exec_label(process_label)`` right before
+    execve (and in exec's child).
 
 Running "as if enabled" (tests and the integration suite)
 ---------------------------------------------------------
@@ -432,11 +455,20 @@ def init_labels(options=(), state_root=None):
         level = wanted["level"]
         pair = _mcs_pair(level)
         if pair is not None:
-            level = _reserve(state_root, pair)
+            level = _reserve_or_fail(state_root, pair)
         proc[3] = mnt[3] = level
     elif proc[3] and _mls_enabled(fsdir):
-        proc[3] = mnt[3] = _reserve(state_root)
+        proc[3] = mnt[3] = _reserve_or_fail(state_root, None)
     return _join(proc), _join(mnt)
+
+
+def _reserve_or_fail(state_root, pair):
+    try:
+        return _reserve(state_root, pair)
+    except OSError as e:
+        from ketch.errors import SetupError, describe_oserror
+        where = e.filename or _mcs_paths(state_root)[1]
+        raise SetupError("reserve SELinux MCS level", f"{where}: {describe_oserror(e)}") from e
 
 
 def release_labels(label, state_root=None):
@@ -620,7 +652,8 @@ def relabel(path, label, shared):
             parts[3] = "s0"
         label = _join(parts)
     value = label.encode() + b"\0"
-    top = _normalize(path)
+    # A bind mount follows a symlinked source, so the tree to label is its target.
+    top = os.path.realpath(_normalize(path))
     try:
         st = os.lstat(top)
     except OSError as e:
