@@ -107,11 +107,16 @@ class Manager:
         return None
 
     def _v2_root(self):
-        d = self._dirs[""]
+        """The unified hierarchy's root dir: the top of the run of dirs holding cgroup.controllers."""
+        d, root = self._dirs[""], None
         while True:
+            if os.path.exists(d + "/cgroup.controllers"):
+                root = d
+            elif root is not None:
+                return root
             up = os.path.dirname(d)
-            if up == d or not os.path.exists(up + "/cgroup.controllers"):
-                return d
+            if up == d:
+                return root or self._dirs[""]
             d = up
 
     def _v2_controllers(self):
