@@ -264,7 +264,8 @@ def test_tmpcopyup_copies_then_ro(root):
     c = fake.calls
     i = c.index(("mount", "/etc/app", "tmpfs", "tmpfs", 0, None))
     assert c[i + 1] == ("copy_tree", "/etc/app", "/etc/app")
-    assert c[i + 2] == ("mount", "/etc/app", None, None, int(MS.RDONLY | MS.REMOUNT), None)
+    assert c[i + 2] == ("chmod", "/etc/app", 0o755)
+    assert c[i + 3] == ("mount", "/etc/app", None, None, int(MS.RDONLY | MS.REMOUNT), None)
 
 
 def test_tmpcopyup_failure_unmounts_and_reports(root):

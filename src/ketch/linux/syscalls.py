@@ -85,38 +85,44 @@ class Syscalls:
             rec = _libc.AT_RECURSIVE if recursive else 0
             _libc.mount_setattr(fd, "", _libc.AT_EMPTY_PATH | rec, attr_set | 0x100000, attr_clr,
                                 0, userns_fd)
-            _libc.move_mount(fd, "", _libc.AT_FDCWD, _target(target), _libc.MOVE_MOUNT_F_EMPTY_PATH)
+            if isinstance(target, Handle):
+                # move_mount does not follow a /proc/self/fd magic link: attach on the fd itself
+                _libc.move_mount(fd, "", target.fd, "", _libc.MOVE_MOUNT_F_EMPTY_PATH | 0x40)
+            else:
+                _libc.move_mount(fd, "", _libc.AT_FDCWD, target, _libc.MOVE_MOUNT_F_EMPTY_PATH)
         finally:
             os.close(fd)
 
     def userns_fd(self, uid_mappings, gid_mappings):
         """An fd of a fresh user namespace with these mappings (for idmapped mounts)."""
         r, w = os.pipe()
+        r2, w2 = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             try:
                 os.close(w)
+                os.close(r2)
                 _libc.unshare(0x10000000)  # CLONE_NEWUSER
+                # /proc may belong to another pid namespace than ours: tell the
+                # parent our pid as that /proc knows it
+                os.write(w2, os.readlink("/proc/self").encode())
                 os.read(r, 1)
             finally:
                 os._exit(0)
         os.close(r)
+        os.close(w2)
         try:
+            procpid = os.read(r2, 32).decode()
+            if not procpid:
+                raise OSError(errno.ECHILD, "the user namespace helper exited early")
             for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
                 text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
-                # wait for the child's unshare: its ns link changes when it has happened
-                for _ in range(2000):
-                    if os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"):
-                        break
-                    os.sched_yield()
-                if name == "gid_map":
-                    with open(f"/proc/{pid}/setgroups", "w") as f:
-                        f.write("deny")
-                with open(f"/proc/{pid}/{name}", "w") as f:
+                with open(f"/proc/{procpid}/{name}", "w") as f:
                     f.write(text)
-            return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(f"/proc/{procpid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(w)
+            os.close(r2)
             os.waitpid(pid, 0)
 
     def pivot_root(self, new_root, put_old):
@@ -224,7 +230,8 @@ class Syscalls:
         self._do_at(root, path, lambda n, d: os.unlink(n, dir_fd=d))
 
     def chown(self, path, uid, gid):
-        os.chown(_target(path), uid, gid, follow_symlinks=False)
+        # a Handle is followed through its magic link: fchown refuses O_PATH fds
+        os.chown(_target(path), uid, gid, follow_symlinks=isinstance(path, Handle))
 
     def chmod(self, path, mode):
         os.chmod(_target(path), mode)

@@ -255,20 +255,28 @@ def _mount_tmpfs(eng, m, host, **_):
     except FileNotFoundError:
         old_mode = None
         _mkdir_dest(eng, m, host)
+    if "mode=" in m.opts.data_string:
+        old_mode = None
     flags = eng.mount_flags(m)
+    copyup = "tmpcopyup" in m.opts.extensions
+    # a read-only tmpfs is filled and chmod'ed first, then made read-only
+    late_ro = bool(flags & MS.RDONLY) and (copyup or old_mode is not None)
+    first = flags & ~MS.RDONLY if late_ro else flags
     data = _label_data(m.opts.data_string, eng.label)
-    if "tmpcopyup" not in m.opts.extensions:
-        eng.mount(m.source, host, m.type, flags, data, m.dest)
+    if copyup:
+        _tmpcopyup(eng, m, host, first, data)
     else:
-        _tmpcopyup(eng, m, host, flags, data)
-    if old_mode is not None and "mode=" not in m.opts.data_string:
+        eng.mount(m.source, host, m.type, first, data, m.dest)
+    if old_mode is not None:
         # the image's mode of the directory survives the tmpfs over it
         eng.on_mount(host, lambda h: sys.chmod(h, old_mode), f"chmod {m.dest} {old_mode:04o}")
+    if late_ro:
+        eng.remount(host, flags, m.dest, bind=False)
     eng.finish(m, host)
 
 
 def _tmpcopyup(eng, m, host, flags, data):
-    """Mount the tmpfs, copy what it covers into it, then make it read-only if asked.
+    """Mount the tmpfs and copy what it covers into it.
 
     The covered directory stays reachable through an fd opened before the
     mount, so no temporary mountpoint is needed anywhere (nothing is created
@@ -277,7 +285,7 @@ def _tmpcopyup(eng, m, host, flags, data):
     sys = eng.sys
     old = eng.step(f"open {m.dest} for tmpcopyup", sys.open_in_root, eng.root, host, True)
     try:
-        eng.mount(m.source, host, m.type, flags & ~MS.RDONLY, data, m.dest)
+        eng.mount(m.source, host, m.type, flags, data, m.dest)
         try:
             eng.on_mount(host, lambda h: sys.copy_tree(old.proc, h.proc), f"tmpcopyup: copy {m.dest}")
         except SetupError as e:
@@ -288,8 +296,6 @@ def _tmpcopyup(eng, m, host, flags, data):
             raise
     finally:
         sys.release(old)
-    if flags & MS.RDONLY:
-        eng.remount(host, flags, m.dest, bind=False)
 
 
 def _mount_simple(eng, m, host, **_):
