@@ -215,6 +215,13 @@ def _apply_process_attrs(ctx, proc):
             _libc.setgroups(list(user.get("additionalGids") or []))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
+        if uid != 0 or "user" in ctx.nsmap:
+            # Non-dumpable (set in stage-1, and again by setuid) makes
+            # /proc/self/fd belong to host root: the exec fifo could not be
+            # reopened through it.  A process that is not host root can't
+            # write the host's interpreter, so being dumpable exposes nothing
+            # (CVE-2019-5736 needs host root): host-root inits stay non-dumpable.
+            _libc.prctl(4, 1)  # PR_SET_DUMPABLE
 
     with Step("chdir after setuid"):
         # The directory may only be reachable as the container user (root

@@ -111,9 +111,9 @@ class CreateContext:
         try:
             mgr.create()
             self._save_cgroups()
+            # set() also installs the default device rules: call it always.
+            mgr.set(linux.get("resources") or {})
             mgr.apply(pid)
-            if linux.get("resources"):
-                mgr.set(linux["resources"])
         except errors.KetchError:
             raise
         except OSError as e:
@@ -209,6 +209,8 @@ def create(store, cid, opts, _keep_lock=False, config=None):
         }
         c.save()
         os.mkfifo(c.fifo_path, 0o622)
+        # Whatever the umask: the init opens it for writing as the container's user.
+        os.chmod(c.fifo_path, 0o622)
         ctx = CreateContext(c, config, opts)
         try:
             pid = spawn.spawn(ctx)
