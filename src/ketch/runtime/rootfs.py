@@ -613,8 +613,10 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     _check_rootfs(eng)
 
     prop = _root_propagation(config)
-    eng.step("make / " + ("rslave" if prop is None else config["linux"]["rootfsPropagation"]),
-             sys.mount, None, "/", None, MS.SLAVE | MS.REC if prop is None else prop, None)
+    # an unbindable / could not be bound onto itself: it becomes unbindable after pivot
+    first = MS.SLAVE | MS.REC if prop is None or prop & MS.UNBINDABLE else prop
+    eng.step(f"make / {'rslave' if first == MS.SLAVE | MS.REC else config['linux']['rootfsPropagation']}",
+             sys.mount, None, "/", None, first, None)
     _make_parent_private(eng)
     eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
              MS.BIND | MS.REC, None)
