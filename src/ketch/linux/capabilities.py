@@ -152,9 +152,11 @@ def apply(caps, warn=None):
                          "(a process can only keep capabilities it has)")
     if eff & ~prm:
         raise ConfigError(f"effective capabilities {', '.join(names(eff & ~prm))} are not in the permitted set")
-    if amb & ~(prm & inh):
-        raise ConfigError(f"ambient capabilities {', '.join(names(amb & ~(prm & inh)))} must also be "
-                          "permitted and inheritable")
+    # The kernel only raises an ambient capability that is permitted and
+    # inheritable.  runc's own default spec lists ambient capabilities without
+    # inheritable ones, and runc then silently leaves the ambient set empty;
+    # do the same so that every bundle runc accepts runs here too.
+    amb &= prm & inh
 
     try:
         _libc.capset(cur_prm, cur_prm, cur_inh)
