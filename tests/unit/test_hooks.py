@@ -29,6 +29,14 @@ def test_env_is_exactly_the_hooks_and_args_are_argv():
     assert o.split(b"\0") == [b"myname", b"-c", b"cat /proc/$$/cmdline", b"a1", b""]
 
 
+def test_without_env_the_hook_inherits_the_runtimes_environment_like_runc(monkeypatch):
+    monkeypatch.setenv("KETCH_HOOK_TEST", "inherited")
+    o, _ = hooks.run_hook({"path": "/usr/bin/env", "args": ["env"]}, STATE)
+    assert "KETCH_HOOK_TEST=inherited" in o.decode().splitlines()
+    o, _ = hooks.run_hook({"path": "/usr/bin/env", "args": ["env"], "env": ["A=b"]}, STATE)
+    assert o == b"A=b\n"
+
+
 def test_args_default_to_path():
     o, _ = hooks.run_hook({"path": "/bin/echo"}, STATE)
     assert o == b"\n"

@@ -34,7 +34,8 @@ phases, calls `warn(message)` and runs the remaining hooks, as the spec says.
 Message shape: `<phase> hook #<i> <path>: exit status 3: <stderr, trimmed>`
 (runc: `error running hook #0: error running hook: exit status 3, stdout: …,
 stderr: …`) and `… timed out after 1.0s` (runc: `hook ran past specified
-timeout of 1.0s`).
+timeout of 1.0s`).  A hook with `env` gets exactly that environment; one
+without gets the runtime's (as with runc).
 """
 
 import os
@@ -109,11 +110,16 @@ def run_hook(hook, state, phase="hook", index=0):
     validate(hook, phase, index)
     path = hook["path"]
     argv = hook.get("args") or [path]
-    env = {}
-    for kv in hook.get("env") or ():
-        k, sep, v = kv.partition("=")
-        if sep:
-            env[k] = v
+    if hook.get("env"):
+        env = {}
+        for kv in hook["env"]:
+            k, sep, v = kv.partition("=")
+            if sep:
+                env[k] = v
+    else:
+        # runc (Go's exec with a nil Env) gives a hook without `env` the
+        # runtime's own environment; hooks written for runc rely on PATH.
+        env = os.environ
     timeout = hook.get("timeout")
     if isinstance(state, (bytes, bytearray)):
         data = bytes(state)
