@@ -1,0 +1,599 @@
+"""Layer tars: a safe extractor and a writer.
+
+Debian's Python 3.11.2 tarfile has no extraction filters and ``extractall``
+follows a symlink planted by an earlier entry out of the destination; the
+filters of later releases strip setuid bits and refuse absolute symlinks that
+images need.  So layers are extracted here, entry by entry:
+
+* names are relative: an absolute name (``/etc/x``) or any ``..`` component
+  is refused, not rewritten.  Image tools (docker, buildkit, podman, umoci)
+  never write either; a tar that does is either broken or hostile, and
+  guessing what it meant is how extractors get tricked.
+* every parent is resolved *beneath* the layer root (openat2
+  ``RESOLVE_BENEATH``): a parent symlink that stays inside the layer is
+  followed, one that leaves it (absolute target, ``..`` climbing out) is
+  refused.  Tools that write layers record real paths, never paths through
+  symlinks.  Without openat2 the walk is done component by component with
+  ``O_NOFOLLOW`` and any symlinked parent is refused.
+* files are created with ``O_NOFOLLOW|O_EXCL`` relative to the resolved
+  parent fd; an existing entry is removed first (a later entry wins, as in
+  tar), except a directory over a directory, which is kept.
+* hardlink targets obey the same rules as names; symlink *contents* are
+  stored as they are (an absolute target is fine: it resolves inside the
+  container's root at run time).
+* whiteouts (``.wh.NAME``) and opaque directories (``.wh..wh..opq``) are
+  applied by hand and only to what lower layers left (OCI image spec: an
+  entry of the same layer is never hidden by its own whiteout).  For the
+  overlay driver they become what overlayfs understands instead: a 0:0
+  character device and the ``trusted.overlay.opaque`` xattr.
+* setuid/setgid/sticky bits, owners (shifted by the uid/gid maps), xattrs
+  (PAX ``SCHILY.xattr.*`` and libarchive's ``LIBARCHIVE.xattr.*``), device
+  numbers and times are kept.  ``trusted.overlay.*`` xattrs from an archive
+  are dropped: they would let a layer forge overlayfs metadata.
+"""
+
+import errno
+import os
+import stat
+
+from ketch.errors import ImageError, StorageError, describe_oserror
+from ketch.engine import idmap
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+_O_DIR = os.O_DIRECTORY | os.O_CLOEXEC
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+_CHUNK = 1 << 17
+_ZEROS = bytes(_CHUNK)
+
+# ---- compression -----------------------------------------------------------------
+
+GZIP, ZSTD, BZIP2, XZ, NONE = "gzip", "zstd", "bzip2", "xz", ""
+
+
+def sniff(head):
+    """Compression of a stream from its first bytes."""
+    if head[:2] == b"\x1f\x8b":
+        return GZIP
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return ZSTD
+    if head[:3] == b"BZh":
+        return BZIP2
+    if head[:6] == b"\xfd7zXZ\x00":
+        return XZ
+    return NONE
+
+
+class _ZstdReader:
+    """zstd through the `zstd` program: Python 3.11's stdlib has no zstd codec."""
+
+    def __init__(self, raw):
+        import shutil
+        import subprocess
+        exe = shutil.which("zstd")
+        if exe is None:
+            raise ImageError("layer is zstd-compressed and the zstd program is not installed (apt-get install zstd)")
+        self.proc = subprocess.Popen([exe, "-dcq"], stdin=raw, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def read(self, n=-1):
+        return self.proc.stdout.read(n)
+
+    def close(self):
+        self.proc.stdout.close()
+        err = self.proc.stderr.read().decode(errors="replace").strip()
+        self.proc.stderr.close()
+        if self.proc.wait() != 0:
+            raise ImageError(f"zstd: {err or 'decompression failed'}")
+
+
+def open_decompressed(raw):
+    """A reader of `raw`'s uncompressed bytes (gzip, zstd, bzip2, xz or none).
+
+    `raw` must be a real file (zstd reads its fd) positioned at the start.
+    """
+    head = os.pread(raw.fileno(), 8, raw.tell())
+    kind = sniff(head)
+    if kind == GZIP:
+        import gzip
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if kind == ZSTD:
+        return _ZstdReader(raw)
+    if kind == BZIP2:
+        import bz2
+        return bz2.BZ2File(raw)
+    if kind == XZ:
+        import lzma
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+class HashReader:
+    """Reads through to `inner`, hashing (sha256) and counting every byte."""
+
+    def __init__(self, inner):
+        import hashlib
+        self.inner = inner
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, n=-1):
+        b = self.inner.read(n)
+        self.h.update(b)
+        self.n += len(b)
+        return b
+
+    def drain(self):
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self.h.hexdigest()
+
+
+def _decode_errors(e):
+    import gzip
+    import lzma
+    import tarfile
+    import zlib
+    return isinstance(e, (tarfile.TarError, zlib.error, EOFError, lzma.LZMAError, gzip.BadGzipFile))
+
+
+# ---- extraction ------------------------------------------------------------------
+
+def split_name(name, what="layer entry"):
+    if name.startswith("/"):
+        raise ImageError(f"{what} {name!r}: absolute path refused: it would land outside the layer")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise ImageError(f"{what} {name!r}: '..' component refused: it would climb out of the layer")
+    return parts
+
+
+def _xattrs_of(member):
+    out = {}
+    for k, v in member.pax_headers.items():
+        if k.startswith("SCHILY.xattr."):
+            out[k[13:]] = v.encode("utf-8", "surrogateescape")
+        elif k.startswith("LIBARCHIVE.xattr."):
+            import base64
+            import urllib.parse
+            pad = "=" * (-len(v) % 4)
+            out[urllib.parse.unquote(k[17:])] = base64.b64decode(v + pad)
+    return {k: v for k, v in out.items() if not k.startswith("trusted.overlay.")}
+
+
+class _Extractor:
+    def __init__(self, dest, uid_map=None, gid_map=None, overlay=False, use_openat2=True):
+        self.root = os.open(dest, os.O_RDONLY | _O_DIR)
+        self.uid_map, self.gid_map = uid_map, gid_map
+        self.overlay = overlay
+        self.openat2 = use_openat2
+        self.chown = os.geteuid() == 0 or bool(uid_map or gid_map)
+        self.root_ids = idmap.root_pair(uid_map, gid_map)
+        self.cache = {}
+        self.created = set()
+        self.dirs = {}
+        self.size = 0
+
+    def close(self):
+        self._flush()
+        os.close(self.root)
+
+    def _flush(self):
+        for fd in self.cache.values():
+            os.close(fd)
+        self.cache.clear()
+
+    # -- resolution beneath the root --
+
+    def _open_beneath(self, parts, flags):
+        path = "/".join(parts)
+        if self.openat2:
+            from ketch.linux import _libc
+            try:
+                return _libc.openat2(self.root, path, flags | os.O_CLOEXEC, 0,
+                                     _libc.RESOLVE_BENEATH | _libc.RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise
+                self.openat2 = False
+        fd = os.dup(self.root)
+        try:
+            for p in parts:
+                nfd = os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def parent(self, parts, name, create=True):
+        fd = self.cache.get(parts)
+        if fd is not None:
+            return fd
+        if not parts:
+            return self.root
+        try:
+            fd = self._open_beneath(parts, _O_PATH | os.O_DIRECTORY)
+        except OSError as e:
+            if e.errno == errno.ENOENT and create:
+                up = self.parent(parts[:-1], name)
+                try:
+                    os.mkdir(parts[-1], 0o755, dir_fd=up)
+                except FileExistsError:
+                    raise ImageError(f"layer entry {name!r}: parent {'/'.join(parts)!r} is a dangling symlink") from None
+                if self.chown:
+                    os.chown(parts[-1], *self.root_ids, dir_fd=up, follow_symlinks=False)
+                self.created.add(parts)
+                return self.parent(parts, name, create)
+            if e.errno == errno.EXDEV:
+                raise ImageError(f"layer entry {name!r}: parent {'/'.join(parts)!r} is a symlink leading "
+                                 "out of the layer") from None
+            if e.errno in (errno.ENOTDIR, errno.ELOOP) and not self.openat2:
+                raise ImageError(f"layer entry {name!r}: parent {'/'.join(parts)!r} is not a directory "
+                                 "(symlinked parents need openat2)") from None
+            if e.errno == errno.ENOTDIR:
+                raise ImageError(f"layer entry {name!r}: parent {'/'.join(parts)!r} is not a directory") from None
+            if e.errno == errno.ELOOP:
+                raise ImageError(f"layer entry {name!r}: parent {'/'.join(parts)!r}: too many symlinks") from None
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        self.cache[parts] = fd
+        return fd
+
+    # -- removal --
+
+    def _remove(self, pfd, base):
+        try:
+            st = os.lstat(base, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                import shutil
+                shutil.rmtree(base, dir_fd=pfd)
+            else:
+                os.unlink(base, dir_fd=pfd)
+        finally:
+            self._flush()  # cached fds may point under what went away; callers re-resolve
+
+    # -- entries --
+
+    def entry(self, tar, m):
+        name = m.name
+        parts = split_name(name)
+        if not parts:
+            if m.isdir():
+                self.dirs[()] = m
+            return
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            return self._whiteout(parts, name)
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.ischr() or m.isblk() or m.isfifo()):
+            raise ImageError(f"layer entry {name!r}: unsupported tar entry type {m.type!r}")
+        pfd = self.parent(parts[:-1], name)
+        try:
+            st = os.lstat(base, dir_fd=pfd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (m.isdir() and stat.S_ISDIR(st.st_mode)):
+            self._remove(pfd, base)
+            pfd = self.parent(parts[:-1], name)
+        self.created.add(parts)
+        if m.isdir():
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                os.mkdir(base, 0o700, dir_fd=pfd)
+            self.dirs[parts] = m
+        elif m.isreg():
+            self._file(tar, m, pfd, base)
+        elif m.islnk():
+            self._hardlink(m, pfd, base)
+        elif m.issym():
+            os.symlink(m.linkname, base, dir_fd=pfd)
+            self._attrs(m, pfd, base, symlink=True)
+        else:
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
+            dev = os.makedev(m.devmajor, m.devminor) if kind != stat.S_IFIFO else 0
+            os.mknod(base, kind | 0o600, dev, dir_fd=pfd)
+            self._attrs(m, pfd, base)
+
+    def _ids(self, m):
+        return (idmap.to_host(m.uid, self.uid_map, "uid"), idmap.to_host(m.gid, self.gid_map, "gid"))
+
+    def _times(self, m):
+        mt = int(m.mtime * 1e9)
+        at = m.pax_headers.get("atime")
+        return (int(float(at) * 1e9) if at else mt, mt)
+
+    def _file(self, tar, m, pfd, base):
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            src = tar.extractfile(m)
+            left = m.size
+            while left > 0:
+                chunk = src.read(min(left, _CHUNK))
+                if not chunk:
+                    raise ImageError(f"layer entry {m.name!r}: archive truncated")
+                n = len(chunk)
+                if n == _CHUNK and chunk == _ZEROS:
+                    os.lseek(fd, n, os.SEEK_CUR)  # keep holes as holes
+                else:
+                    os.write(fd, chunk)
+                left -= n
+            os.ftruncate(fd, m.size)
+            self.size += m.size
+            if self.chown:
+                os.chown(fd, *self._ids(m))
+            os.chmod(fd, m.mode & 0o7777)
+            for k, v in _xattrs_of(m).items():
+                os.setxattr(fd, k, v)
+            os.utime(fd, ns=self._times(m))
+        finally:
+            os.close(fd)
+
+    def _attrs(self, m, pfd, base, symlink=False):
+        if self.chown:
+            os.chown(base, *self._ids(m), dir_fd=pfd, follow_symlinks=False)
+        if not symlink:
+            os.chmod(base, m.mode & 0o7777, dir_fd=pfd)
+        xa = _xattrs_of(m)
+        if xa:
+            path = f"/proc/self/fd/{pfd}/{base}"
+            for k, v in xa.items():
+                os.setxattr(path, k, v, follow_symlinks=False)
+        os.utime(base, ns=self._times(m), dir_fd=pfd, follow_symlinks=False)
+
+    def _hardlink(self, m, pfd, base):
+        target = split_name(m.linkname, f"layer entry {m.name!r}: hardlink target")
+        if not target:
+            raise ImageError(f"layer entry {m.name!r}: hardlink to the layer root")
+        tfd = self.parent(target[:-1], m.name, create=False)
+        try:
+            if tfd is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory")
+            os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise ImageError(f"layer entry {m.name!r}: hardlink target {m.linkname!r} is not in the layer") from None
+
+    def _whiteout(self, parts, name):
+        base = parts[-1]
+        if base == OPAQUE:
+            pfd = self.parent(parts[:-1], name)
+            if self.overlay:
+                os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
+                return
+            dfd = self._open_beneath(parts[:-1], os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                names = [e.name for e in os.scandir(dfd)]
+            finally:
+                os.close(dfd)
+            for n in names:
+                if parts[:-1] + (n,) not in self.created:
+                    self._remove(pfd, n)
+                    pfd = self.parent(parts[:-1], name)
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): nothing for us
+        victim = base[len(WHITEOUT_PREFIX):]
+        if victim in ("", ".", ".."):
+            raise ImageError(f"layer entry {name!r}: malformed whiteout")
+        if parts[:-1] + (victim,) in self.created:
+            return
+        if self.overlay:
+            pfd = self.parent(parts[:-1], name)
+            self._remove(pfd, victim)
+            pfd = self.parent(parts[:-1], name)
+            os.mknod(victim, stat.S_IFCHR | 0o000, 0, dir_fd=pfd)
+            return
+        pfd = self.parent(parts[:-1], name, create=False)
+        if pfd is not None:
+            self._remove(pfd, victim)
+
+    def finish_dirs(self):
+        for parts, m in reversed(list(self.dirs.items())):
+            try:
+                fd = self._open_beneath(parts, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) if parts \
+                    else os.dup(self.root)
+            except OSError:
+                continue  # replaced or removed by a later entry
+            try:
+                if self.chown:
+                    os.chown(fd, *self._ids(m))
+                os.chmod(fd, m.mode & 0o7777)
+                for k, v in _xattrs_of(m).items():
+                    os.setxattr(fd, k, v)
+                os.utime(fd, ns=self._times(m))
+            except OSError as e:
+                raise ImageError(f"layer entry {m.name!r}: {describe_oserror(e)}") from None
+            finally:
+                os.close(fd)
+
+
+def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress=None, use_openat2=True):
+    """Apply the uncompressed layer tar read from `stream` onto directory `dest`.
+
+    Returns the number of bytes of regular-file content written.  Raises
+    ImageError naming the offending entry; `dest` is then partially written
+    (callers extract into a fresh layer and remove it on failure).
+    """
+    import tarfile
+    ex = _Extractor(dest, uid_map, gid_map, overlay, use_openat2)
+    name = None
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|", format=tarfile.PAX_FORMAT)
+        for m in tar:
+            name = m.name
+            ex.entry(tar, m)
+            if progress and m.size:
+                progress(m.size)
+        ex.finish_dirs()
+        return ex.size
+    except ImageError:
+        raise
+    except StorageError as e:  # an owner the id maps do not cover
+        raise ImageError(f"layer entry {name!r}: {e}") from None
+    except OSError as e:
+        where = f"layer entry {name!r}" if name is not None else "layer"
+        raise ImageError(f"{where}: {describe_oserror(e)}") from e
+    except Exception as e:
+        if _decode_errors(e):
+            where = f" after entry {name!r}" if name is not None else ""
+            raise ImageError(f"corrupt or truncated layer archive{where}: {e}") from e
+        raise
+    finally:
+        ex.close()
+
+
+# ---- writing -------------------------------------------------------------------------
+
+class TarWriter:
+    """A PAX tar of filesystem entries, with owners shifted back to container ids."""
+
+    def __init__(self, out, uid_map=None, gid_map=None):
+        import tarfile
+        self.tarfile = tarfile
+        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+        self.uid_map, self.gid_map = uid_map, gid_map
+        self.inodes = {}
+
+    def add(self, path, arcname, st=None):
+        tf = self.tarfile
+        st = st or os.lstat(path)
+        mode = st.st_mode
+        ti = tf.TarInfo(arcname)
+        ti.mode = stat.S_IMODE(mode)
+        ti.uid = idmap.to_container(st.st_uid, self.uid_map, "uid")
+        ti.gid = idmap.to_container(st.st_gid, self.gid_map, "gid")
+        ti.uname = ti.gname = ""
+        ti.mtime = st.st_mtime_ns // 1_000_000_000
+        pax = {}
+        try:
+            for k in os.listxattr(path, follow_symlinks=False):
+                if not k.startswith("trusted.overlay."):
+                    pax["SCHILY.xattr." + k] = os.getxattr(path, k, follow_symlinks=False).decode(
+                        "utf-8", "surrogateescape")
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        ti.pax_headers = pax
+        data = None
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            first = self.inodes.get((st.st_dev, st.st_ino))
+            if first is not None:
+                ti.type, ti.linkname = tf.LNKTYPE, first
+                self.tar.addfile(ti)
+                return
+            self.inodes[(st.st_dev, st.st_ino)] = arcname
+        if stat.S_ISREG(mode):
+            ti.type, ti.size = tf.REGTYPE, st.st_size
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(path, flags | os.O_NOATIME)
+            except PermissionError:
+                fd = os.open(path, flags)
+            data = os.fdopen(fd, "rb")
+        elif stat.S_ISDIR(mode):
+            ti.type = tf.DIRTYPE
+        elif stat.S_ISLNK(mode):
+            ti.type, ti.linkname = tf.SYMTYPE, os.readlink(path)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            ti.type = tf.CHRTYPE if stat.S_ISCHR(mode) else tf.BLKTYPE
+            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(mode):
+            ti.type = tf.FIFOTYPE
+        else:
+            return  # sockets have no tar form; they are recreated by their owners
+        try:
+            self.tar.addfile(ti, data)
+        finally:
+            if data is not None:
+                data.close()
+
+    def whiteout(self, arcname, mtime=0):
+        d, _, base = arcname.rpartition("/")
+        ti = self.tarfile.TarInfo((d + "/" if d else "") + WHITEOUT_PREFIX + base)
+        ti.mtime, ti.mode = mtime, 0o644
+        self.tar.addfile(ti)
+
+    def opaque(self, dirname, mtime=0):
+        ti = self.tarfile.TarInfo((dirname + "/" if dirname else "") + OPAQUE)
+        ti.mtime, ti.mode = mtime, 0o644
+        self.tar.addfile(ti)
+
+    def close(self):
+        self.tar.close()
+
+
+def _entries_sorted(rel, path):
+    with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        yield (rel + "/" + e.name if rel else e.name), e.path, e.stat(follow_symlinks=False)
+
+
+def walk_sorted(root):
+    """(relative path, absolute path, stat) of every entry under root: depth first, sorted by name."""
+    stack = [_entries_sorted("", root)]
+    while stack:
+        for rel, path, st in stack[-1]:
+            yield rel, path, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(_entries_sorted(rel, path))
+                break
+        else:
+            stack.pop()
+
+
+def write_tree(root, out, *, uid_map=None, gid_map=None):
+    """Tar every entry under `root` (not root itself) to `out`, sorted."""
+    w = TarWriter(out, uid_map, gid_map)
+    for rel, path, st in walk_sorted(root):
+        w.add(path, rel, st)
+    w.close()
+
+
+class TarStream:
+    """A readable stream of a tar produced by `produce(fileobj)` in a thread.
+
+    close() waits for the producer and raises its error, so a caller that
+    read to the end learns whether the tar is whole.
+    """
+
+    def __init__(self, produce):
+        import threading
+        r, w = os.pipe()
+        self._r = os.fdopen(r, "rb")
+        self._w = os.fdopen(w, "wb")
+        self._err = None
+
+        def run():
+            try:
+                produce(self._w)
+            except BaseException as e:  # noqa: B902 - handed to the reader
+                self._err = e
+            finally:
+                try:
+                    self._w.close()
+                except OSError:
+                    pass
+
+        self._t = threading.Thread(target=run, name="ketch-tar", daemon=True)
+        self._t.start()
+
+    def read(self, n=-1):
+        return self._r.read(n)
+
+    def readable(self):
+        return True
+
+    def close(self):
+        self._r.close()  # a producer still writing gets EPIPE and stops
+        self._t.join()
+        if self._err is not None and not isinstance(self._err, BrokenPipeError):
+            raise self._err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

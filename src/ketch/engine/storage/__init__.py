@@ -1,0 +1,149 @@
+"""Layer storage: a driver interface and a registry choosing a driver by name.
+
+A layer is named by an id (a plain name, never a path).  Every driver keeps
+its layers under its own home directory, ``<storage root>/<driver name>``;
+the storage root records which driver it was made with, because a store's
+layers cannot be read by another driver.
+
+    drv = storage.open_driver("/var/lib/ketch")          # overlay if it works, else vfs
+    drv.create("base", None); drv.apply_diff("base", None, tar_stream)
+    drv.create("rw", "base"); path = drv.get("rw"); ...; drv.put("rw")
+"""
+
+import os
+import re
+
+from ketch.errors import StorageError
+
+DRIVERS = {
+    "overlay": ("ketch.engine.storage.overlay", "OverlayDriver"),
+    "vfs": ("ketch.engine.storage.vfs", "VfsDriver"),
+}
+PRIORITY = ("overlay", "vfs")
+DRIVER_FILE = "storage-driver"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
+
+
+def check_id(layer_id):
+    if not isinstance(layer_id, str) or not _ID.match(layer_id):
+        raise StorageError(f"invalid layer id {layer_id!r}: want [A-Za-z0-9][A-Za-z0-9_.+-]*")
+    return layer_id
+
+
+class Driver:
+    """What every storage driver provides.  Ids are checked with check_id."""
+
+    name = "?"
+
+    def __init__(self, home, uid_map=None, gid_map=None):
+        self.home = os.fspath(home)
+        self.uid_map = uid_map or None
+        self.gid_map = gid_map or None
+
+    @classmethod
+    def supported(cls, home):
+        """True if the driver can work with its home at `home` on this machine."""
+        return True
+
+    def create(self, layer_id, parent=None, mount_label="", storage_opt=None):
+        """Make layer `layer_id` holding `parent`'s content (empty without one)."""
+        raise NotImplementedError
+
+    def remove(self, layer_id):
+        raise NotImplementedError
+
+    def get(self, layer_id, mount_label=""):
+        """The directory holding the layer's whole filesystem (mounting it if needed)."""
+        raise NotImplementedError
+
+    def put(self, layer_id):
+        """Release what get() set up (unmount)."""
+
+    def exists(self, layer_id):
+        raise NotImplementedError
+
+    def ids(self):
+        raise NotImplementedError
+
+    def status(self):
+        """[(key, value)] describing the driver, as `docker info` shows it."""
+        return [("Backing Filesystem", backing_fs(self.home))]
+
+    def diff(self, layer_id, parent=None):
+        """A readable tar stream of what `layer_id` changed over `parent`, whiteouts in OCI form."""
+        raise NotImplementedError
+
+    def changes(self, layer_id, parent=None):
+        """[(kind, path)] with kind "A" (added), "C" (changed) or "D" (deleted), sorted by path."""
+        raise NotImplementedError
+
+    def apply_diff(self, layer_id, parent, tar, progress=None):
+        """Apply an uncompressed layer tar (a readable stream) onto the layer; returns content bytes."""
+        raise NotImplementedError
+
+    def diff_size(self, layer_id, parent=None):
+        """Bytes of regular-file content added or changed over `parent`."""
+        raise NotImplementedError
+
+
+def driver_class(name):
+    try:
+        module, cls = DRIVERS[name]
+    except KeyError:
+        raise StorageError(f"unknown storage driver {name!r} (have {', '.join(DRIVERS)})") from None
+    import importlib
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_name(root):
+    """The first driver of PRIORITY that works under `root`."""
+    for name in PRIORITY:
+        if driver_class(name).supported(os.path.join(root, name)):
+            return name
+    return "vfs"
+
+
+def open_driver(root, name=None, uid_map=None, gid_map=None):
+    """The driver of the storage root `root`, fixed on first use.
+
+    `name` None picks the recorded driver, else the default; naming another
+    driver than the one the root was made with is refused.
+    """
+    root = os.fspath(root)
+    marker = os.path.join(root, DRIVER_FILE)
+    try:
+        with open(marker) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded and name and name != recorded:
+        raise StorageError(f"storage root {root} holds {recorded} layers: cannot use the {name} driver "
+                           f"(use another --storage-root)")
+    name = name or recorded or default_name(root)
+    cls = driver_class(name)
+    if not recorded:
+        if not cls.supported(os.path.join(root, name)):
+            raise StorageError(f"storage driver {name} does not work under {root}")
+        os.makedirs(root, 0o711, exist_ok=True)
+        from ketch.engine.util import atomic_write
+        atomic_write(marker, name + "\n")
+    return cls(os.path.join(root, name), uid_map, gid_map)
+
+
+def backing_fs(path):
+    """Filesystem type of the mount holding `path` (from /proc/self/mountinfo)."""
+    path = os.path.realpath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mp = fields[4].replace("\\040", " ")
+                sep = fields.index("-")
+                if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                    best, fstype = mp, fields[sep + 1]
+    except OSError:
+        pass
+    return fstype
