@@ -208,3 +208,22 @@ def test_same_index_is_or_and_different_indexes_are_and_in_the_kernel():
                 errno_of(lambda: os.kill(me, 0)), errno_of(lambda: os.kill(os.getppid(), 0)))
 
     assert in_child(child) == (errno.EACCES, errno.EACCES, 0, errno.EXDEV, 0)
+
+
+def test_load_without_nnp_or_cap_sys_admin_says_why():
+    from ketch.errors import SetupError
+    from ketch.linux import capabilities
+
+    filt = seccomp.compile({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]})
+
+    def child():
+        _, held, _ = capabilities._libc.capget()
+        keep = capabilities.names(held & ~(1 << capabilities.BY_NAME["CAP_SYS_ADMIN"]))
+        capabilities.apply({"bounding": keep, "effective": keep, "permitted": keep})
+        try:
+            filt.load()
+        except SetupError as e:
+            return str(e)
+
+    assert in_child(child) == ("load seccomp filter: permission denied (without no_new_privs, loading a filter "
+                               "needs CAP_SYS_ADMIN: load it before dropping capabilities)")

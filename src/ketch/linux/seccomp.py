@@ -124,6 +124,7 @@ ARCHES = {f"SCMP_ARCH_{n.upper()}": n for n in (
 
 # filter flag → (libseccomp attribute, minimum API level that supports it)
 _FLTATR_CTL_NNP = 3
+_FLTATR_API_SYSRAWRC = 9
 FLAGS = {
     "SECCOMP_FILTER_FLAG_TSYNC": (4, 2),
     "SECCOMP_FILTER_FLAG_LOG": (6, 3),
@@ -192,7 +193,10 @@ class Filter:
         L = lib()
         rc = L.seccomp_load(self._ctx)
         if rc < 0:
-            raise SetupError("load seccomp filter", os.strerror(-rc).lower())
+            why = os.strerror(-rc).lower()
+            if rc == -errno.EACCES:
+                why += " (without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping capabilities)"
+            raise SetupError("load seccomp filter", why)
         if not self.notify:
             return None
         fd = L.seccomp_notify_fd(self._ctx)
@@ -257,6 +261,8 @@ def compile(spec, warn=None):
             rc = L.seccomp_arch_add(ctx, token)
             if rc < 0 and rc != -errno.EEXIST:
                 raise SetupError(f"seccomp add architecture {a}", os.strerror(-rc).lower())
+        # Without SYSRAWRC libseccomp reports every kernel refusal as ECANCELED.
+        L.seccomp_attr_set(ctx, _FLTATR_API_SYSRAWRC, 1)
         rc = L.seccomp_attr_set(ctx, _FLTATR_CTL_NNP, 0)
         if rc < 0:
             raise SetupError("seccomp unset no_new_privs attribute", os.strerror(-rc).lower())
