@@ -151,7 +151,7 @@ def _setup(ctx, sock):
 
             sysctl.apply(linux["sysctl"], nsmap)
 
-    _apply_process_attrs(ctx, proc)
+    apply_process_attrs(ctx, proc)
 
     with Step("close runtime file descriptors"):
         _close_fds(ctx, keep={sock.fileno()})
@@ -162,8 +162,13 @@ def _setup(ctx, sock):
     return True
 
 
-def _apply_process_attrs(ctx, proc):
-    """Everything about the process that needs privileges, before READY."""
+def apply_process_attrs(ctx, proc):
+    """Everything about the process that needs privileges, before READY.
+
+    Shared with exec (process/setns.py).  ``ctx`` provides: ``config``,
+    ``id``, ``nsmap``, ``no_new_keyring``, ``setgroups_denied``; optional
+    ``keep_undumpable`` (exec stays non-dumpable until execve); sets
+    ``ctx.exec_path``."""
     from ..linux import _libc
 
     if "oomScoreAdj" in proc:
@@ -204,6 +209,17 @@ def _apply_process_attrs(ctx, proc):
     with Step("change to working directory " + proc.get("cwd", "/")):
         _chdir(proc.get("cwd") or "/")
 
+    if getattr(ctx, "seccomp_filter", None) is not None and not proc.get("noNewPrivileges"):
+        # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: load
+        # it while we still hold it, before the capabilities are dropped.
+        # With no_new_privs it waits until just before execve.
+        with Step("load seccomp filter"):
+            from ..linux import seccomp as sc
+
+            sc.load(ctx.seccomp_filter, (ctx.config.get("linux") or {}).get("seccomp"),
+                    state=ctx.hook_state(os.getpid(), "creating"))
+            ctx.seccomp_filter = None
+
     user = proc.get("user") or {}
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     caps = proc.get("capabilities")
@@ -215,7 +231,7 @@ def _apply_process_attrs(ctx, proc):
             _libc.setgroups(list(user.get("additionalGids") or []))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-        if uid != 0 or "user" in ctx.nsmap:
+        if (uid != 0 or "user" in ctx.nsmap) and not getattr(ctx, "keep_undumpable", False):
             # Non-dumpable (set in stage-1, and again by setuid) makes
             # /proc/self/fd belong to host root: the exec fifo could not be
             # reopened through it.  A process that is not host root can't
@@ -256,6 +272,9 @@ def _apply_process_attrs(ctx, proc):
         ctx.exec_path = lookup_executable(proc["args"][0], env)
 
 
+_apply_process_attrs = apply_process_attrs
+
+
 def _release_and_exec(ctx):
     cfg = ctx.config
     proc = cfg["process"]
@@ -275,7 +294,7 @@ def _release_and_exec(ctx):
             hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "running"), "startContainer")
 
     seccomp = (cfg.get("linux") or {}).get("seccomp")
-    if seccomp:
+    if seccomp and ctx.seccomp_filter is not None:
         with Step("load seccomp filter"):
             from ..linux import seccomp as sc
 
