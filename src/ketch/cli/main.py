@@ -21,6 +21,7 @@ VERBS = {
     "start": ("start", "executes the user defined process in a created container"),
     "run": ("run", "create and run a container"),
     "state": ("state", "output the state of a container"),
+    "exec": ("exec", "execute new process inside the container"),
     "kill": ("kill", "kill sends the specified signal to the container's init process"),
     "delete": ("delete", "delete any resources held by the container"),
     "list": ("list", "lists containers started by ketch with the given root"),

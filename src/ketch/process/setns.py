@@ -1,0 +1,395 @@
+"""Exec into a running container: join its namespaces, cgroups and root, take
+its process attributes, execve.
+
+ parent (ketch exec)              intermediate                  process (in the container)
+ ───────────────────              ────────────                  ──────────────────────────
+ lock, check status, pidfd of init
+ fork ──────────────────────────▶ non-dumpable; wait
+ cgroups: add intermediate
+ GO ────────────────────────────▶ preload modules, compile seccomp,
+                                  close every fd not passed on,
+                                  setns user, then the others, mount
+                                  last; fchdir(init's root) + chroot;
+                                  fork ──────────────────────▶ (in the pid namespace)
+ ◀─────────────────────────────── PID {pid}; exit
+ reap intermediate                                              console, process attributes,
+                                                                seccomp, execve
+ ◀─────────────────────────────────────────────────────────────── EOF (the sync socket is
+                                                                  close-on-exec): exec'd
+ pid file; detach, or wait for the process and return its status
+
+ Any failure is ERROR {step, msg} and exit; EOF without a PID message, or
+ an ERROR, makes the parent raise SetupError.
+
+CVE-2019-5736: between the fork and execve the process is the host's Python
+interpreter running inside the container's pid namespace, where container
+processes can see it in /proc.  It is non-dumpable from the first
+instruction after fork until execve (which recomputes dumpability for the
+container's binary), so /proc/<pid>/exe, /fd, /mem, /map_files and ptrace
+are closed to them (ptrace_may_access: a non-dumpable task needs
+CAP_SYS_PTRACE over its mm's user namespace).  Beyond that:
+
+* Every module the steps after the chroot use is imported before the
+  namespaces are joined, and ``sys.path`` is then emptied: an import that
+  slipped through must fail, not load a .py or .so from the container's
+  image and run it as host root.  The seccomp filter is compiled (libseccomp
+  dlopen'ed) on the host side for the same reason.
+* No fd of the runtime reaches the container: everything except stdio,
+  --preserve-fds, the sync socket and the console socket (both
+  close-on-exec) is closed before the first setns.
+* The container's root comes from the init's (/proc/<init>/root opened
+  before joining), never from a path the container controls; the init is
+  pinned by a pidfd so a recycled pid cannot be joined.
+What remains open is a container granted CAP_SYS_PTRACE in the host user
+namespace: it can ptrace any non-dumpable root process, as it can with runc.
+"""
+
+import os
+import sys
+
+from .. import errors
+from . import sync
+
+
+class ExecContext:
+    """What the exec child needs; it is a fork, so nothing is serialized.
+
+    The attribute names match what ``init.apply_process_attrs`` reads."""
+
+    def __init__(self, cid, config, process, nsmap, init_pid, pidfd):
+        self.id = cid
+        self.config = config
+        self.process = process
+        self.nsmap = nsmap
+        self.init_pid = init_pid
+        self.pidfd = pidfd
+        self.no_new_keyring = False
+        self.setgroups_denied = False
+        self.keep_undumpable = True
+        self.preserve_fds = 0
+        self.console_sock = None      # socket to send the pty master to
+        self.cgroup_dirs = []          # dirs whose cgroup.procs the intermediate joins
+        self.exec_path = None
+        self.seccomp_filter = None
+        self.root_fd = -1
+        self.pid_file = None
+
+    def floor(self):
+        return 3 + self.preserve_fds
+
+
+def _high(fd, floor):
+    """Move ``fd`` at or above ``floor``: fds 3..3+N-1 are the caller's to pass through."""
+    if fd >= floor:
+        return fd
+    import fcntl
+
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return new
+
+
+def spawn(ctx):
+    """Start the process; return its host pid once it has exec'd.
+
+    Raises SetupError (the process is gone) when any step before execve fails.
+    """
+    floor = ctx.floor()
+    a, b = sync.pair()
+    parent_sock = a
+    import socket
+
+    child_sock = socket.socket(fileno=_high(b.detach(), floor))
+    if ctx.console_sock is not None:
+        ctx.console_sock = socket.socket(fileno=_high(ctx.console_sock.detach(), floor))
+    ctx.root_fd = _high(os.open(f"/proc/{ctx.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+                        floor)
+    try:
+        inter = os.fork()
+    except BaseException:
+        child_sock.close()
+        parent_sock.close()
+        raise
+    if inter == 0:  # ------------------------------------------ intermediate
+        code = 1
+        try:
+            parent_sock.close()
+            _intermediate(ctx, child_sock)
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - everything goes to the parent
+            sync.report_error(child_sock, getattr(e, "_ketch_step", "join container"), e)
+        finally:
+            os._exit(code)
+    # ------------------------------------------------------------------- parent
+    child_sock.close()
+    os.close(ctx.root_fd)
+    ctx.root_fd = -1
+    if ctx.console_sock is not None:
+        ctx.console_sock.close()
+        ctx.console_sock = None
+    pid = 0
+    try:
+        try:
+            for d in ctx.cgroup_dirs:
+                with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                    f.write(str(inter))
+        except OSError as e:
+            raise errors.SetupError(f"join cgroup {d}", e) from None
+        sync.send(parent_sock, sync.GO)
+        msg = sync.recv(parent_sock)
+        if msg is None:
+            _raise_died(inter)
+        if msg["t"] == sync.ERROR:
+            raise errors.SetupError(msg["step"], msg["msg"] or None)
+        pid = msg["pid"]
+        _reap(inter)
+        inter = 0
+        msg = sync.recv(parent_sock)
+        if msg is not None:
+            if msg["t"] == sync.ERROR:
+                _reap(pid)
+                pid = 0
+                raise errors.SetupError(msg["step"], msg["msg"] or None)
+            raise errors.KetchError(f"internal error: unexpected {msg['t']!r} from exec process")
+    except BaseException:
+        if inter:
+            _kill_and_reap(inter)
+        if pid:
+            _kill_and_reap(pid)
+        raise
+    finally:
+        parent_sock.close()
+    return pid
+
+
+def _raise_died(pid):
+    status = _reap(pid)
+    if status is not None and os.WIFSIGNALED(status):
+        import signal
+
+        why = f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    elif status is not None and os.WIFEXITED(status):
+        why = f"exited with status {os.WEXITSTATUS(status)}"
+    else:
+        why = "exited"
+    raise errors.SetupError("exec", f"{why} before the process started")
+
+
+def _reap(pid):
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
+def _kill_and_reap(pid):
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return
+    _reap(pid)
+
+
+# --------------------------------------------------------------- intermediate
+
+def _step(e, name):
+    if not hasattr(e, "_ketch_step"):
+        try:
+            e._ketch_step = name
+        except AttributeError:
+            pass
+    return e
+
+
+def _intermediate(ctx, sock):
+    from ..linux import _libc
+    from ..linux import namespaces as ns
+
+    # First of all: see the module docstring (CVE-2019-5736).
+    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    sync.expect(sock, sync.GO)
+    try:
+        _preload(ctx)
+    except BaseException as e:
+        raise _step(e, "load runtime modules")
+    _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
+                          ctx.console_sock.fileno() if ctx.console_sock is not None else -1})
+
+    types = _types_to_join(ctx)
+    try:
+        fds = ns.open_paths({t: f"/proc/{ctx.init_pid}/ns/{ns.TYPES[t][1]}" for t in types})
+    except OSError as e:
+        raise _step(e, "open container namespaces")
+    # The fds are the init's only if it is still the process the pidfd pins.
+    if _pidfd_exited(ctx.pidfd):
+        raise errors.NotRunning(f"container {ctx.id!r} is not running (its init exited)")
+    os.close(ctx.pidfd)
+    try:
+        ns.join(fds)
+    except OSError as e:
+        raise _step(e, "join namespaces")
+    try:
+        os.fchdir(ctx.root_fd)
+        os.chroot(".")
+        os.chdir("/")
+    except OSError as e:
+        raise _step(e, "enter the container's root")
+    os.close(ctx.root_fd)
+    # Past this point everything is resolved inside the container: no more imports.
+    sys.path[:] = []
+    sys.path_importer_cache.clear()
+
+    if "time" in types:
+        pass  # a time namespace applies to children: the fork below enters it
+    try:
+        pid = os.fork()
+    except OSError as e:
+        import errno
+
+        if e.errno == errno.ENOMEM and "pid" in types:
+            # fork into a pid namespace whose init has died.
+            raise errors.NotRunning(f"container {ctx.id!r} is not running") from None
+        raise _step(e, "fork into the container")
+    if pid == 0:  # ----------------------------------------------- process
+        _process(ctx, sock)  # never returns
+        os._exit(1)
+    sync.send(sock, sync.PID, pid=pid)
+
+
+def _types_to_join(ctx):
+    """The container's namespaces that are not already ours.  Joining our own
+    user namespace is EINVAL; the others would be harmless but useless."""
+    from ..linux import namespaces as ns
+
+    out = []
+    for t in ns.JOIN_ORDER:
+        if t not in ctx.nsmap:
+            continue
+        name = ns.TYPES[t][1]
+        try:
+            theirs = os.stat(f"/proc/{ctx.init_pid}/ns/{name}")
+            ours = os.stat(f"/proc/self/ns/{name}")
+        except FileNotFoundError:
+            continue
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino) or t == "mount":
+            out.append(t)
+    return out
+
+
+def _pidfd_exited(pidfd):
+    import select
+
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def _preload(ctx):
+    """Import now every module used after the chroot (see the module docstring)."""
+    import errno  # noqa: F401
+    import fcntl  # noqa: F401
+    import json  # noqa: F401
+    import socket  # noqa: F401
+    import struct  # noqa: F401
+
+    from ..linux import _libc, capabilities, namespaces  # noqa: F401
+    from . import init  # noqa: F401
+
+    proc = ctx.process
+    linux = ctx.config.get("linux") or {}
+    if proc.get("terminal"):
+        from ..linux import console  # noqa: F401
+    if proc.get("rlimits"):
+        from ..linux import rlimits  # noqa: F401
+    if proc.get("apparmorProfile") or proc.get("scheduler") or proc.get("ioPriority") \
+            or linux.get("personality"):
+        from ..linux import procattr  # noqa: F401
+    if proc.get("selinuxLabel"):
+        from ..linux import label  # noqa: F401
+    if linux.get("seccomp"):
+        from ..linux import seccomp
+
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=init._warn)
+    # Names the CLI's error path and os.strerror use lazily.
+    errors.describe_oserror(OSError(2, "x"))
+
+
+def _close_fds(ctx, keep):
+    keep = set(keep) | {0, 1, 2} | set(range(3, 3 + ctx.preserve_fds))
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    for fd in range(3, 3 + ctx.preserve_fds):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------- process
+
+def _process(ctx, sock):
+    from . import init
+    from .init import Step
+
+    try:
+        proc = ctx.process
+        if proc.get("terminal"):
+            with Step("set up terminal"):
+                _setup_terminal(ctx, proc)
+        init.apply_process_attrs(ctx, proc)
+        seccomp = (ctx.config.get("linux") or {}).get("seccomp")
+        if seccomp:
+            with Step("load seccomp filter"):
+                from ..linux import seccomp as sc
+
+                sc.load(ctx.seccomp_filter, seccomp, state=None)
+        with Step(f"exec {proc['args'][0]!r}"):
+            os.execve(ctx.exec_path, proc["args"], init._env_dict(proc.get("env") or []))
+    except BaseException as e:  # noqa: BLE001
+        step = getattr(e, "_ketch_step", Step.current)
+        if isinstance(e, errors.SetupError):
+            step = e.step
+        if isinstance(e, errors.KetchError) and not isinstance(e, errors.SetupError):
+            # Already a complete sentence (executable not found...).
+            try:
+                sync.send(sock, sync.ERROR, step=str(e), msg="")
+            except OSError:
+                pass
+        else:
+            sync.report_error(sock, step, e)
+    os._exit(127)
+
+
+def _setup_terminal(ctx, proc):
+    from ..linux import console
+
+    master, slave_path = console.open_pty("/dev/ptmx")
+    try:
+        size = proc.get("consoleSize") or {}
+        if size:
+            console.set_size(master, size.get("height", 0), size.get("width", 0))
+        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+        user = proc.get("user") or {}
+        if user.get("uid", 0):
+            # The process must own its terminal (it is not root after setuid).
+            try:
+                os.fchown(slave, user["uid"], -1)
+            except OSError:
+                pass
+        if ctx.console_sock is not None:
+            console.send_fd(ctx.console_sock, master, slave_path)
+            ctx.console_sock.close()
+            ctx.console_sock = None
+    finally:
+        os.close(master)
+    os.setsid()
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    console.set_controlling_tty(0)
