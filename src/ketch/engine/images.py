@@ -556,7 +556,8 @@ class ImageStore:
             if ref and ("/" in ref or ":" in ref):
                 names.append(normalize_name(ref))  # a full reference
             elif ref and name:  # only a tag (skopeo's oci:DIR:TAG): the caller names the repository
-                names.append(normalize_name(f"{normalize_name(name).rsplit(':', 1)[0]}:{ref}"))
+                explicit = name.rfind(":") > name.rfind("/")
+                names.append(normalize_name(name if explicit else f"{name}:{ref}"))
             plan.append((mdigest, cdigest, layers, names))
         if name and len(plan) == 1 and not plan[0][3]:
             plan[0][3].append(normalize_name(name))
