@@ -224,3 +224,12 @@ def wait_for(pred, timeout=10.0, interval=0.02):
             return v
         time.sleep(interval)
     return pred()
+
+
+@pytest.fixture
+def cid():
+    """A container id unique on this host: cgroup paths derive from ids, and
+    other suites may run containers at the same time."""
+    import uuid
+
+    return "t" + uuid.uuid4().hex[:12]

@@ -21,9 +21,9 @@ def _write_raw(bundle, text):
 
 
 @pytest.mark.parametrize("verb", ["create", "run"])
-def test_broken_json(ketch, bundle, verb):
+def test_broken_json(ketch, bundle, verb, cid):
     _write_raw(bundle, '{"ociVersion": "1.0.2", "root": ')
-    p = ketch(verb, "-b", bundle.path, "c1", check=False)
+    p = ketch(verb, "-b", bundle.path, cid, check=False)
     _one_line_error(p, "config.json", "invalid JSON")
     assert ketch.ids() == []
 
@@ -42,16 +42,16 @@ def test_broken_json(ketch, bundle, verb):
     (lambda c: c["root"].__setitem__("path", "/nonexistent/rootfs"), ["rootfs", "does not exist"]),
     (lambda c: c["root"].__setitem__("path", "/etc/passwd"), ["rootfs", "not a directory"]),
 ])
-def test_bad_config(ketch, bundle, mutate, words):
+def test_bad_config(ketch, bundle, mutate, words, cid):
     mutate(bundle.config)
     bundle.write()
-    p = ketch("create", "-b", bundle.path, "c1", check=False)
+    p = ketch("create", "-b", bundle.path, cid, check=False)
     _one_line_error(p, *words)
     assert ketch.ids() == []
 
 
-def test_missing_config(ketch, tmp_path):
-    p = ketch("create", "-b", str(tmp_path), "c1", check=False)
+def test_missing_config(ketch, tmp_path, cid):
+    p = ketch("create", "-b", str(tmp_path), cid, check=False)
     _one_line_error(p, "config.json")
 
 
@@ -66,13 +66,13 @@ def test_bad_container_id(ketch, bundle, cid, runtime_root):
     assert not os.path.exists(os.path.join(os.path.dirname(runtime_root), "evil"))
 
 
-def test_container_id_in_use(ketch, bundle):
+def test_container_id_in_use(ketch, bundle, cid):
     bundle.args("sleep", "100").write()
-    ketch("create", "-b", bundle.path, "c1", stdout=-3, stderr=-3)
-    p = ketch("create", "-b", bundle.path, "c1", check=False)
-    _one_line_error(p, "c1", "already exists")
-    assert ketch.status("c1") == "created"
-    ketch("delete", "c1")
+    ketch("create", "-b", bundle.path, cid, stdout=-3, stderr=-3)
+    p = ketch("create", "-b", bundle.path, cid, check=False)
+    _one_line_error(p, cid, "already exists")
+    assert ketch.status(cid) == "created"
+    ketch("delete", cid)
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -89,19 +89,19 @@ def test_bad_command_line(ketch, argv, words):
     _one_line_error(p, *words)
 
 
-def test_unknown_signal(ketch, bundle):
+def test_unknown_signal(ketch, bundle, cid):
     bundle.args("sleep", "100").write()
-    ketch("create", "-b", bundle.path, "c1", stdout=-3, stderr=-3)
-    p = ketch("kill", "c1", "SIGFOO", check=False)
+    ketch("create", "-b", bundle.path, cid, stdout=-3, stderr=-3)
+    p = ketch("kill", cid, "SIGFOO", check=False)
     _one_line_error(p, "unknown signal", "SIGFOO")
-    assert ketch.status("c1") == "created"
-    ketch("delete", "c1")
+    assert ketch.status(cid) == "created"
+    ketch("delete", cid)
 
 
-def test_errors_reach_json_log(ketch, bundle, tmp_path):
+def test_errors_reach_json_log(ketch, bundle, tmp_path, cid):
     log = tmp_path / "log.json"
     _write_raw(bundle, "{")
-    p = ketch("--log", str(log), "--log-format", "json", "create", "-b", bundle.path, "c1", check=False)
+    p = ketch("--log", str(log), "--log-format", "json", "create", "-b", bundle.path, cid, check=False)
     assert p.returncode != 0
     rec = json.loads(log.read_text().splitlines()[-1])
     assert rec["level"] == "error" and "invalid JSON" in rec["msg"] and rec["time"]

@@ -100,6 +100,7 @@ def _setup(ctx, sock):
     linux = cfg.get("linux") or {}
     nsmap = ctx.nsmap
 
+    ctx.sync_sock = sock
     with Step("load runtime modules"):
         _preload(ctx, cfg)
 
@@ -209,16 +210,10 @@ def apply_process_attrs(ctx, proc):
     with Step("change to working directory " + proc.get("cwd", "/")):
         _chdir(proc.get("cwd") or "/")
 
-    if getattr(ctx, "seccomp_filter", None) is not None and not proc.get("noNewPrivileges"):
+    if not proc.get("noNewPrivileges"):
         # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: load
         # it while we still hold it, before the capabilities are dropped.
-        # With no_new_privs it waits until just before execve.
-        with Step("load seccomp filter"):
-            from ..linux import seccomp as sc
-
-            sc.load(ctx.seccomp_filter, (ctx.config.get("linux") or {}).get("seccomp"),
-                    state=ctx.hook_state(os.getpid(), "creating"))
-            ctx.seccomp_filter = None
+        _load_seccomp(ctx)
 
     user = proc.get("user") or {}
     uid, gid = user.get("uid", 0), user.get("gid", 0)
@@ -263,6 +258,10 @@ def apply_process_attrs(ctx, proc):
 
             label.set_exec_label(proc["selinuxLabel"])
 
+    # With no_new_privs: as late as we can while the parent is still there
+    # to pass a notify listener fd on (listenerPath is a host path).
+    _load_seccomp(ctx)
+
     if "umask" in user:
         os.umask(user["umask"])
     else:
@@ -273,6 +272,24 @@ def apply_process_attrs(ctx, proc):
 
 
 _apply_process_attrs = apply_process_attrs
+
+
+def _load_seccomp(ctx):
+    if getattr(ctx, "seccomp_filter", None) is None:
+        return
+    from ..linux import seccomp as sc
+
+    with Step("load seccomp filter"):
+        sock = getattr(ctx, "sync_sock", None)
+
+        def to_parent(fd):
+            sync.send_fd(sock, fd, sync.SECCOMP_FD, listenerPath=ctx.seccomp_filter.listener_path,
+                         metadata=ctx.seccomp_filter.listener_metadata)
+            sync.expect(sock, sync.CONTINUE)
+
+        sc.load(ctx.seccomp_filter, send=to_parent if sock is not None else None,
+                state=None if sock is not None else ctx.hook_state(os.getpid(), "creating"))
+        ctx.seccomp_filter = None
 
 
 def _release_and_exec(ctx):
@@ -292,13 +309,6 @@ def _release_and_exec(ctx):
             from ..runtime import hooks as hk
 
             hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "running"), "startContainer")
-
-    seccomp = (cfg.get("linux") or {}).get("seccomp")
-    if seccomp and ctx.seccomp_filter is not None:
-        with Step("load seccomp filter"):
-            from ..linux import seccomp as sc
-
-            sc.load(ctx.seccomp_filter, seccomp, state=ctx.hook_state(os.getpid(), "creating"))
 
     with Step(f"exec {proc['args'][0]!r}"):
         os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))

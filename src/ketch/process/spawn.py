@@ -79,6 +79,17 @@ def _drive(ctx, sock, stage1):
         elif t == sync.HOOKS:
             ctx.run_create_runtime_hooks(init_pid)
             sync.send(sock, sync.CONTINUE)
+        elif t == sync.SECCOMP_FD:
+            fd = msg.get("fd")
+            try:
+                from ..linux import seccomp
+
+                seccomp.send_listener_fd(msg["listenerPath"], fd, ctx.hook_state(init_pid, "creating"),
+                                         init_pid, msg.get("metadata") or "")
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            sync.send(sock, sync.CONTINUE)
         elif t == sync.READY:
             return init_pid
         elif t == sync.ERROR:

@@ -20,6 +20,8 @@ the container init inherit the other.
  CONTINUE ──────────────────────────────────────────────────────▶ createContainer hooks, pivot_root,
                                                                  console, masked/readonly paths,
                                                                  hostname, rlimits, user, caps ...
+ ◀────────────────────────────────────────────────────────────── SECCOMP_FD (notify listener)
+ pass it to listenerPath; CONTINUE ─────────────────────────────▶
  ◀────────────────────────────────────────────────────────────── READY
  state.json = created; pid file;                                 open(exec.fifo, O_WRONLY) blocks
  exit                                                            until `ketch start` opens it, then
@@ -42,6 +44,7 @@ HOOKS = "hooks"
 CONTINUE = "continue"
 READY = "ready"
 ERROR = "error"
+SECCOMP_FD = "seccomp-fd"  # init -> parent, with the notify fd (SCM_RIGHTS)
 
 _MAX = 1 << 16
 
@@ -56,17 +59,24 @@ def send(sock, kind, **fields):
     sock.send(json.dumps(fields, separators=(",", ":")).encode())
 
 
+def send_fd(sock, fd, kind, **fields):
+    fields["t"] = kind
+    socket.send_fds(sock, [json.dumps(fields, separators=(",", ":")).encode()], [fd])
+
+
 def recv(sock):
-    """Next message as a dict, or None on EOF (the peer died or closed)."""
-    while True:
-        try:
-            data = sock.recv(_MAX)
-            break
-        except InterruptedError:  # pragma: no cover (PEP 475 retries)
-            continue
+    """Next message as a dict, or None on EOF (the peer died or closed).
+
+    A message that carried a file descriptor has it under "fd"."""
+    data, fds, _, _ = socket.recv_fds(sock, _MAX, 1)
     if not data:
+        for fd in fds:
+            os.close(fd)
         return None
-    return json.loads(data)
+    msg = json.loads(data)
+    if fds:
+        msg["fd"] = fds[0]
+    return msg
 
 
 class ProtocolError(Exception):

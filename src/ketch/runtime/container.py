@@ -111,6 +111,13 @@ class CreateContext:
         try:
             mgr.create()
             self._save_cgroups()
+            busy = mgr.pids()
+            if busy:
+                # Two containers in one cgroup would share limits, and deleting
+                # one would kill or orphan the other's processes.
+                raise errors.SetupError(
+                    f"cgroup {linux.get('cgroupsPath') or self.id!r} already has processes "
+                    f"({', '.join(map(str, busy[:5]))}): is another container using it?")
             # set() also installs the default device rules: call it always.
             mgr.set(linux.get("resources") or {})
             mgr.apply(pid)
@@ -322,12 +329,8 @@ def _run_poststart(c):
         return
     from . import hooks as hk
 
-    try:
-        hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart")
-    except errors.HookError:
-        # As runc: a failed poststart hook stops the container it just started.
-        _kill_wait(c.pid)
-        raise
+    # The spec: a failing poststart hook is a warning; the container runs on.
+    hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart", warn=_warn)
 
 
 def _state_for_hooks(c, status):
@@ -494,11 +497,8 @@ def _destroy(c):
     if hooks:
         from . import hooks as hk
 
-        try:
-            hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop")
-        except errors.HookError as e:
-            # The spec: a poststop failure is logged, the deletion goes on.
-            _warn(str(e))
+        # The spec: a poststop failure is logged, the deletion goes on.
+        hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop", warn=_warn)
     c.remove_dir()
 
 
