@@ -245,3 +245,35 @@ def test_events_stream_reports_ooms_and_ends_with_the_init(fake):
 def test_events_interval_must_be_positive(fake):
     with pytest.raises(errors.UsageError, match="interval"):
         cgroupverbs.events(fake.store, "c1", 0, print)
+
+
+def test_update_on_cgroup_v2_keeps_the_other_half_of_a_file(tmp_path):
+    """cpu.max holds quota and period, memory.swap.max counts swap alone: an
+    update naming one half must not reset the other."""
+    top = tmp_path / "cg2"
+    leaf = top / "c2"
+    leaf.mkdir(parents=True)
+    (top / "cgroup.controllers").write_text("cpu memory pids\n")
+    (top / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    for name, text in {"cgroup.controllers": "cpu memory pids", "cpu.max": "50000 100000",
+                       "memory.max": str(128 * MiB), "memory.swap.max": "max", "cgroup.freeze": "0",
+                       "cgroup.events": "populated 1\nfrozen 0\n"}.items():
+        (leaf / name).write_text(text + "\n")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        store = Store(str(tmp_path / "state"))
+        c = store.new("c2")
+        c.state = {"id": "c2", "status": "running", "pid": child.pid,
+                   "pidStartTime": proc_start_time(child.pid)[0], "cgroupPaths": {"": str(leaf)}}
+        c.save()
+        c.unlock()
+        cgroupverbs.update(store, "c2", {"cpu": {"period": 200000}})
+        assert (leaf / "cpu.max").read_text().strip() == "50000 200000"
+        cgroupverbs.update(store, "c2", {"memory": {"swap": 256 * MiB}})
+        assert (leaf / "memory.swap.max").read_text().strip() == str(128 * MiB)
+        assert (leaf / "memory.max").read_text().strip() == str(128 * MiB)
+        cgroupverbs.update(store, "c2", {"cpu": {"quota": -1}})
+        assert (leaf / "cpu.max").read_text().strip() == "max"
+    finally:
+        child.kill()
+        child.wait()
