@@ -111,6 +111,47 @@ def test_resources_read_back_from_host_and_inside(ketch, runc, own_bundle):
         assert read(os.path.join(rhost[ctrl], name)) == want, ("runc", ctrl, name)
 
 
+MORE_RESOURCES = {
+    "memory": {"disableOOMKiller": True},
+    "cpu": {"burst": 1000, "idle": 0},
+    "blockIO": {"throttleReadBpsDevice": [{"major": 7, "minor": 0, "rate": 1048576}],
+                "throttleWriteIOPSDevice": [{"major": 7, "minor": 0, "rate": 100}]},
+    "hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MiB}],
+    "unified": {"cgroup.max.depth": "3"},
+}
+MORE_EXPECTED = [
+    ("memory", "memory.oom_control", "oom_kill_disable 1"),
+    ("cpu", "cpu.cfs_burst_us", "1000"),
+    ("cpu", "cpu.idle", "0"),
+    ("blkio", "blkio.throttle.read_bps_device", "7:0 1048576"),
+    ("blkio", "blkio.throttle.write_iops_device", "7:0 100"),
+    ("unified", "hugetlb.2MB.max", str(4 * MiB)),
+    ("unified", "cgroup.max.depth", "3"),
+]
+
+
+def test_more_resources_read_back(ketch, own_bundle):
+    """The rest of what this host's kernel has: OOM killer off, CFS burst and
+    idle, per-device throttles, hugetlb and a core file on the unified hierarchy."""
+    need_v1("memory", "cpu", "blkio")
+    with open(f"{CGROUP_ROOT}/unified/cgroup.controllers") as f:
+        if "hugetlb" not in f.read().split() or not os.path.exists(f"{CGROUP_ROOT}/cpu/cpu.cfs_burst_us"):
+            pytest.skip("no hugetlb on cgroup2 or no CFS burst on this host")
+    own_bundle.config["linux"]["resources"] = json.loads(json.dumps(MORE_RESOURCES))
+    script = "; ".join(f"echo \"{c}/{f}=$(head -n1 /sys/fs/cgroup/{c}/{f})\" >> /out.tmp"
+                       for c, f, _ in MORE_EXPECTED)
+    own_bundle.sh(f"{script}; mv /out.tmp /out; exec sleep 100").write()
+    pid = start_detached(ketch, own_bundle, "more")
+    out = os.path.join(own_bundle.rootfs, "out")
+    assert wait_for(lambda: os.path.exists(out))
+    inside = dict(line.split("=", 1) for line in read(out).splitlines())
+    host = host_cgroups(pid)
+    host["unified"] = host[""]
+    for ctrl, name, want in MORE_EXPECTED:
+        assert read(os.path.join(host[ctrl], name)).splitlines()[0] == want, (ctrl, name)
+        assert inside[f"{ctrl}/{name}"] == want, (ctrl, name)
+
+
 def test_memory_limit_oom_kills_the_process(ketch, bundle):
     need_v1("memory")
     bundle.config["linux"]["resources"] = {"memory": {"limit": 16 * MiB, "swap": 16 * MiB}}
