@@ -294,3 +294,49 @@ def test_missing_executable_is_reported_at_create(ketch, bundle, cid):
     bundle.args("nosuchcmd").write()
     p = ketch("run", "-b", bundle.path, cid, check=False)
     assert p.returncode != 0 and "executable file not found" in p.stderr
+
+
+def _mounts_under(path):
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path)]
+
+
+def test_without_mount_namespace_shares_ours_and_cleans_up(ketch, own_bundle, cid):
+    """As runc: no mount namespace means the container's mounts are made in
+    the runtime's namespace (inside the rootfs) and it is chroot'ed; ketch
+    takes them down again at delete."""
+    lx = own_bundle.config["linux"]
+    lx["namespaces"] = [ns for ns in lx["namespaces"] if ns["type"] != "mount"]
+    lx.pop("maskedPaths")
+    lx.pop("readonlyPaths")
+    own_bundle.sh("readlink /proc/self/ns/mnt; ls /dev/null").write()
+    ketch("create", "-b", own_bundle.path, cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _mounts_under(own_bundle.rootfs + "/"), "mounts are made in our namespace"
+    ketch("start", cid)
+    wait_for(lambda: ketch.status(cid) == "stopped")
+    ketch("delete", cid)
+    assert _mounts_under(own_bundle.rootfs) == []
+
+
+def test_masked_paths_without_mount_namespace_refused(ketch, bundle, cid):
+    lx = bundle.config["linux"]
+    lx["namespaces"] = [ns for ns in lx["namespaces"] if ns["type"] != "mount"]
+    bundle.write()
+    p = ketch("create", "-b", bundle.path, cid, check=False)
+    assert p.returncode != 0 and "maskedPaths needs a mount namespace" in p.stderr
+    assert ketch.ids() == []
+
+
+def test_join_mount_namespace_by_path(ketch, bundle, cid):
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "100"])
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"))
+        target = os.readlink(f"/proc/{holder.pid}/ns/mnt")
+        for ns in bundle.config["linux"]["namespaces"]:
+            if ns["type"] == "mount":
+                ns["path"] = f"/proc/{holder.pid}/ns/mnt"
+        bundle.sh("readlink /proc/self/ns/mnt").write()
+        assert ketch("run", "-b", bundle.path, cid).stdout.strip() == target
+    finally:
+        holder.kill()
+        holder.wait()

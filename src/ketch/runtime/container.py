@@ -169,11 +169,17 @@ def _check_bundle(config, bundle):
     if not os.path.isdir(root):
         raise errors.ConfigError(f"rootfs {root!r} is not a directory (root.path in config.json)")
     nsmap = spec.namespaces(config)
+    linux = config.get("linux") or {}
     if "mount" not in nsmap:
-        raise errors.ConfigError("config.json: linux.namespaces: a mount namespace is required")
-    if nsmap.get("mount"):
-        raise errors.ConfigError("config.json: linux.namespaces: joining an existing mount namespace "
-                                 "by path is not supported (the rootfs could not be set up)")
+        # The container shares ketch's mount namespace: nothing can be hidden
+        # or made read-only in it without changing it for everyone.
+        for key in ("maskedPaths", "readonlyPaths"):
+            if linux.get(key):
+                raise errors.ConfigError(f"config.json: linux.{key} needs a mount namespace "
+                                         "(add {\"type\": \"mount\"} to linux.namespaces)")
+        if config["root"].get("readonly"):
+            raise errors.ConfigError("config.json: root.readonly needs a mount namespace "
+                                     "(add {\"type\": \"mount\"} to linux.namespaces)")
     if "process" not in config:
         raise errors.ConfigError("config.json: process is required to create a container")
     for t in ("uts",):
@@ -480,6 +486,8 @@ def _kill_all_wait(c):
 
 def _destroy(c):
     """Remove what a stopped container still has; poststop hooks last."""
+    if "mount" not in c.state.get("nsmap", {"mount": ""}) and c.state.get("rootfs"):
+        _unmount_under(c.state["rootfs"])
     mgr = _cgroup_manager(c)
     if mgr is not None:
         import time
@@ -500,6 +508,22 @@ def _destroy(c):
         # The spec: a poststop failure is logged, the deletion goes on.
         hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop", warn=_warn)
     c.remove_dir()
+
+
+def _unmount_under(root):
+    """Undo the mounts a container without its own mount namespace made in
+    ours: everything at or below its rootfs, deepest (latest) first."""
+    from ..linux import _libc
+
+    root = root.rstrip("/")
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split()[4].decode().encode().decode("unicode_escape") for line in f]
+    for mp in reversed(points):
+        if mp == root or mp.startswith(root + "/"):
+            try:
+                _libc.umount2(mp, 2)  # MNT_DETACH
+            except OSError:
+                pass
 
 
 def _warn(msg):

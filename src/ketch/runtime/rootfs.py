@@ -612,14 +612,19 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     nss = _namespaces(config)
     _check_rootfs(eng)
 
-    prop = _root_propagation(config)
-    # an unbindable / could not be bound onto itself: it becomes unbindable after pivot
-    first = MS.SLAVE | MS.REC if prop is None or prop & MS.UNBINDABLE else prop
-    eng.step(f"make / {'rslave' if first == MS.SLAVE | MS.REC else config['linux']['rootfsPropagation']}",
-             sys.mount, None, "/", None, first, None)
-    _make_parent_private(eng)
-    eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
-             MS.BIND | MS.REC, None)
+    # Without a mount namespace of its own the container shares the runtime's:
+    # its mounts land (inside the rootfs) in that namespace, as runc does, and
+    # it is chroot'ed rather than pivoted.  Nothing may touch "/" then.
+    private = "mount" in nss
+    prop = _root_propagation(config) if private else None
+    if private:
+        # an unbindable / could not be bound onto itself: it becomes unbindable after pivot
+        first = MS.SLAVE | MS.REC if prop is None or prop & MS.UNBINDABLE else prop
+        eng.step(f"make / {'rslave' if first == MS.SLAVE | MS.REC else config['linux']['rootfsPropagation']}",
+                 sys.mount, None, "/", None, first, None)
+        _make_parent_private(eng)
+        eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
+                 MS.BIND | MS.REC, None)
 
     for m in mounts:
         eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss)
@@ -632,6 +637,10 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     if before_pivot is not None:
         before_pivot()
 
+    if not private:
+        eng.step(f"chroot {eng.root}", sys.chroot, eng.root)
+        eng.step("chdir /", sys.chdir, "/")
+        return
     _pivot(eng, no_pivot)
     if prop is not None:
         # applied to the container's own "/" again now that it is one (runc does the same)
