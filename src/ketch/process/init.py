@@ -133,6 +133,14 @@ def _setup(ctx, sock):
         with Step("set up console"):
             _setup_console(ctx, proc, linux.get("mountLabel") or "")
 
+    # Before finalize: readonlyPaths usually holds /proc/sys (runc writes
+    # sysctls before it applies readonlyPaths and maskedPaths, too).
+    if linux.get("sysctl"):
+        with Step("apply sysctl"):
+            from ..linux import sysctl
+
+            sysctl.apply(linux["sysctl"], nsmap)
+
     with Step("finalize rootfs"):
         rootfs.finalize(cfg)
 
@@ -145,12 +153,6 @@ def _setup(ctx, sock):
         if cfg.get("domainname"):
             with Step(f"set domainname {cfg['domainname']!r}"):
                 _libc.setdomainname(cfg["domainname"])
-
-    if linux.get("sysctl"):
-        with Step("apply sysctl"):
-            from ..linux import sysctl
-
-            sysctl.apply(linux["sysctl"], nsmap)
 
     apply_process_attrs(ctx, proc)
 
