@@ -5,7 +5,7 @@ import errno
 import os
 import stat
 
-from ketch.engine.archive import OPAQUE, TarWriter, walk_sorted
+from ketch.engine.archive import TarWriter, walk_sorted
 
 ADD, CHANGE, DELETE = "A", "C", "D"
 
