@@ -17,8 +17,9 @@ ROOT = os.geteuid() == 0
 CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 
-def entry(name, type=tarfile.REGTYPE, data=b"", mode=0o644, xattrs=None, **kw):
+def entry(name, type=tarfile.REGTYPE, data=b"", mode=None, xattrs=None, **kw):
     t = tarfile.TarInfo(name)
+    mode = mode if mode is not None else 0o755 if type == tarfile.DIRTYPE else 0o644
     t.type, t.mode, t.mtime = type, mode, kw.pop("mtime", 1_600_000_000)
     t.size = len(data) if type == tarfile.REGTYPE else 0
     for k, v in kw.items():

@@ -100,7 +100,8 @@ def test_idmap_shifts_both_ways():
     m = [{"containerID": 0, "hostID": 100000, "size": 1000}, {"containerID": 1000, "hostID": 5000, "size": 1}]
     assert idmap.to_host(0, m) == 100000 and idmap.to_host(999, m) == 100999 and idmap.to_host(1000, m) == 5000
     assert idmap.to_container(100500, m) == 500 and idmap.to_container(5000, m) == 1000
-    assert idmap.root_pair(m, None) == (100000, 0)
+    assert idmap.root_pair(m, m) == (100000, 100000)
+    assert idmap.root_pair() == (os.geteuid(), os.getegid())
     assert idmap.to_host(7, None) == 7
     with pytest.raises(StorageError, match="uid 1001 is not mapped"):
         idmap.to_host(1001, m)

@@ -71,14 +71,14 @@ def make_tree(root, nfiles=10):
     os.chmod(f"{root}/a/b/f1", 0o4755)
     os.chmod(f"{root}/a/b/f2", 0o2710)
     os.chmod(f"{root}/a/b/c", 0o1777)
-    os.chmod(f"{root}/a/b/f3", 0o000)
     os.setxattr(f"{root}/a/b/f4", "user.k", b"\x00\xffbinary")
     os.setxattr(f"{root}/a", "user.dir", b"d")
     os.makedirs(f"{root}/ro/inner")
     with open(f"{root}/ro/inner/x", "w") as f:
         f.write("x")
     os.chmod(f"{root}/ro", 0o555)
-    if ROOT:
+    if ROOT:  # a non-root copy can neither read a mode-000 file nor give files away
+        os.chmod(f"{root}/a/b/f3", 0o000)
         os.chown(f"{root}/a/b/f5", 1234, 5678)
         os.chown(f"{root}/a/rel-link", 42, 43, follow_symlinks=False)
         os.chown(f"{root}/a/b/c", 7, 8)

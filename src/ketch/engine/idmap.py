@@ -37,5 +37,9 @@ def to_container(hid, idmap, kind="uid"):
 
 
 def root_pair(uid_map=None, gid_map=None):
-    """(uid, gid) on the host of the container's root; (0, 0) without maps."""
-    return to_host(0, uid_map, "uid"), to_host(0, gid_map, "gid")
+    """(uid, gid) on the host of the container's root.  Without a map it is
+    whoever runs the engine: root, or the user of a rootless store."""
+    import os
+    uid = to_host(0, uid_map, "uid") if uid_map else os.geteuid()
+    gid = to_host(0, gid_map, "gid") if gid_map else os.getegid()
+    return uid, gid
