@@ -120,7 +120,8 @@ def _setup(ctx, sock):
             with Step("createContainer hook"):
                 from ..runtime import hooks as hk
 
-                hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "createContainer")
+                # Still "creating" (runc too): create has not finished.
+                hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "creating"), "createContainer")
 
     from ..runtime import rootfs
 
@@ -310,7 +311,8 @@ def _release_and_exec(ctx):
         with Step("startContainer hook"):
             from ..runtime import hooks as hk
 
-            hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "running"), "startContainer")
+            # "created", as runc: the user's program has not been executed yet.
+            hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "startContainer")
 
     with Step(f"exec {proc['args'][0]!r}"):
         os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))

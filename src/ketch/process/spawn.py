@@ -50,6 +50,10 @@ def spawn(ctx):
         init_pid = _drive(ctx, parent_sock, stage1)
     except BaseException:
         _kill_and_reap(stage1)
+        # _drive raised before returning the pid (a failing createRuntime
+        # hook): the init must die before it sees the socket close, or it
+        # reports that EOF as an error of its own in front of the real one.
+        init_pid = init_pid or getattr(ctx, "init_pid", 0)
         if init_pid:
             _kill_and_reap(init_pid)
         parent_sock.close()

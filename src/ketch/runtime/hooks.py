@@ -55,6 +55,14 @@ _STDERR_IN_MESSAGE = 400
 _DRAIN_GRACE = 0.1
 
 
+def preload():
+    """Import now what running a hook imports lazily: the container init
+    runs startContainer hooks after pivot_root, when the host's Python
+    library is no longer reachable."""
+    import fcntl  # noqa: F401
+    import json  # noqa: F401
+    import signal  # noqa: F401
+
 def _inheritable_fds(keep):
     """fds > 2 that an exec would inherit (no FD_CLOEXEC): the runtime's, never the hook's business."""
     import fcntl
@@ -124,7 +132,7 @@ def run_hook(hook, state, phase="hook", index=0):
     if isinstance(state, (bytes, bytearray)):
         data = bytes(state)
     else:
-        import json
+        from .. import _json as json
         data = json.dumps(state, separators=(",", ":")).encode()
     what = f"{phase} hook #{index} {path}"
 
@@ -252,7 +260,7 @@ def run_hooks(hooks, state, phase, warn=None):
     if not hooks:
         return
     if not isinstance(state, (bytes, bytearray)):
-        import json
+        from .. import _json as json
         state = json.dumps(state, separators=(",", ":")).encode()
     for i, hook in enumerate(hooks):
         try:
