@@ -132,7 +132,7 @@ def run_hook(hook, state, phase="hook", index=0):
     if isinstance(state, (bytes, bytearray)):
         data = bytes(state)
     else:
-        from .. import _json as json
+        import json
         data = json.dumps(state, separators=(",", ":")).encode()
     what = f"{phase} hook #{index} {path}"
 
@@ -260,7 +260,7 @@ def run_hooks(hooks, state, phase, warn=None):
     if not hooks:
         return
     if not isinstance(state, (bytes, bytearray)):
-        from .. import _json as json
+        import json
         state = json.dumps(state, separators=(",", ":")).encode()
     for i, hook in enumerate(hooks):
         try:
