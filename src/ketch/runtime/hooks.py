@@ -63,6 +63,7 @@ def preload():
     import json  # noqa: F401
     import signal  # noqa: F401
 
+
 def _inheritable_fds(keep):
     """fds > 2 that an exec would inherit (no FD_CLOEXEC): the runtime's, never the hook's business."""
     import fcntl
