@@ -72,7 +72,12 @@ class ExecContext:
         self.exec_path = None
         self.seccomp_filter = None
         self.root_fd = -1
-        self.pid_file = None
+        self.bundle = ""
+        self.sigmask = None            # the mask to restore in the children
+
+    def hook_state(self, pid, status):
+        return {"ociVersion": self.config.get("ociVersion"), "id": self.id, "status": status,
+                "pid": pid, "bundle": self.bundle, "annotations": self.config.get("annotations") or {}}
 
     def floor(self):
         return 3 + self.preserve_fds
@@ -207,6 +212,10 @@ def _intermediate(ctx, sock):
 
     # First of all: see the module docstring (CVE-2019-5736).
     _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    if ctx.sigmask is not None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
     sync.expect(sock, sync.GO)
     try:
         _preload(ctx)
@@ -343,7 +352,7 @@ def _process(ctx, sock):
                 _setup_terminal(ctx, proc)
         init.apply_process_attrs(ctx, proc)
         seccomp = (ctx.config.get("linux") or {}).get("seccomp")
-        if seccomp:
+        if seccomp and ctx.seccomp_filter is not None:
             with Step("load seccomp filter"):
                 from ..linux import seccomp as sc
 

@@ -8,6 +8,7 @@ container's config, as for runc's setns init.
 """
 
 import os
+import signal
 
 from .. import errors, spec
 from . import status as st
@@ -203,6 +204,7 @@ def exec_process(store, cid, opts):
         raise errors.UsageError("--preserve-fds must not be negative")
     c = store.get(cid)
     tty = None
+    ctx = None
     try:
         status = c.status()
         if status == st.PAUSED and not opts.ignore_paused:
@@ -224,6 +226,7 @@ def exec_process(store, cid, opts):
             if nsmap is None:
                 nsmap = spec.namespaces(config)
             ctx = setns.ExecContext(cid, config, proc, nsmap, c.pid, pidfd)
+            ctx.bundle = c.state.get("bundle") or ""
             extra = 0
             if os.environ.get("LISTEN_FDS", "").isdigit():
                 extra = int(os.environ["LISTEN_FDS"])
@@ -236,6 +239,10 @@ def exec_process(store, cid, opts):
                 # The process is our grandchild: when the intermediate exits it
                 # is re-parented to us, so we can wait for it.
                 _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+                # A signal that arrives between the fork and the forwarding
+                # handlers must reach the process, not kill us: hold them
+                # pending; the children restore the mask at once.
+                ctx.sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, _forwarded())
             try:
                 pid = setns.spawn(ctx)
             except errors.SetupError as e:
@@ -246,6 +253,8 @@ def exec_process(store, cid, opts):
         c.unlock()
         if tty is not None:
             tty.close()
+        if ctx is not None and ctx.sigmask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
         raise
     c.unlock()
     if opts.pid_file:
@@ -254,7 +263,14 @@ def exec_process(store, cid, opts):
         write_pid_file(opts.pid_file, pid)
     if opts.detach:
         return 0
-    return _wait(pid, tty)
+    return _wait(pid, tty, ctx.sigmask)
+
+
+def _forwarded():
+    from .container import _NOT_FORWARDED
+
+    return [s for s in signal.valid_signals() if s not in _NOT_FORWARDED
+            and s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
 def _init_pidfd(c):
@@ -294,10 +310,11 @@ def _console(opts):
     return socket.socket(fileno=os.dup(tty.child_socket.fileno())), tty
 
 
-def _wait(pid, tty):
+def _wait(pid, tty, sigmask):
     from .container import _forward_signals, _restore_signals, exit_code
 
     forward = _forward_signals(pid)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     try:
         if tty is not None:
             tty.receive_master()
