@@ -11,10 +11,11 @@ ROOTFS  := $(CURDIR)/build/busybox-rootfs
 # bytecode compiled (PYTHONDONTWRITEBYTECODE=1 would otherwise recompile
 # every module on every start).
 setup: $(VENV)/.done
-$(VENV)/.done: pyproject.toml scripts/setup-system
+$(VENV)/.done: pyproject.toml scripts/setup-system scripts/write-launcher
 	bash scripts/setup-system
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	bash scripts/write-launcher $(VENV)
 	$(VENV)/bin/python -m compileall -q src
 	touch $@
 

@@ -495,8 +495,6 @@ def test_killed_create_leaves_no_cgroup_after_delete_force(ketch, bundle, tmp_pa
                 pass
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/container.py delete() kills nothing in the cgroup of a stopped "
-                                       "container; runc kills what is left (see the cgroups report)")
 def test_delete_kills_what_outlives_an_init_without_pid_namespace(ketch, runc, bundle):
     bundle.config["linux"]["namespaces"] = [n for n in bundle.config["linux"]["namespaces"] if n["type"] != "pid"]
     # Without a pid namespace the init's children survive it, in its cgroup.

@@ -24,7 +24,7 @@ def run(g, opts, args):
     if opts["quiet"]:
         out.write("".join(s["id"] + "\n" for s in states))
     elif fmt == "json":
-        import json
+        from .. import _json as json
 
         out.write(json.dumps(states or None) + "\n")
     else:

@@ -20,7 +20,7 @@ def configure(path, fmt, debug):
 
 def _record(level, msg):
     if _state["format"] == "json":
-        import json
+        from .. import _json as json
         from ..runtime.store import now_rfc3339
 
         return json.dumps({"level": level, "msg": msg, "time": now_rfc3339()}) + "\n"

@@ -159,9 +159,10 @@ def _verb_help(verb, mod):
 
 
 def load_verb(verb):
-    import importlib
-
-    return importlib.import_module(f"ketch.cli.{VERBS[verb][0]}")
+    # __import__ rather than importlib: importlib drags in warnings & co.
+    name = f"ketch.cli.{VERBS[verb][0]}"
+    __import__(name)
+    return sys.modules[name]
 
 
 def main(argv=None):

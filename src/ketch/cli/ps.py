@@ -8,7 +8,7 @@ FLAGS = [Flag(("--format", "-f"), "str", default="table", help="select one of: t
 
 
 def run(g, opts, args):
-    import json
+    from .. import _json as json
     import subprocess
     import sys
 

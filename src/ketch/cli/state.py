@@ -6,7 +6,7 @@ FLAGS = []
 
 
 def run(g, opts, args):
-    import json
+    from .. import _json as json
     import sys
 
     from ..runtime import container

@@ -6,10 +6,10 @@ apply afterwards, recursive mount_setattr(2) attributes, ketch extensions
 (tmpcopyup, idmap) and whatever is left as filesystem data.
 """
 
-import enum
+class MS:
+    """MS_* mount(2) flags as plain ints (an IntFlag would pull `enum` onto
+    every container start; flag_names() gives the names for messages)."""
 
-
-class MS(enum.IntFlag):
     RDONLY = 0x1
     NOSUID = 0x2
     NODEV = 0x4

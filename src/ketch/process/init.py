@@ -62,7 +62,6 @@ def _preload(ctx, cfg):
     host's root is gone, so are the interpreter's and ketch's source files."""
     import errno  # noqa: F401
     import fcntl  # noqa: F401
-    import socket  # noqa: F401
     import struct  # noqa: F401
 
     from ..linux import _libc, capabilities  # noqa: F401
@@ -376,12 +375,12 @@ def _close_fds(ctx, keep):
 
 
 def _loopback_up():
+    import _socket
     import fcntl
-    import socket
     import struct
 
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
     try:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]

@@ -6,7 +6,6 @@ thread alive, unshare(CLONE_NEWUSER) and setns into a mount namespace fail.
 """
 
 import os
-import signal
 
 from .. import errors
 from ..linux import namespaces as ns
@@ -108,7 +107,9 @@ def _raise_died(stage1, init_pid):
     pid = init_pid or stage1
     status = _reap(pid)
     if status is not None and os.WIFSIGNALED(status):
-        why = f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        from ..runtime.container import signal_name
+
+        why = f"killed by {signal_name(os.WTERMSIG(status))}"
     elif status is not None and os.WIFEXITED(status):
         why = f"exited with status {os.WEXITSTATUS(status)}"
     else:
@@ -126,7 +127,7 @@ def _reap(pid):
 
 def _kill_and_reap(pid):
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, 9)  # SIGKILL
     except ProcessLookupError:
         return
     _reap(pid)

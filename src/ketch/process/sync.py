@@ -32,9 +32,10 @@ the container init inherit the other.
  message means the child died: the parent reports the wait status.
 """
 
-import json
+from .. import _json as json
 import os
-import socket
+
+from ..linux import fdpass
 
 GO = "go"
 USERMAP = "usermap"
@@ -50,8 +51,7 @@ _MAX = 1 << 16
 
 
 def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    return a, b
+    return fdpass.socketpair()
 
 
 def send(sock, kind, **fields):
@@ -61,14 +61,14 @@ def send(sock, kind, **fields):
 
 def send_fd(sock, fd, kind, **fields):
     fields["t"] = kind
-    socket.send_fds(sock, [json.dumps(fields, separators=(",", ":")).encode()], [fd])
+    fdpass.send(sock, json.dumps(fields, separators=(",", ":")).encode(), [fd])
 
 
 def recv(sock):
     """Next message as a dict, or None on EOF (the peer died or closed).
 
     A message that carried a file descriptor has it under "fd"."""
-    data, fds, _, _ = socket.recv_fds(sock, _MAX, 1)
+    data, fds = fdpass.recv(sock, _MAX, 1)
     if not data:
         for fd in fds:
             os.close(fd)

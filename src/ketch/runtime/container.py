@@ -8,7 +8,10 @@ killed and reaped, the cgroups removed, the state directory deleted.
 """
 
 import os
-import signal
+
+# _signal, not signal: the signal module builds an IntEnum of every signal at
+# import (enum machinery, several ms on each container start).
+import _signal as signal
 
 from .. import errors, spec
 from . import status as st
@@ -75,21 +78,17 @@ class CreateContext:
 
     def prepare_fds(self):
         self.fifo_fd = self._high(os.open(self.container.fifo_path, os.O_PATH | os.O_CLOEXEC))
+        from ..linux import fdpass
+
         if self.console_socket_path is not None and not isinstance(self.console_socket_path, str):
-            import socket
-
-            self.console_sock = socket.socket(fileno=self._high(os.dup(self.console_socket_path.fileno())))
+            self.console_sock = fdpass.wrap(self._high(os.dup(self.console_socket_path.fileno())))
         elif self.console_socket_path:
-            from ..linux import console
-            import socket
-
             try:
-                s = console.connect(self.console_socket_path)
+                s = fdpass.connect(self.console_socket_path)
             except OSError as e:
                 raise errors.KetchError(f"connect to console socket {self.console_socket_path}: "
                                         f"{errors.describe_oserror(e)}") from None
-            fd = self._high(s.detach())
-            self.console_sock = socket.socket(fileno=fd)
+            self.console_sock = fdpass.wrap(self._high(s.detach()))
 
     def close_child_fds(self):
         if self.fifo_fd >= 0:
@@ -345,7 +344,15 @@ def _state_for_hooks(c, status):
             "pid": s.get("pid", 0), "bundle": s.get("bundle"), "annotations": s.get("annotations") or {}}
 
 
-SIGNALS = {s.name[3:]: s.value for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_")}
+SIGNALS = {n[3:]: getattr(signal, n) for n in dir(signal)
+           if n.startswith("SIG") and not n.startswith("SIG_") and n not in ("SIGRTMIN", "SIGRTMAX")}
+
+
+def signal_name(num):
+    for name, n in SIGNALS.items():
+        if n == num and name not in ("IOT", "POLL", "CLD"):
+            return "SIG" + name
+    return f"signal {num}"
 
 
 def parse_signal(text):
@@ -466,6 +473,10 @@ def delete(store, cid, force=False):
             if not force:
                 st.check_verb("delete", stat, cid)
             _kill_all_wait(c)
+        else:
+            # The init is gone, but without a pid namespace of its own its
+            # children outlive it in the cgroup: kill what is left, as runc does.
+            _signal_all(c, signal.SIGKILL)
         _destroy(c)
     finally:
         c.unlock()
@@ -638,7 +649,7 @@ def _forward_signals(pid):
             pass
 
     old = {}
-    for s in signal.Signals:
+    for s in range(1, signal.NSIG):
         if s in _NOT_FORWARDED:
             continue
         try:

@@ -133,7 +133,7 @@ def run_hook(hook, state, phase="hook", index=0):
     if isinstance(state, (bytes, bytearray)):
         data = bytes(state)
     else:
-        import json
+        from .. import _json as json
         data = json.dumps(state, separators=(",", ":")).encode()
     what = f"{phase} hook #{index} {path}"
 
@@ -261,7 +261,7 @@ def run_hooks(hooks, state, phase, warn=None):
     if not hooks:
         return
     if not isinstance(state, (bytes, bytearray)):
-        import json
+        from .. import _json as json
         state = json.dumps(state, separators=(",", ":")).encode()
     for i, hook in enumerate(hooks):
         try:

@@ -12,7 +12,7 @@ that pid) is the container's init.
 """
 
 import fcntl
-import json
+from .. import _json as json
 import os
 
 from ..errors import ContainerExists, ContainerNotFound, KetchError
@@ -203,7 +203,17 @@ class Container:
         }
 
     def remove_dir(self):
-        import shutil
+        # The directory is flat (state.json, exec.fifo, temp files): no shutil.
+        try:
+            for name in os.listdir(self.dir):
+                p = os.path.join(self.dir, name)
+                try:
+                    os.unlink(p)
+                except IsADirectoryError:
+                    import shutil
 
-        shutil.rmtree(self.dir, ignore_errors=True)
+                    shutil.rmtree(p, ignore_errors=True)
+            os.rmdir(self.dir)
+        except FileNotFoundError:
+            pass
         self.unlock()

@@ -5,7 +5,7 @@ terminal in raw mode and window-size changes passed on."""
 
 import os
 import select
-import signal
+import _signal as signal
 import socket
 
 

@@ -6,7 +6,7 @@ Validation reports the first problem as one line with the JSON path of the
 field, e.g. ``config.json: process.args: must be a non-empty list of strings``.
 """
 
-import json
+from .. import _json as json
 import os
 
 from ..errors import ConfigError

@@ -1,0 +1,128 @@
+"""JSON on the container start path without the `json` package.
+
+`import json` pulls in `re` (and through it `enum`): about half the import
+time of a container start.  The C accelerator `_json` that `json` itself
+uses needs no regular expressions when driven directly: its scanner parses
+numbers natively when parse_int/parse_float are the builtins, and its
+encoder does the rest.  Output is byte-for-byte what `json.dumps` produces
+with the same separators; `indent` is done here (the C encoder has none).
+"""
+
+import _json
+
+_c_encode_str = _json.encode_basestring_ascii
+
+
+class _Ctx:
+    # The attributes _json.make_scanner reads from its context.
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo = None
+
+    @staticmethod
+    def parse_constant(name):
+        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+
+
+_scan = _json.make_scanner(_Ctx())
+
+
+class JSONDecodeError(ValueError):
+    pass
+
+
+_WS = " \t\n\r"
+
+
+def loads(data):
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8-sig" if data[:3] == b"\xef\xbb\xbf" else "utf-8")
+        except UnicodeDecodeError as e:
+            raise JSONDecodeError(f"not UTF-8: {e}") from None
+    i, n = 0, len(data)
+    while i < n and data[i] in _WS:
+        i += 1
+    try:
+        obj, end = _scan(data, i)
+    except StopIteration as e:
+        raise JSONDecodeError(_where("expecting a value", data, e.value)) from None
+    except Exception:  # noqa: BLE001
+        # The C scanner builds most syntax errors by importing json.decoder
+        # (and can fail doing it with -S); on this error path only, let the
+        # json module parse again and word the message.
+        import json
+
+        try:
+            json.loads(data)
+        except ValueError as e:
+            raise JSONDecodeError(str(e)) from None
+        raise
+    while end < n and data[end] in _WS:
+        end += 1
+    if end != n:
+        raise JSONDecodeError(_where("extra data", data, end))
+    return obj
+
+
+def _where(what, doc, pos):
+    line = doc.count("\n", 0, pos) + 1
+    col = pos - doc.rfind("\n", 0, pos)
+    return f"{what}: line {line} column {col} (char {pos})"
+
+
+def _float(o):
+    if o != o:
+        return "NaN"
+    if o == float("inf"):
+        return "Infinity"
+    if o == -float("inf"):
+        return "-Infinity"
+    return float.__repr__(o)
+
+
+def _default(o):
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+_compact = _json.make_encoder(None, _default, _c_encode_str, None, ":", ",", False, False, True)
+_spaced = _json.make_encoder(None, _default, _c_encode_str, None, ": ", ", ", False, False, True)
+
+
+def dumps(obj, indent=None, separators=None):
+    """json.dumps(obj, separators=(",", ":")) when separators is (",", ":"),
+    json.dumps(obj) by default, json.dumps(obj, indent=N) with indent."""
+    if indent is not None:
+        out = []
+        _pretty(obj, out, " " * indent if isinstance(indent, int) else indent, 0)
+        return "".join(out)
+    enc = _compact if separators == (",", ":") else _spaced
+    return "".join(enc(obj, 0))
+
+
+def _pretty(o, out, step, depth):
+    if isinstance(o, dict) and o:
+        pad = "\n" + step * (depth + 1)
+        out.append("{")
+        first = True
+        for k, v in o.items():
+            out.append(pad if first else "," + pad)
+            first = False
+            out.append(_c_encode_str(str(k)))
+            out.append(": ")
+            _pretty(v, out, step, depth + 1)
+        out.append("\n" + step * depth + "}")
+    elif isinstance(o, (list, tuple)) and o:
+        pad = "\n" + step * (depth + 1)
+        out.append("[")
+        first = True
+        for v in o:
+            out.append(pad if first else "," + pad)
+            first = False
+            _pretty(v, out, step, depth + 1)
+        out.append("\n" + step * depth + "]")
+    else:
+        out.append("".join(_compact(o, 0)))
