@@ -57,11 +57,9 @@ class CreateContext:
         self.init_pid = 0
         self.exec_path = None
         self.seccomp_filter = None
-        linux = config.get("linux") or {}
-        # In a user namespace whose gid map we wrote without CAP_SETGID over
-        # the mapped range, setgroups is denied; as real root it is allowed.
+        # ketch writes the id maps as real root, so setgroups stays allowed in
+        # a new user namespace (an unprivileged writer would have to deny it).
         self.setgroups_denied = False
-        del linux
 
     # -- fds shared with the children -------------------------------------
     def _high(self, fd):
