@@ -102,6 +102,13 @@ def _setup(ctx, sock):
     ctx.sync_sock = sock
     with Step("load runtime modules"):
         _preload(ctx, cfg)
+        # After pivot_root the interpreter's search path would resolve inside
+        # the container's image: an import that slipped through must fail,
+        # not run a module the image planted, as root, in the init.
+        import sys
+
+        sys.path[:] = []
+        sys.path_importer_cache.clear()
 
     with Step("create session"):
         os.setsid()
