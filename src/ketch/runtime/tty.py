@@ -15,6 +15,7 @@ class ForegroundTerminal:
             socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.master = -1
         self._saved_attrs = None
+        self._old_winch = None
 
     def receive_master(self):
         from ..linux import console
@@ -33,7 +34,7 @@ class ForegroundTerminal:
                 pass
             self._saved_attrs = termios.tcgetattr(0)
             tty.setraw(0)
-            signal.signal(signal.SIGWINCH, self._winch)
+            self._old_winch = signal.signal(signal.SIGWINCH, self._winch)
 
     def _winch(self, *_):
         from ..linux import console
@@ -108,6 +109,9 @@ class ForegroundTerminal:
 
             termios.tcsetattr(0, termios.TCSADRAIN, self._saved_attrs)
             self._saved_attrs = None
+        if self._old_winch is not None:
+            signal.signal(signal.SIGWINCH, self._old_winch)
+            self._old_winch = None
         for s in (self.parent_socket, self.child_socket):
             try:
                 s.close()
