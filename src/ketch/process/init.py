@@ -309,7 +309,8 @@ def _release_and_exec(ctx):
         # /proc blocks until `ketch start` opens the read end.
         fd = os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(fd, b"0")
-        os.close(fd)
+        # fd stays open, close-on-exec: `start` reads the fifo to EOF (our
+        # execve, or exit) before it runs poststart hooks.
         os.close(ctx.fifo_fd)
 
     hooks = (cfg.get("hooks") or {}).get("startContainer")

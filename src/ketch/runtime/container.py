@@ -306,6 +306,13 @@ def _release_fifo(c):
                     raise errors.NotRunning(f"container {c.id!r}: init exited before start")
                 if not events and not c.init_alive():
                     raise errors.NotRunning(f"container {c.id!r}: init exited before start")
+            if (c.state.get("hooks") or {}).get("poststart"):
+                # Poststart hooks run after the user's program is executed
+                # (spec): the init holds the write end until its execve
+                # closes it, after the startContainer hooks.
+                os.set_blocking(fifo, True)
+                while os.read(fifo, 64):
+                    pass
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
