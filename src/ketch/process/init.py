@@ -86,7 +86,15 @@ def _preload(ctx, cfg):
             or linux.get("personality"):
         from ..linux import procattr  # noqa: F401
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
-        from ..linux import label  # noqa: F401
+        from ..linux import label
+
+        # Detection reads host paths (selinuxfs, or KETCH_SELINUXFS in tests)
+        # that pivot_root takes away: settle it for the rest of this process.
+        on = label.enabled()
+        label.enabled = lambda: on
+        if proc.get("selinuxLabel"):
+            # Opened on the host's procfs, not one the container's mounts could fake.
+            ctx.selinux_exec_fd = label.open_exec_attr()
     if hooks.get("createContainer") or hooks.get("startContainer"):
         from ..runtime import hooks as hk
 
@@ -265,7 +273,11 @@ def apply_process_attrs(ctx, proc):
         with Step(f"set SELinux exec label {proc['selinuxLabel']!r}"):
             from ..linux import label
 
-            label.set_exec_label(proc["selinuxLabel"])
+            if not label.enabled():
+                # Running unconfined when confinement was asked for is refused (runc too).
+                raise errors.ConfigError("selinux label is specified in config, "
+                                         "but selinux is disabled or not supported")
+            label.set_exec_label(proc["selinuxLabel"], fd=getattr(ctx, "selinux_exec_fd", None))
 
     # With no_new_privs: as late as we can while the parent is still there
     # to pass a notify listener fd on (listenerPath is a host path).
@@ -405,10 +417,6 @@ def _setup_console(ctx, proc, mount_label):
     size = proc.get("consoleSize") or {}
     if size:
         console.set_size(master, size.get("height", 0), size.get("width", 0))
-    if mount_label:
-        from ..linux import label
-
-        label.set_file_label(slave_path, mount_label)
     rootfs.mount_console(slave_path, mount_label)
     slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
     if ctx.console_sock is not None:

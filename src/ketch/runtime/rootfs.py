@@ -50,6 +50,33 @@ def _default_sys(sys):
     return sys
 
 
+def _label_inode(sys, target, label):
+    """Label the root of a pseudo filesystem (mqueue, the console's devpts pty).
+
+    EOPNOTSUPP means the filesystem keeps no per-inode label: SELinux refuses
+    relabeling on a mount made with context= (its inodes all carry that
+    label already), and a kernel without an LSM stores no security.* xattr
+    on devpts or mqueue.  Any other failure is an error.
+    """
+    try:
+        sys.set_file_label(target, label)
+    except (OSError, SetupError) as e:
+        cause = e if isinstance(e, OSError) else e.__cause__
+        if not isinstance(cause, OSError) or cause.errno != errno.EOPNOTSUPP:
+            raise
+
+
+def _labeling(label):
+    """True when files are to be labeled: a label given and SELinux on (so plan shows only real steps)."""
+    if not label:
+        return False
+    try:
+        from ketch.linux import label as lab
+    except ImportError:
+        return False
+    return getattr(lab, "enabled", lambda: True)()
+
+
 def _label_data(data, label):
     if not label:
         return data
@@ -244,7 +271,7 @@ def _mount_mqueue(eng, m, host, **_):
             raise
         # older kernels refuse context= on mqueue: label the mountpoint instead
         eng.mount(m.source, host, m.type, eng.mount_flags(m), m.opts.data_string, m.dest)
-        eng.on_mount(host, lambda h: eng.sys.set_file_label(h, eng.label), f"label {m.dest}")
+        eng.on_mount(host, lambda h: _label_inode(eng.sys, h, eng.label), f"label {m.dest}")
     eng.finish(m, host)
 
 
@@ -319,7 +346,7 @@ def _mount_bind(eng, m, host, userns=False, **_):
     # a bind mount ignores every other flag: they take a remount
     if m.opts.flags & ~(MS.REC | MS.REMOUNT | MS.BIND | _PROPAGATION_BITS):
         eng.remount(host, eng.mount_flags(m), m.dest)
-    if m.relabel and eng.label:
+    if m.relabel and _labeling(eng.label):
         eng.step(f"relabel {m.source}", sys.relabel, m.source, eng.label, m.relabel == "z")
     eng.finish(m, host)
 
@@ -653,8 +680,9 @@ def mount_console(slave_path, mount_label="", sys=None):
     eng = _Engine("/", sys, mount_label)
     old = sys.umask(0)
     try:
-        if mount_label:
-            eng.step(f"label {slave_path}", sys.set_file_label, slave_path, mount_label)
+        if _labeling(mount_label):
+            # before the bind, so /dev/console is never there with the pty's old label
+            eng.step(f"label {slave_path}", _label_inode, sys, slave_path, mount_label)
         host = eng.host("/dev/console")
         try:
             sys.lstat(host)
