@@ -1,0 +1,827 @@
+"""Containers of the engine: a writable layer on an image, a bundle, and a monitor.
+
+Layout under the storage root::
+
+    containers/lock                 flock held by every change of a record
+    containers/names/<name>         symlink -> <id>: a name is taken by an atomic symlink
+    containers/<id>/record.json     the container (Docker's inspect shape), written atomically
+    containers/<id>/bundle/config.json
+    containers/<id>/{resolv.conf,hostname,hosts}   bind-mounted over the image's files
+    containers/<id>/container.log   stdout/stderr, one JSON object a line (Docker's json-file)
+    containers/<id>/volumes/<n>     anonymous volumes (the image's Volumes, -v DST)
+    volumes/<name>/_data            named volumes (-v NAME:DST); kept after rm
+
+The container's layer is the storage driver's layer named by the container id;
+its runtime state lives under the runtime's --root with the same id (so its
+cgroup is /ketch/<id>).
+
+A started container is watched by a *monitor*: a small process of its own
+(started with subprocess, no fork of a big parent; its own session, so it
+outlives the command that started it).  The monitor is the runtime's caller:
+it creates and starts the container in-process, becomes the child subreaper
+the init is re-parented to, copies the container's output into the log (and,
+when attached, to the caller's stdout/stderr), and when the init exits it
+records the exit code, deletes the runtime container (cgroups, state),
+releases the layer's mount and, with --rm, removes the container.  It exits
+with the container's exit code.  A container has runtime state only while it
+runs, as with Docker, so a stopped container holds no kernel objects.
+"""
+
+import json
+import os
+import time
+
+from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
+from ketch.engine.util import Lock, atomic_write, remove_tree
+
+RUN_DEFAULTS = {
+    "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
+    "volumes": (), "tmpfs": (), "read_only": False, "hostname": None, "shm_size": None,
+    "auto_remove": False, "tty": False, "interactive": False, "add_hosts": (), "labels": None,
+}
+
+_ADJ = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty",
+        "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen", "bold", "cool")
+_NOUN = ("turing", "hopper", "lovelace", "curie", "noether", "knuth", "ritchie", "thompson", "torvalds",
+         "dijkstra", "shannon", "babbage", "hamilton", "liskov", "lamport", "wirth", "kay", "cerf")
+
+
+def _now():
+    from ketch.runtime.store import now_rfc3339
+    return now_rfc3339()
+
+
+def _proc_start(pid):
+    """(start time, state letter) of pid, or (None, None)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None, None
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[19]), rest[0].decode()
+
+
+def _alive(pid, start):
+    if not pid:
+        return False
+    t, s = _proc_start(pid)
+    return t is not None and t == start and s not in ("Z", "X")
+
+
+def _valid_name(name):
+    import re
+    if not re.match(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z", name or "") or len(name) > 128:
+        raise ConfigError(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return name
+
+
+class ContainerStore:
+    """Containers under the storage root `root` (see the module doc); `images` is the ImageStore
+    whose driver holds the layers; `runtime_root` is the runtime's --root."""
+
+    def __init__(self, images, runtime_root=None):
+        from ketch.runtime.store import DEFAULT_ROOT
+        self.images = images
+        self.root = images.root
+        self.dir = os.path.join(self.root, "containers")
+        self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
+        self._popen = []
+
+    # -- plumbing --
+
+    @property
+    def driver(self):
+        return self.images.driver
+
+    def _p(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def _lock(self):
+        os.makedirs(self._p("names"), 0o700, exist_ok=True)
+        return Lock(self._p("lock"))
+
+    def _runtime_store(self):
+        from ketch.runtime.store import Store
+        return Store(self.runtime_root)
+
+    def ids(self):
+        try:
+            return sorted(n for n in os.listdir(self.dir) if len(n) == 64 and
+                          os.path.isfile(self._p(n, "record.json")))
+        except FileNotFoundError:
+            return []
+
+    def _load(self, cid):
+        try:
+            with open(self._p(cid, "record.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise ContainerNotFound(cid) from None
+
+    def _save(self, rec):
+        atomic_write(self._p(rec["Id"], "record.json"), json.dumps(rec, indent=1), 0o600)
+
+    def _update_state(self, cid, **state):
+        with self._lock():
+            rec = self._load(cid)
+            rec["State"].update(state)
+            self._save(rec)
+            return rec
+
+    def resolve(self, ref):
+        """The id of a container named by its name, its id or an unambiguous id prefix."""
+        if not isinstance(ref, str) or not ref:
+            raise ContainerNotFound(ref)
+        name = ref.lstrip("/")
+        link = self._p("names", name)
+        if "/" not in name and os.path.islink(link):
+            cid = os.readlink(link)
+            if os.path.isfile(self._p(cid, "record.json")):
+                return cid
+        hits = [i for i in self.ids() if i.startswith(ref.lower())] if len(ref) >= 1 and \
+            all(c in "0123456789abcdef" for c in ref.lower()) else []
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise KetchError(f"container id prefix {ref} is ambiguous")
+        raise KetchError(f"no such container: {ref}")
+
+    def users_of(self, image_id):
+        """Names of the containers made from image `image_id` (ImageStore's in_use hook)."""
+        out = []
+        for cid in self.ids():
+            try:
+                rec = self._load(cid)
+            except ContainerNotFound:
+                continue
+            if rec.get("Image") == image_id:
+                out.append(rec["Name"].lstrip("/"))
+        return out
+
+    def _new_name(self):
+        import random
+        for _ in range(100):
+            n = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
+            if not os.path.lexists(self._p("names", n)):
+                return n
+        return "c" + os.urandom(6).hex()
+
+    # -- create --
+
+    def create(self, image, **opts):
+        """Make a container of `image` (not started).  `opts`: see RUN_DEFAULTS.  Returns its id."""
+        from ketch.engine import bundle, defaults, idmap
+        from ketch.linux import label
+        unknown = set(opts) - set(RUN_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown container option(s): {', '.join(sorted(unknown))}")
+        o = dict(RUN_DEFAULTS, **opts)
+        for k in ("cmd", "env", "volumes", "tmpfs", "add_hosts"):
+            if isinstance(o[k], str):
+                raise ConfigError(f"{k} must be a list of strings, not a string")
+        image_id = self.images.resolve(image)
+        image_cfg = self.images.runtime_config(image_id)
+        top = self.images.top_layer(image_id)
+        cid = os.urandom(32).hex()
+        hostname = o["hostname"] or cid[:12]
+        if o["shm_size"] is not None:
+            defaults.parse_size(o["shm_size"], "--shm-size")
+        cdir = self._p(cid)
+        made_layer = False
+        labels = ("", "")
+        name = None
+        try:
+            with self._lock():
+                name = _valid_name(o["name"]) if o["name"] else self._new_name()
+                try:
+                    os.symlink(cid, self._p("names", name))
+                except FileExistsError:
+                    other = os.readlink(self._p("names", name))
+                    name = None
+                    raise ContainerExists(o["name"]) from KetchError(
+                        f"the container name \"/{o['name']}\" is already in use by container {other[:12]}")
+                os.mkdir(cdir, 0o700)
+            labels = label.init_labels(state_root=self.runtime_root)
+            process_label, mount_label = labels
+            self.driver.create(cid, top, mount_label=mount_label)
+            made_layer = True
+            rootfs = self.driver.get(cid, mount_label)
+            try:
+                uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
+                files = defaults.write_network_files(cdir, hostname, uid, gid, mount_label, o["add_hosts"])
+
+                def volume_dir(vname, dst):
+                    if vname:
+                        d = os.path.join(self.root, "volumes", vname, "_data")
+                    else:
+                        d = os.path.join(cdir, "volumes", os.urandom(8).hex())
+                    if not os.path.isdir(d):
+                        os.makedirs(d, 0o755)
+                        if (uid, gid) != (os.geteuid(), os.getegid()):
+                            os.chown(d, uid, gid)
+                    return d
+
+                config = bundle.build_config(
+                    image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,
+                    self.images.uid_map, self.images.gid_map, uid, gid)
+            finally:
+                self.driver.put(cid)
+            bundle.write(os.path.join(cdir, "bundle"), config)
+            env_cfg = bundle.merge_env(image_cfg.get("Env"), o["env"])
+            rec = {
+                "Id": cid, "Name": "/" + name, "Created": _now(), "Image": image_id,
+                "Path": config["process"]["args"][0], "Args": config["process"]["args"][1:],
+                "Config": {"Hostname": hostname, "User": o["user"] or image_cfg.get("User", ""),
+                           "Env": env_cfg, "Cmd": list(o["cmd"]) if o["cmd"] else image_cfg.get("Cmd"),
+                           "Entrypoint": image_cfg.get("Entrypoint") if o["entrypoint"] is None else
+                           ([o["entrypoint"]] if isinstance(o["entrypoint"], str) else o["entrypoint"]),
+                           "WorkingDir": config["process"]["cwd"], "Tty": bool(o["tty"]),
+                           "OpenStdin": bool(o["interactive"]), "Image": image,
+                           "Volumes": image_cfg.get("Volumes"), "Labels": dict(o["labels"] or {})},
+                "HostConfig": {"Binds": list(o["volumes"]), "Tmpfs": list(o["tmpfs"]),
+                               "ReadonlyRootfs": bool(o["read_only"]),
+                               "ShmSize": defaults.parse_size(o["shm_size"] or defaults.DEFAULT_SHM_SIZE),
+                               "AutoRemove": bool(o["auto_remove"]), "ExtraHosts": list(o["add_hosts"])},
+                "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "Error": "",
+                          "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
+                "MountLabel": mount_label, "ProcessLabel": process_label,
+                "ResolvConfPath": files["/etc/resolv.conf"], "HostnamePath": files["/etc/hostname"],
+                "HostsPath": files["/etc/hosts"], "LogPath": os.path.join(cdir, "container.log"),
+                "GraphDriver": {"Name": self.driver.name, "Data": {"LayerId": cid, "Parent": top}},
+                "Mounts": [{"Type": m["type"], "Source": m["source"], "Destination": m["destination"],
+                            "RW": "ro" not in m.get("options", ())}
+                           for m in config["mounts"] if (m["type"] == "bind" and m["destination"] not in
+                                                         ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts"))
+                           or (m["type"] == "tmpfs" and m["destination"] not in ("/dev", "/dev/shm"))],
+                "RuntimeRoot": self.runtime_root,
+            }
+            self._save(rec)
+        except BaseException:
+            if made_layer:
+                try:
+                    self.driver.remove(cid)
+                except (OSError, KetchError):
+                    pass
+            remove_tree(cdir)
+            if name:
+                try:
+                    os.unlink(self._p("names", name))
+                except FileNotFoundError:
+                    pass
+            if labels[1] or labels[0]:
+                label.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
+            raise
+        return cid
+
+    # -- status --
+
+    def state(self, ref):
+        """The record with State worked out again: a record saying running whose monitor
+        is gone (killed) is reported as exited (ExitCode 255 unless the init still runs)."""
+        cid = self.resolve(ref)
+        rec = self._load(cid)
+        s = rec["State"]
+        if s.get("Status") == "starting":
+            if s.get("MonitorPid") and not _alive(s["MonitorPid"], s.get("MonitorStart")):
+                s.update(Status="created", Error="the monitor died while starting the container")
+        elif s.get("Status") == "running" and not _alive(s.get("MonitorPid"), s.get("MonitorStart")):
+            if s.get("Pid") and _alive(s["Pid"], s.get("PidStart")):
+                s["Status"] = "running"  # orphaned by its monitor, but alive
+            else:
+                s.update(Status="exited", Running=False, Pid=0, ExitCode=s.get("ExitCode") or 255,
+                         Error=s.get("Error") or "monitor died")
+        return rec
+
+    def list(self, all=False):
+        out = []
+        for cid in self.ids():
+            try:
+                rec = self.state(cid)
+            except KetchError:
+                continue
+            if all or rec["State"]["Status"] == "running":
+                out.append(rec)
+        out.sort(key=lambda r: r["Created"], reverse=True)
+        return out
+
+    def inspect(self, ref):
+        return self.state(ref)
+
+    # -- start / run --
+
+    def _monitor_argv(self, cid, attach):
+        import sys
+        import ketch
+        src = os.path.dirname(os.path.dirname(os.path.abspath(ketch.__file__)))
+        params = {"root": self.root, "runtime_root": self.runtime_root, "id": cid, "attach": attach,
+                  "driver": self.images.driver_name, "uid_map": self.images.uid_map,
+                  "gid_map": self.images.gid_map}
+        boot = (f"import sys; sys.path.insert(0, {src!r}); "
+                "from ketch.engine.containers import _monitor_main; _monitor_main()")
+        return [sys.executable, "-I", "-S", "-c", boot, json.dumps(params)]
+
+    def start(self, ref, attach=False, stdin=None, stdout=None, stderr=None):
+        """Start a created or exited container.  Detached (attach False): returns the id once it
+        runs.  Attached: returns the subprocess.Popen of the monitor, whose stdout/stderr carry
+        the container's and whose exit status is the container's."""
+        import subprocess
+        cid = self.resolve(ref)
+        with self._lock():
+            rec = self.state(cid)
+            st = rec["State"]["Status"]
+            if st == "running":
+                if attach:
+                    raise InvalidState(f"container {rec['Name'][1:]} is already running")
+                return cid
+            if st == "starting":
+                raise InvalidState(f"container {rec['Name'][1:]} is being started")
+            rec["State"].update(Status="starting", Error="", MonitorPid=0, MonitorStart=None)
+            self._save(rec)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            if not attach:
+                stdin = stdout = stderr = subprocess.DEVNULL
+            elif not rec["Config"].get("OpenStdin") and stdin is None:
+                stdin = subprocess.DEVNULL
+            try:
+                p = subprocess.Popen(self._monitor_argv(cid, attach), stdin=stdin, stdout=stdout,
+                                     stderr=stderr, pass_fds=(w,), start_new_session=True,
+                                     env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
+            except BaseException:
+                self._update_state(cid, Status=st)
+                raise
+        finally:
+            os.close(w)
+        self._popen = [x for x in self._popen if x.poll() is None] + [p]
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode(errors="replace").strip()
+        if msg != "ok":
+            p.wait()
+            raise KetchError(msg or f"container {cid[:12]}: the monitor exited ({p.returncode}) before "
+                             "the container started")
+        return p if attach else cid
+
+    def run(self, image, detach=False, stdin=None, stdout=None, stderr=None, **opts):
+        """create + start.  Detached: the id.  Attached: the monitor's Popen (see start)."""
+        cid = self.create(image, **opts)
+        try:
+            return self.start(cid, attach=not detach, stdin=stdin, stdout=stdout, stderr=stderr)
+        except BaseException:
+            if opts.get("auto_remove"):
+                try:
+                    self.remove(cid, force=True)
+                except KetchError:
+                    pass
+            raise
+
+    def wait(self, ref, timeout=None):
+        """Wait until the container is not running; returns its exit code (None on timeout)."""
+        cid = self.resolve(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            for p in self._popen:
+                p.poll()  # reap monitors we started so they are not mistaken for alive
+            try:
+                rec = self.state(cid)
+            except KetchError:
+                return None
+            if rec["State"]["Status"] not in ("running", "starting"):
+                return rec["State"]["ExitCode"]
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # -- signals --
+
+    def kill(self, ref, sig="KILL"):
+        from ketch.runtime import container as rt
+        cid = self.resolve(ref)
+        rec = self.state(cid)
+        if rec["State"]["Status"] != "running":
+            raise InvalidState(f"container {rec['Name'][1:]} is not running")
+        num = rt.parse_signal(str(sig)) if not isinstance(sig, int) else sig
+        try:
+            rt.kill(self._runtime_store(), cid, num)
+        except (InvalidState, ContainerNotFound):
+            pass  # it exited meanwhile
+        return cid
+
+    def stop(self, ref, timeout=10):
+        """SIGTERM, wait `timeout` seconds, SIGKILL; returns the exit code."""
+        cid = self.resolve(ref)
+        if self.state(cid)["State"]["Status"] != "running":
+            return self.state(cid)["State"]["ExitCode"]
+        try:
+            self.kill(cid, "TERM")
+        except InvalidState:
+            pass
+        code = self.wait(cid, timeout)
+        if code is None:
+            try:
+                self.kill(cid, "KILL")
+            except InvalidState:
+                pass
+            code = self.wait(cid, 30)
+        return code
+
+    # -- removal --
+
+    def remove(self, ref, force=False):
+        from ketch.linux import label
+        cid = self.resolve(ref)
+        rec = self.state(cid)
+        if rec["State"]["Status"] in ("running", "starting"):
+            if not force:
+                raise InvalidState(f"cannot remove container {rec['Name'][1:]}: container is running: "
+                                   "stop the container before removing or force remove")
+            self.stop(cid, timeout=0)
+        with self._lock():
+            try:
+                rec = self._load(cid)
+            except ContainerNotFound:
+                return cid  # removed meanwhile (--rm)
+            self._cleanup_runtime(cid)
+            if self.driver.exists(cid):
+                self.driver.remove(cid)
+            name = rec["Name"].lstrip("/")
+            link = self._p("names", name)
+            if os.path.islink(link) and os.readlink(link) == cid:
+                os.unlink(link)
+            gone = self._p(f".rm-{cid}")
+            os.rename(self._p(cid), gone)
+            remove_tree(gone)
+            lab = rec.get("MountLabel") or rec.get("ProcessLabel")
+            if lab:
+                label.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
+        return cid
+
+    def _cleanup_runtime(self, cid):
+        """Delete a runtime container left by a monitor that died."""
+        from ketch.runtime import container as rt
+        rs = self._runtime_store()
+        if os.path.isdir(os.path.join(rs.root, cid)):
+            try:
+                rt.delete(rs, cid, force=True)
+            except ContainerNotFound:
+                pass
+        self.driver.put(cid)
+
+    # -- logs, exec, commit --
+
+    def logs(self, ref, stdout=True, stderr=True):
+        """[(stream, bytes)] in the order the container wrote them."""
+        cid = self.resolve(ref)
+        out = []
+        try:
+            f = open(self._p(cid, "container.log"), "rb")
+        except FileNotFoundError:
+            return out
+        with f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+                s = e.get("stream")
+                if (s == "stdout" and stdout) or (s == "stderr" and stderr):
+                    out.append((s, e.get("log", "").encode("utf-8", "surrogateescape")))
+        return out
+
+    def exec_argv(self, ref, cmd, tty=False, interactive=False, env=(), workdir=None, user=None,
+                  detach=False):
+        """The runtime command line that runs `cmd` in the running container."""
+        import sys
+        from ketch.engine import bundle
+        import ketch
+        cid = self.resolve(ref)
+        rec = self.state(cid)
+        if rec["State"]["Status"] != "running":
+            raise InvalidState(f"container {rec['Name'][1:]} is not running")
+        if not cmd:
+            raise ConfigError("exec: no command given")
+        src = os.path.dirname(os.path.dirname(os.path.abspath(ketch.__file__)))
+        boot = (f"import sys; sys.path.insert(0, {src!r}); "
+                "from ketch.cli.main import main; sys.exit(main())")
+        argv = [sys.executable, "-I", "-S", "-c", boot, "--root", self.runtime_root, "exec"]
+        if tty:
+            argv.append("--tty")
+        if detach:
+            argv.append("--detach")
+        for e in bundle.merge_env(rec["Config"].get("Env"), env):
+            argv += ["--env", e]
+        if workdir:
+            argv += ["--cwd", workdir]
+        u = user if user is not None else rec["Config"].get("User")
+        if u:
+            bundle_cfg = self._bundle_config(cid)
+            pu = bundle.resolve_user(bundle_cfg["root"]["path"], u) if not self._numeric_user(u) else None
+            if pu is None:
+                argv += ["--user", u]
+            else:
+                argv += ["--user", f"{pu['uid']}:{pu['gid']}"]
+                for g in pu.get("additionalGids", ()):
+                    argv += ["--additional-gids", str(g)]
+        return argv + ["--", cid] + list(cmd)
+
+    @staticmethod
+    def _numeric_user(u):
+        a, _, b = u.partition(":")
+        return a.isdigit() and (not b or b.isdigit())
+
+    def _bundle_config(self, cid):
+        with open(self._p(cid, "bundle", "config.json")) as f:
+            return json.load(f)
+
+    def exec(self, ref, cmd, stdin=None, stdout=None, stderr=None, **kw):
+        """Run `cmd` in the running container; returns the finished subprocess.CompletedProcess
+        (stdout/stderr captured with subprocess.PIPE)."""
+        import subprocess
+        argv = self.exec_argv(ref, cmd, **kw)
+        return subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                              stdout=stdout, stderr=stderr)
+
+    def commit(self, ref, name=None, comment="", changes=None):
+        """A new image: the container's image plus its layer's changes; returns the image id."""
+        cid = self.resolve(ref)
+        rec = self._load(cid)
+        cfg = {k: rec["Config"].get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")
+               if rec["Config"].get(k) is not None}
+        cfg.update(changes or {})
+        return self.images.commit(cid, rec["Image"], name=name, config=cfg, comment=comment)
+
+    def rename(self, ref, new):
+        cid = self.resolve(ref)
+        _valid_name(new)
+        with self._lock():
+            rec = self._load(cid)
+            try:
+                os.symlink(cid, self._p("names", new))
+            except FileExistsError:
+                raise ContainerExists(new) from None
+            old = rec["Name"].lstrip("/")
+            rec["Name"] = "/" + new
+            self._save(rec)
+            os.unlink(self._p("names", old))
+
+
+# ---------------------------------------------------------------------- monitor
+
+class _LogWriter:
+    """Docker's json-file lines: {"log": "...\\n", "stream": "stdout", "time": "..."}."""
+
+    def __init__(self, path, echo):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.echo = echo  # {"stdout": fd, "stderr": fd} or {}
+        self.partial = {"stdout": b"", "stderr": b""}
+
+    def write(self, stream, data):
+        fd = self.echo.get(stream)
+        if fd is not None:
+            _write_all(fd, data)
+        buf = self.partial[stream] + data
+        lines = buf.split(b"\n")
+        self.partial[stream] = lines.pop()
+        if lines:
+            self._emit(stream, [ln + b"\n" for ln in lines])
+        if len(self.partial[stream]) > 16384:
+            self._emit(stream, [self.partial[stream]])
+            self.partial[stream] = b""
+
+    def _emit(self, stream, chunks):
+        t = _now()
+        out = b"".join(json.dumps({"log": c.decode("utf-8", "surrogateescape"), "stream": stream,
+                                   "time": t}, ensure_ascii=True).encode("utf-8", "surrogateescape") + b"\n"
+                       for c in chunks)
+        _write_all(self.fd, out)
+
+    def close(self):
+        for s, b in self.partial.items():
+            if b:
+                self._emit(s, [b])
+        os.close(self.fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            import select
+            select.select([], [fd], [])
+        except OSError:
+            return  # the reader went away: the log still gets everything
+
+
+def _monitor_main():
+    import sys
+    params = json.loads(sys.argv[1])
+    status_fd = int(os.environ.pop("KETCH_MONITOR_STATUS_FD"))
+    os.set_inheritable(status_fd, False)
+    sys.exit(_monitor(params, status_fd))
+
+
+def _monitor(params, status_fd):
+    from ketch.engine.images import ImageStore
+    from ketch.runtime import container as rt
+    from ketch.linux import _libc
+    import _signal as signal
+
+    images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
+                        progress=False)
+    store = ContainerStore(images, params["runtime_root"])
+    cid = params["id"]
+    attach = params["attach"]
+    rs = store._runtime_store()
+    rec = store._load(cid)
+    tty = rec["Config"].get("Tty")
+    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the init is re-parented to us
+    me = os.getpid()
+    store._update_state(cid, MonitorPid=me, MonitorStart=_proc_start(me)[0])
+    # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
+    # become the container's while the runtime forks it.
+    my_out, my_err = os.dup(1), os.dup(2)
+    echo = {"stdout": my_out, "stderr": my_err} if attach else {}
+    log = _LogWriter(rec["LogPath"], echo)
+    pipes = []
+    sock = master = None
+    started = False
+    pending = []
+
+    def forward(sig, frame):
+        pending.append(sig)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, forward)
+    saved_term = None
+    try:
+        store._cleanup_runtime(cid)  # what a monitor killed earlier left
+        store.driver.get(cid, rec.get("MountLabel") or "")
+        opts = rt.CreateOptions(bundle=store._p(cid, "bundle"), detach=True)
+        if tty:
+            import socket
+            sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            opts.console_socket = child
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            pipes = [(out_r, "stdout"), (err_r, "stderr")]
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            c = rt.create(rs, cid, opts, _keep_lock=True)
+        finally:
+            os.dup2(my_out, 1)
+            os.dup2(my_err, 2)
+            if tty:
+                child.close()
+        pid = c.pid
+        pid_start = _proc_start(pid)[0]
+        if tty:
+            from ketch.linux import console
+            master, _ = console.recv_fd(sock)
+            sock.close()
+            if attach and os.isatty(0):
+                import termios
+                import tty as ttymod
+                try:
+                    rows, cols = console.get_size(0)
+                    console.set_size(master, rows, cols)
+                except OSError:
+                    pass
+                saved_term = termios.tcgetattr(0)
+                ttymod.setraw(0)
+        rt.start(rs, cid, c)
+        started = True
+        store._update_state(cid, Status="running", Running=True, Pid=pid, PidStart=pid_start,
+                            ExitCode=0, StartedAt=_now(), FinishedAt="0001-01-01T00:00:00Z", Error="")
+        os.write(status_fd, b"ok")
+        os.close(status_fd)
+        status_fd = -1
+        code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
+    except BaseException as e:
+        msg = str(e) if isinstance(e, KetchError) else f"{type(e).__name__}: {e}"
+        if status_fd >= 0:
+            os.write(status_fd, msg.encode(errors="replace"))
+            os.close(status_fd)
+        try:
+            store._cleanup_runtime(cid)
+        except BaseException:  # noqa: BLE001 - keep the first error
+            pass
+        store._update_state(cid, Status="exited" if started else "created", Running=False, Pid=0,
+                            ExitCode=255 if started else 0, Error=msg, FinishedAt=_now())
+        log.close()
+        if saved_term is not None:
+            import termios
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
+        if rec["HostConfig"].get("AutoRemove"):
+            try:
+                store.remove(cid, force=True)
+            except BaseException:  # noqa: BLE001
+                pass
+        return 125
+    if saved_term is not None:
+        import termios
+        termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
+    log.close()
+    err = ""
+    try:
+        store._cleanup_runtime(cid)
+    except KetchError as e:
+        err = str(e)
+    store._update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
+                        Error=err)
+    if rec["HostConfig"].get("AutoRemove"):
+        try:
+            store.remove(cid, force=True)
+        except KetchError as e:
+            _write_all(my_err, f"ketch: --rm: {e}\n".encode())
+    return code
+
+
+def _pump(pid, pipes, master, log, stdin_to_master, pending):
+    """Copy the container's output to the log until its init exits; returns its exit code."""
+    import select
+    import _signal as signal
+    from ketch.runtime.container import exit_code
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    streams = {}
+    for fd, name in pipes:
+        poller.register(fd, select.POLLIN)
+        streams[fd] = name
+    if master is not None:
+        poller.register(master, select.POLLIN)
+        streams[master] = "stdout"
+    if stdin_to_master:
+        poller.register(0, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    status = None
+    while status is None:
+        while pending:
+            try:
+                signal.pidfd_send_signal(pidfd, pending.pop(0))
+            except ProcessLookupError:
+                pass
+        try:
+            events = poller.poll(1000)
+        except InterruptedError:
+            continue
+        for fd, ev in events:
+            if fd == pidfd:
+                status = _reap(pid)
+            elif fd == 0:
+                try:
+                    data = os.read(0, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    poller.unregister(0)
+                else:
+                    _write_all(master, data)
+            elif fd in streams:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    log.write(streams[fd], data)
+                else:
+                    poller.unregister(fd)
+                    del streams[fd]
+    os.close(pidfd)
+    # Drain: with its own pid namespace every process died with the init, so
+    # the pipes reach EOF; give stragglers a bounded time.
+    deadline = time.monotonic() + 2
+    while streams and time.monotonic() < deadline:
+        events = poller.poll(100)
+        for fd, ev in events:
+            if fd not in streams:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if data:
+                log.write(streams[fd], data)
+            else:
+                poller.unregister(fd)
+                del streams[fd]
+    for fd in list(streams):
+        os.close(fd)
+    return exit_code(status)
+
+
+def _reap(pid):
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 255 << 8
+        if got == pid:
+            return status
