@@ -60,8 +60,9 @@ def preload():
     runs startContainer hooks after pivot_root, when the host's Python
     library is no longer reachable."""
     import fcntl  # noqa: F401
-    import json  # noqa: F401
     import signal  # noqa: F401
+
+    from .. import _json  # noqa: F401
 
 
 def _inheritable_fds(keep):
