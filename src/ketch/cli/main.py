@@ -171,6 +171,10 @@ def load_verb(verb):
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
+    if "KETCH_TRACE" in os.environ:
+        from ..process.sync import trace
+
+        trace("main")
     from . import log
 
     try:
@@ -217,7 +221,12 @@ def main(argv=None):
                 raise errors.UsageError(f"ketch {verb}: expected {want} argument(s), got {len(args)} "
                                         f"(usage: ketch {verb} {mod.USAGE})")
         g = Globals(gopts)
-        return mod.run(g, opts, args) or 0
+        code = mod.run(g, opts, args) or 0
+        if "KETCH_TRACE" in os.environ:
+            from ..process.sync import trace
+
+            trace(f"{verb} done")
+        return code
     except errors.KetchError as e:
         log.error(str(e))
         return e.exit_code

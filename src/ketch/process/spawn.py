@@ -28,6 +28,7 @@ def spawn(ctx):
     """
     parent_sock, child_sock = sync.pair()
     ctx.prepare_fds()
+    sync.trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
@@ -45,6 +46,7 @@ def spawn(ctx):
     init_pid = 0
     try:
         ctx.on_stage1(stage1)
+        sync.trace("cgroups applied")
         sync.send(parent_sock, sync.GO)
         init_pid = _drive(ctx, parent_sock, stage1)
     except BaseException:
@@ -94,6 +96,7 @@ def _drive(ctx, sock, stage1):
                     os.close(fd)
             sync.send(sock, sync.CONTINUE)
         elif t == sync.READY:
+            sync.trace("ready")
             return init_pid
         elif t == sync.ERROR:
             if init_pid:
@@ -135,10 +138,35 @@ def _kill_and_reap(pid):
 
 # ------------------------------------------------------------------ stage-1
 
+def _preload(ctx):
+    """Import what the init will need while the parent sets up the cgroups
+    (its first cgroup.procs write waits out an RCU grace period): the init is
+    forked from stage-1 and inherits these modules, so its own preload finds
+    them loaded."""
+    import errno  # noqa: F401
+    import fcntl  # noqa: F401
+    import struct  # noqa: F401
+
+    from ..linux import capabilities, devices, mounts, syscalls  # noqa: F401
+    from ..runtime import rootfs  # noqa: F401
+    from . import init  # noqa: F401
+
+    proc = ctx.config.get("process") or {}
+    linux = ctx.config.get("linux") or {}
+    if proc.get("rlimits"):
+        from ..linux import rlimits  # noqa: F401
+    if proc.get("terminal"):
+        from ..linux import console  # noqa: F401
+    if linux.get("sysctl"):
+        from ..linux import sysctl  # noqa: F401
+
+
 def _stage1(ctx, sock):
     from ..linux import _libc
 
+    _preload(ctx)
     sync.expect(sock, sync.GO)
+    sync.trace("stage-1 go")
     nsmap = ctx.nsmap
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
@@ -174,6 +202,7 @@ def _stage1(ctx, sock):
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------- init
+        sync.trace("init forked")
         from . import init
 
         init.main(ctx, sock)  # never returns

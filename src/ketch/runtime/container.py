@@ -200,6 +200,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
                                  "--console-socket (process.terminal is true)")
 
     c = store.new(cid)
+    _trace("id reserved")
     ctx = None
     try:
         me = os.getpid()
@@ -226,6 +227,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
             pid = spawn.spawn(ctx)
         finally:
             ctx.close_child_fds()
+        _trace("spawned")
         c.state["status"] = st.CREATED
         if ctx.cgroups is not None:
             c.state["cgroupPaths"] = ctx.cgroups.paths()
@@ -238,6 +240,13 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     if not _keep_lock:
         c.unlock()
     return c
+
+
+def _trace(event):
+    if "KETCH_TRACE" in os.environ:
+        from ..process.sync import trace
+
+        trace(event)
 
 
 def _undo_create(c, ctx):
@@ -603,7 +612,9 @@ def run(store, cid, opts):
         if tty:
             tty.receive_master()
         start(store, cid, c)
+        _trace("started")
         status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
+        _trace("init exited")
     except BaseException:
         _restore_signals(forward)
         if tty:

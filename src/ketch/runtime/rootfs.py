@@ -43,6 +43,13 @@ _LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIR
 _MNT_DETACH = 2
 
 
+def _trace(event):
+    if "KETCH_TRACE" in os.environ:
+        from ketch.process.sync import trace
+
+        trace(event)
+
+
 def _default_sys(sys):
     if sys is None:
         from ketch.linux.syscalls import default
@@ -633,6 +640,7 @@ def _pivot(eng, no_pivot):
 def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, before_pivot=None,
             no_pivot=False, sys=None):
     """Lay out the container's root filesystem and pivot into it (in the new mount namespace)."""
+    _trace("rootfs prepare")
     sys = _default_sys(sys)
     eng = _Engine(rootfs_path, sys, mount_label)
     mounts = [Mount(m, bundle) for m in (config.get("mounts") or ())]
@@ -653,14 +661,17 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
                  MS.BIND | MS.REC, None)
 
+    _trace("rootfs bound")
     for m in mounts:
         eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss)
+    _trace("rootfs mounts")
 
     if _needs_dev(mounts):
         _create_devices(eng, config, bind="user" in nss)
         _dev_symlinks(eng)
         _setup_ptmx(eng)
 
+    _trace("rootfs devices")
     if before_pivot is not None:
         before_pivot()
 
@@ -669,6 +680,7 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         eng.step("chdir /", sys.chdir, "/")
         return
     _pivot(eng, no_pivot)
+    _trace("rootfs pivoted")
     if prop is not None:
         # applied to the container's own "/" again now that it is one (runc does the same)
         eng.step(f"make / {config['linux']['rootfsPropagation']}", sys.mount, None, "/", None, prop, None)
@@ -699,6 +711,7 @@ def finalize(config, sys=None):
     linux = config.get("linux") or {}
     label = linux.get("mountLabel") or ""
     eng = _Engine("/", sys, label)
+    _trace("rootfs finalize")
     for p in linux.get("readonlyPaths") or ():
         p = paths.clean(p)
         host = eng.host(p)
