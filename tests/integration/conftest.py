@@ -156,14 +156,21 @@ def own_bundle(tmp_path):
 
 # --------------------------------------------------------------------- leaks
 
+_SCRATCH = ["/run/ketch", "/var/lib/ketch"]
+
+
 def _mounts():
+    """Mounts under this session's scratch space: the pytest base temp dir,
+    runtime roots, ketch's default state and storage roots.  (Mounts of other
+    programs running on the host at the same time are none of our business.)"""
+    prefixes = tuple(_SCRATCH)
     with open("/proc/self/mountinfo") as f:
-        out = set()
-        for line in f:
-            mp = line.split()[4]
-            if mp.startswith(("/tmp/", "/var/tmp/", "/run/ketch", "/var/lib/ketch")):
-                out.add(mp)
-        return out
+        return {mp for mp in (line.split()[4] for line in f) if mp.startswith(prefixes)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_space(tmp_path_factory):
+    _SCRATCH.append(str(tmp_path_factory.getbasetemp()))
 
 
 def _ketch_cgroups():
