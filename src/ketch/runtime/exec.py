@@ -114,8 +114,12 @@ def build_process(config, opts):
         if opts.no_new_privs is not None:
             proc["noNewPrivileges"] = opts.no_new_privs
         if opts.user:
+            # As runc: only uid/gid change; the container's additionalGids
+            # and umask stay.
             uid, gid = parse_user(opts.user)
-            user = {"uid": uid, "gid": gid if gid is not None else 0}
+            user = dict(proc.get("user") or {})
+            user["uid"] = uid
+            user["gid"] = gid if gid is not None else 0
             proc["user"] = user
         if opts.additional_gids:
             user = proc.setdefault("user", {"uid": 0, "gid": 0})
