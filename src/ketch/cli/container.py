@@ -123,6 +123,15 @@ def _attached(store, popen):
             signal.signal(s, h)
 
 
+def _quiet_remove(store, cid):
+    """--rm after a failed start: the monitor may have removed it already."""
+    from ..errors import KetchError
+    try:
+        store.remove(cid, force=True)
+    except KetchError:
+        pass
+
+
 def _follow(store, cid):
     import json
     import time
@@ -183,7 +192,7 @@ def run(g, opts, args):
                 store.start(cid)
             except BaseException:
                 if co["auto_remove"]:
-                    store.remove(cid, force=True)
+                    _quiet_remove(store, cid)
                 raise
             w(cid + "\n")
             return 0
@@ -192,7 +201,7 @@ def run(g, opts, args):
             p = store.start(cid, attach=True, stdin=None if o["interactive"] else None)
         except KetchError as e:
             if co["auto_remove"]:
-                store.remove(cid, force=True)
+                _quiet_remove(store, cid)
             log.error(str(e))
             return 125  # Docker's status when the container could not be started
         return _attached(store, p)

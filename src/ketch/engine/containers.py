@@ -98,7 +98,9 @@ class ContainerStore:
         return os.path.join(self.dir, *parts)
 
     def _lock(self):
-        os.makedirs(self._p("names"), 0o700, exist_ok=True)
+        if not os.path.isdir(self._p("names")):
+            os.makedirs(self._p("names"), 0o700, exist_ok=True)
+            os.chmod(self.dir, 0o711)
         return Lock(self._p("lock"))
 
     def _runtime_store(self):
@@ -201,7 +203,10 @@ class ContainerStore:
                     name = None
                     raise ContainerExists(o["name"]) from KetchError(
                         f"the container name \"/{o['name']}\" is already in use by container {other[:12]}")
-                os.mkdir(cdir, 0o700)
+                # 0711: a container in a user namespace (its root is an unprivileged host
+                # uid) must be able to reach the files bind-mounted from here.
+                os.mkdir(cdir, 0o711)
+                os.chmod(cdir, 0o711)
             labels = label.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)

@@ -135,8 +135,10 @@ class _TarSource:
             self.members = {}
             for m in self.tar:
                 self.members[m.name.lstrip("./") if m.name.startswith("./") else m.name] = m
+        except tarfile.ReadError:
+            raise ImageError(f"{path}: corrupt or truncated archive: not a tar archive") from None
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise ImageError(f"{path}: corrupt or truncated archive: {e}") from None
+            raise ImageError(f"{path}: corrupt or truncated archive: {' '.join(str(e).split())}") from None
 
     def exists(self, name):
         m = self.members.get(name)
