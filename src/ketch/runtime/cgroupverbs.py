@@ -148,7 +148,7 @@ def events(store, cid, interval, emit):
     try:
         st.check_verb("events", c.status(), cid)
         mgr = _manager(c)
-        pidfd = _init_pidfd(c)
+        pidfd = c.open_pidfd()
     finally:
         c.unlock()
     if pidfd < 0:
@@ -184,19 +184,6 @@ def events(store, cid, interval, emit):
     finally:
         oom.close()
         os.close(pidfd)
-
-
-def _init_pidfd(c):
-    """A pidfd for the container's init, or -1 if it is gone or the pid was reused."""
-    try:
-        fd = os.pidfd_open(c.pid)
-    except OSError:
-        return -1
-    # Checked after opening: the pidfd then pins the process we verified.
-    if not c.init_alive():
-        os.close(fd)
-        return -1
-    return fd
 
 
 class _OomWatch:

@@ -151,6 +151,20 @@ class Container:
             return False
         return start == self.state.get("pidStartTime")
 
+    def open_pidfd(self):
+        """A pidfd pinning the container's init, or -1 if it is gone.
+
+        Checked after opening: the pidfd then refers to the very process whose
+        start time matched, so a recycled pid can never be signalled."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (OSError, ValueError):
+            return -1
+        if not self.init_alive():
+            os.close(fd)
+            return -1
+        return fd
+
     def status(self):
         s = self.state.get("status")
         if s == st.CREATING:
