@@ -1,5 +1,4 @@
 import os
-import pickle
 import resource
 
 import pytest
@@ -7,29 +6,7 @@ import pytest
 from ketch.errors import ConfigError, SetupError
 from ketch.linux import capabilities, rlimits
 
-
-def in_child(fn):
-    """Run fn() in a forked child; return its result (or re-raise its exception) here."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = (True, fn())
-        except BaseException as e:  # noqa: BLE001 - carried to the parent
-            out = (False, e)
-        os.write(w, pickle.dumps(out))
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    ok, val = pickle.loads(data)
-    if not ok:
-        raise val
-    return val
+from forkutil import in_child
 
 
 def test_table_has_every_oci_rlimit_with_kernel_numbers():

@@ -1,39 +1,16 @@
 import errno
 import os
-import pickle
 
 import pytest
 
 from ketch.errors import ConfigError
 from ketch.linux import procattr, seccomp
 
+from forkutil import in_child
+
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/lib/x86_64-linux-gnu/libseccomp.so.2")
                                 and not os.path.exists("/usr/lib/aarch64-linux-gnu/libseccomp.so.2"),
                                 reason="libseccomp2 not installed")
-
-
-def in_child(fn):
-    """Run fn() in a forked child; return its result (or re-raise its exception) here."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = (True, fn())
-        except BaseException as e:  # noqa: BLE001 - carried to the parent
-            out = (False, e)
-        os.write(w, pickle.dumps(out))
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    ok, val = pickle.loads(data)
-    if not ok:
-        raise val
-    return val
 
 
 def load_and_probe(spec, probe):
