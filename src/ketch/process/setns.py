@@ -4,11 +4,10 @@ its process attributes, execve.
  parent (ketch exec)              intermediate                  process (in the container)
  ───────────────────              ────────────                  ──────────────────────────
  lock, check status, pidfd of init
- fork ──────────────────────────▶ non-dumpable; wait
- cgroups: add intermediate
- GO ────────────────────────────▶ preload modules, compile seccomp,
-                                  close every fd not passed on,
-                                  setns user, then the others, mount
+ fork ──────────────────────────▶ non-dumpable; preload modules,
+ cgroups: add intermediate        compile seccomp, close every fd
+                                  not passed on; wait
+ GO ────────────────────────────▶ setns user, then the others, mount
                                   last; fchdir(init's root) + chroot;
                                   fork ──────────────────────▶ (in the pid namespace)
  ◀─────────────────────────────── PID {pid}; exit
@@ -140,7 +139,10 @@ def spawn(ctx):
                     f.write(str(inter))
         except OSError as e:
             raise errors.SetupError(f"join cgroup {d}", e) from None
-        sync.send(parent_sock, sync.GO)
+        try:
+            sync.send(parent_sock, sync.GO)
+        except OSError:
+            pass  # the intermediate failed before GO: its ERROR is queued
         msg = sync.recv(parent_sock)
         if msg is None:
             _raise_died(inter)
@@ -216,13 +218,16 @@ def _intermediate(ctx, sock):
         import signal
 
         signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
-    sync.expect(sock, sync.GO)
+    # Loading modules overlaps with the parent moving us into the cgroups
+    # (a cgroup.procs write waits for an RCU grace period, ~10 ms); the
+    # namespaces are joined, and the process forked, only after GO.
     try:
         _preload(ctx)
     except BaseException as e:
         raise _step(e, "load runtime modules")
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
                           ctx.console_sock.fileno() if ctx.console_sock is not None else -1})
+    sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)
     try:

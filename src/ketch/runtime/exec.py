@@ -65,14 +65,15 @@ def parse_user(text):
 
 def build_process(config, opts):
     """The process to exec, as an OCI ``process`` dict."""
-    import copy
+    import json
+
+    def copy(v):  # deep copy of JSON data; json is loaded anyway, copy is not
+        return json.loads(json.dumps(v))
 
     base = config.get("process") or {}
     if opts.process:
         try:
             with open(opts.process, "rb") as f:
-                import json
-
                 proc = json.loads(f.read())
         except OSError as e:
             raise errors.ConfigError(f"read process file {opts.process}: "
@@ -85,7 +86,7 @@ def build_process(config, opts):
         if opts.tty:
             proc["terminal"] = True
     else:
-        proc = copy.deepcopy(base)
+        proc = copy(base)
         proc["args"] = list(opts.args)
         if opts.cwd:
             proc["cwd"] = opts.cwd
@@ -131,7 +132,7 @@ def build_process(config, opts):
     # newInitConfig for setns processes).
     for key in ("capabilities", "apparmorProfile", "selinuxLabel", "rlimits"):
         if not proc.get(key) and base.get(key):
-            proc[key] = copy.deepcopy(base[key])
+            proc[key] = copy(base[key])
     if "oomScoreAdj" not in proc and "oomScoreAdj" in base:
         proc["oomScoreAdj"] = base["oomScoreAdj"]
     args = proc.get("args")
@@ -239,6 +240,12 @@ def exec_process(store, cid, opts):
             ctx.cgroup_dirs = _cgroup_dirs(c.state.get("cgroupPaths") or {}, opts.cgroups)
             if proc.get("terminal"):
                 ctx.console_sock, tty = _console(opts)
+                if tty is not None and not proc.get("consoleSize"):
+                    # The process may ask its size at once: it must find the
+                    # caller's, before we have the master (after its execve).
+                    size = _caller_size()
+                    if size:
+                        proc["consoleSize"] = {"height": size[0], "width": size[1]}
             if not opts.detach:
                 # The process is our grandchild: when the intermediate exits it
                 # is re-parented to us, so we can wait for it.
@@ -312,6 +319,18 @@ def _console(opts):
     import socket
 
     return socket.socket(fileno=os.dup(tty.child_socket.fileno())), tty
+
+
+def _caller_size():
+    from ..linux import console
+
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return console.get_size(fd)
+        except OSError:
+            continue
+    return None
 
 
 def _wait(pid, tty, sigmask):
