@@ -293,7 +293,7 @@ class _Ctx:
 def test_init_settles_detection_and_opens_exec_attr_before_pivot(on, tmp_path, monkeypatch):
     from ketch.process import init
 
-    monkeypatch.setattr(label, "enabled", label.enabled)  # restored after the test
+    monkeypatch.setattr(label, "_frozen", None)  # freeze() is undone after the test
     attr = tmp_path / "attr_exec"
     monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
     ctx = _Ctx()
@@ -313,7 +313,7 @@ def test_init_settles_detection_and_opens_exec_attr_before_pivot(on, tmp_path, m
 def test_init_off_opens_nothing(off, monkeypatch):
     from ketch.process import init
 
-    monkeypatch.setattr(label, "enabled", label.enabled)
+    monkeypatch.setattr(label, "_frozen", None)
     ctx = _Ctx()
     cfg = rootfs_util.make_config()
     cfg["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0"

@@ -202,9 +202,26 @@ def _find_real_selinuxfs():
     return ""
 
 
+_frozen = None  # set by freeze(): the answer for the rest of this process
+
+
+def freeze():
+    """Settle detection for the rest of this process and return it.
+
+    The container init and exec call this before pivot_root/chroot: detection
+    reads host paths (selinuxfs, or KETCH_SELINUXFS in tests) that are gone
+    afterwards, and must not then be answered by the container's image."""
+    global _frozen
+    _frozen = None
+    _frozen = selinuxfs()
+    return bool(_frozen)
+
+
 def selinuxfs():
     """The selinuxfs directory in use, or "" when SELinux is off."""
     global _real_cache
+    if _frozen is not None:
+        return _frozen
     fake = _fake_mode()
     if fake is not None:
         return fake if fake and _usable(fake) else ""

@@ -88,10 +88,8 @@ def _preload(ctx, cfg):
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
-        # Detection reads host paths (selinuxfs, or KETCH_SELINUXFS in tests)
-        # that pivot_root takes away: settle it for the rest of this process.
-        on = label.enabled()
-        label.enabled = lambda: on
+        # Detection reads host paths that pivot_root takes away.
+        label.freeze()
         if proc.get("selinuxLabel"):
             # Opened on the host's procfs, not one the container's mounts could fake.
             ctx.selinux_exec_fd = label.open_exec_attr()
