@@ -4,8 +4,9 @@ window size, controlling terminal."""
 
 import fcntl
 import os
-import socket
 import struct
+
+from . import fdpass
 
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
@@ -49,21 +50,18 @@ def set_controlling_tty(fd):
 
 def send_fd(sock, fd, name):
     """Send ``fd`` with ``name`` as the message body (runc sends the pty's name)."""
-    socket.send_fds(sock, [name.encode()], [fd])
+    fdpass.send(sock, name.encode(), [fd])
 
 
 def recv_fd(sock):
-    msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+    """(fd, name); the fd is close-on-exec.  Extra fds a peer sent are closed."""
+    msg, fds = fdpass.recv(sock, 4096, 1)
     if not fds:
         raise OSError("console socket: no file descriptor received")
+    for extra in fds[1:]:
+        os.close(extra)
     return fds[0], msg.decode(errors="replace")
 
 
 def connect(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.connect(path)
-    except OSError:
-        s.close()
-        raise
-    return s
+    return fdpass.connect(path)

@@ -101,11 +101,11 @@ def spawn(ctx):
     floor = ctx.floor()
     a, b = sync.pair()
     parent_sock = a
-    import socket
+    from ..linux import fdpass
 
-    child_sock = socket.socket(fileno=_high(b.detach(), floor))
+    child_sock = fdpass.wrap(_high(b.detach(), floor))
     if ctx.console_sock is not None:
-        ctx.console_sock = socket.socket(fileno=_high(ctx.console_sock.detach(), floor))
+        ctx.console_sock = fdpass.wrap(_high(ctx.console_sock.detach(), floor))
     ctx.root_fd = _high(os.open(f"/proc/{ctx.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
                         floor)
     try:
@@ -172,9 +172,7 @@ def spawn(ctx):
 def _raise_died(pid):
     status = _reap(pid)
     if status is not None and os.WIFSIGNALED(status):
-        import signal
-
-        why = f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        why = f"killed by signal {os.WTERMSIG(status)}"
     elif status is not None and os.WIFEXITED(status):
         why = f"exited with status {os.WEXITSTATUS(status)}"
     else:
@@ -215,9 +213,9 @@ def _intermediate(ctx, sock):
     # First of all: see the module docstring (CVE-2019-5736).
     _libc.prctl(4, 0)  # PR_SET_DUMPABLE
     if ctx.sigmask is not None:
-        import signal
+        import _signal
 
-        signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ctx.sigmask)
     # Loading modules overlaps with the parent moving us into the cgroups
     # (a cgroup.procs write waits for an RCU grace period, ~10 ms); the
     # namespaces are joined, and the process forked, only after GO.
@@ -302,11 +300,10 @@ def _preload(ctx):
     """Import now every module used after the chroot (see the module docstring)."""
     import errno  # noqa: F401
     import fcntl  # noqa: F401
-    import json  # noqa: F401
-    import socket  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import _libc, capabilities, namespaces  # noqa: F401
+    from .. import _json  # noqa: F401
+    from ..linux import _libc, capabilities, fdpass, namespaces  # noqa: F401
     from . import init  # noqa: F401
 
     proc = ctx.process

@@ -8,7 +8,9 @@ container's config, as for runc's setns init.
 """
 
 import os
-import signal
+
+# _signal, not signal: the signal module builds an IntEnum at import.
+import _signal as signal
 
 from .. import errors, spec
 from . import status as st
@@ -65,9 +67,9 @@ def parse_user(text):
 
 def build_process(config, opts):
     """The process to exec, as an OCI ``process`` dict."""
-    import json
+    from .. import _json as json
 
-    def copy(v):  # deep copy of JSON data; json is loaded anyway, copy is not
+    def copy(v):  # deep copy of JSON data (the copy module is another import)
         return json.loads(json.dumps(v))
 
     base = config.get("process") or {}
@@ -316,9 +318,9 @@ def _console(opts):
     from .tty import ForegroundTerminal
 
     tty = ForegroundTerminal()
-    import socket
+    from ..linux import fdpass
 
-    return socket.socket(fileno=os.dup(tty.child_socket.fileno())), tty
+    return fdpass.wrap(os.dup(tty.child_socket.fileno())), tty
 
 
 def _caller_size():

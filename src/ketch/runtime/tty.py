@@ -6,13 +6,13 @@ terminal in raw mode and window-size changes passed on."""
 import os
 import select
 import _signal as signal
-import socket
+
+from ..linux import fdpass
 
 
 class ForegroundTerminal:
     def __init__(self):
-        self.parent_socket, self.child_socket = socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.parent_socket, self.child_socket = fdpass.socketpair(fdpass.SOCK_STREAM)
         self.master = -1
         self._saved_attrs = None
         self._old_winch = None
