@@ -54,10 +54,12 @@ def sh(cmd, **kw):
 
 
 class Runtime:
-    def __init__(self, name, argv0, root):
+    def __init__(self, name, argv0, root, comm=None):
         self.name = name
         self.argv0 = argv0
         self.root = root
+        # what /proc/<pid>/comm of its processes starts with
+        self.comm = comm or name
         os.makedirs(root, exist_ok=True)
 
     def argv(self, *args):
@@ -236,7 +238,7 @@ def _rss_kb(pid, prefix):
 
 
 def peak_rss(rt, argv):
-    """(peak RSS sum over the runtime's processes, peak process count, maxrss of the top process) in kB."""
+    """(peak RSS sum over the runtime's processes in kB, peak count of them)."""
     pid = spawn(argv)
     peak = [0, 0]
     done = threading.Event()
@@ -245,7 +247,7 @@ def peak_rss(rt, argv):
         while not done.is_set():
             total = count = 0
             for p in _tree(pid):
-                kb, ok = _rss_kb(p, rt.name)
+                kb, ok = _rss_kb(p, rt.comm)
                 total += kb
                 count += ok
             peak[0] = max(peak[0], total)
@@ -254,29 +256,31 @@ def peak_rss(rt, argv):
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    _, status, ru = os.wait4(pid, 0)
+    _, status = os.waitpid(pid, 0)
     done.set()
     th.join()
     if status:
         raise RuntimeError(f"{' '.join(argv)}: exit status {status:#x}")
-    return peak[0], peak[1], ru.ru_maxrss
+    return peak[0], peak[1]
 
 
 def bench_memory(rts, b, n, results):
     for r, rt in rounds(rts, n):
-        total, count, top = peak_rss(rt, rt.argv("run", "-b", b["true"], f"mem{r}"))
+        total, count = peak_rss(rt, rt.argv("run", "-b", b["true"], f"mem{r}"))
         results.setdefault(("peak RSS sum during run (MB)", rt.name), []).append(total / 1024)
         results.setdefault(("runtime processes at once", rt.name), []).append(count)
-        results.setdefault(("maxrss of the top process (MB)", rt.name), []).append(top / 1024)
 
 
-def _procs():
-    out = {}
+def _procs(root):
+    """Pids whose command line names this state root (other users of the runtime are not ours)."""
+    out = set()
+    key = root.encode()
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
-                with open(f"/proc/{p}/comm") as f:
-                    out[int(p)] = f.read().strip()
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if key in f.read():
+                        out.add(int(p))
             except OSError:
                 pass
     return out
@@ -285,7 +289,7 @@ def _procs():
 def bench_resident(rts, b, results):
     """Processes (and their RSS) that a detached container leaves besides its own."""
     for rt in rts:
-        before = set(_procs())
+        before = _procs(rt.root)
         pidf = f"/tmp/ketch-bench-res-{rt.name}.pid"
         wait(spawn(rt.argv("run", "-d", "--pid-file", pidf, "-b", b["sleep"], "res")), "run -d")
         try:
@@ -293,9 +297,8 @@ def bench_resident(rts, b, results):
                 init = int(f.read())
             container = set(_tree(init))
             time.sleep(0.2)
-            left = [p for p in set(_procs()) - before - container if p != os.getpid()]
-            left = [p for p in left if os.path.exists(f"/proc/{p}") and _rss_kb(p, rt.name)[1]]
-            rss = sum(_rss_kb(p, rt.name)[0] for p in left)
+            left = [p for p in _procs(rt.root) - before - container if p != os.getpid()]
+            rss = sum(_rss_kb(p, "")[0] for p in left)
             results.setdefault(("processes left beside a detached container", rt.name), []).append(len(left))
             results.setdefault(("their RSS (MB)", rt.name), []).append(rss / 1024)
         finally:
@@ -338,14 +341,14 @@ def profile(rt, b, n):
 
 ROWS = ["run", "create+start+delete", "create", "start", "delete", "exec", "20 at once", "100 at once",
         "state (100 present)", "list (100 present)", "peak RSS sum during run (MB)",
-        "runtime processes at once", "maxrss of the top process (MB)",
+        "runtime processes at once",
         "processes left beside a detached container", "their RSS (MB)"]
 
 
 def table(results, rts):
     names = [rt.name for rt in rts]
     head = "| | " + " | ".join(names) + " | " + " | ".join(f"ketch/{n}" for n in names if n != "ketch") + " |"
-    lines = [head, "|---" * (1 + len(names) + len(names) - 1) + "|"]
+    lines = [head, "|---" + "|---:" * (len(names) + len(names) - 1) + "|"]
     for row in ROWS:
         if not any((row, n) in results for n in names):
             continue
@@ -398,6 +401,8 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also print where ketch's run time goes (KETCH_TRACE)")
     ap.add_argument("--host-ns", action="store_true",
                     help="run ketch and runc on the host's hybrid cgroups, without crun")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=LAUNCHER",
+                    help="another ketch build to compare (e.g. a launcher for an older checkout)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.md"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -424,6 +429,9 @@ def run_bench(args, wanted):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "ketch-bench", state], check=True)
     argv0 = {"ketch": args.ketch, "runc": shutil.which("runc"), "crun": shutil.which("crun")}
     rts = [Runtime(n, argv0[n], os.path.join(state, n)) for n in wanted]
+    for e in args.extra:
+        name, _, path = e.partition("=")
+        rts.append(Runtime(name, os.path.abspath(path), os.path.join(state, name), comm=os.path.basename(path)[:15]))
     results = {}
     load_before = loadavg()
     t_start = time.time()

@@ -169,8 +169,30 @@ def load_verb(verb):
 
 
 def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
+    """Run the command line ``argv``; without it, the process's own, and then
+    the process ends here (see ``_exit_now``)."""
+    if argv is not None:
+        return _main(argv)
+    return _exit_now(_main(sys.argv[1:]))
+
+
+def _exit_now(code):
+    """End the process without the interpreter's teardown (~3 ms of freeing
+    every module on each call: a tenth of a `ketch start`).  ketch holds no
+    buffered files but stdio and registers no atexit work; a thread still
+    running (the engine's copies) gets the ordinary exit, which waits."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return code
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return code
+    os._exit(code & 0xFF if isinstance(code, int) else 1)
+
+
+def _main(argv):
     if "KETCH_TRACE" in os.environ:
         from ..process.sync import trace
 

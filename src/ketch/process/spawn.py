@@ -28,12 +28,19 @@ def spawn(ctx):
     """
     parent_sock, child_sock = sync.pair()
     ctx.prepare_fds()
+    gate_w = -1
+    if _late_cgroups(ctx):
+        r, w = os.pipe()
+        gate_w = ctx._high(w)
+        ctx.cgroup_paths = CgroupGate(ctx._high(r))
     sync.trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
             parent_sock.close()
+            if gate_w >= 0:
+                os.close(gate_w)
             _stage1(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
@@ -43,12 +50,14 @@ def spawn(ctx):
     # ------------------------------------------------------------------ parent
     child_sock.close()
     ctx.close_child_fds()
+    if gate_w >= 0:
+        ctx.cgroup_paths.close()
     init_pid = 0
     try:
-        ctx.on_stage1(stage1)
-        sync.trace("cgroups applied")
+        ctx.on_stage1(stage1, apply=gate_w < 0)
+        sync.trace("cgroups set up")
         sync.send(parent_sock, sync.GO)
-        init_pid = _drive(ctx, parent_sock, stage1)
+        init_pid = _drive(ctx, parent_sock, stage1, gate_w)
     except BaseException:
         _kill_and_reap(stage1)
         # _drive raised before returning the pid (a failing createRuntime
@@ -59,11 +68,56 @@ def spawn(ctx):
             _kill_and_reap(init_pid)
         parent_sock.close()
         raise
+    finally:
+        if gate_w >= 0:
+            try:
+                os.close(gate_w)
+            except OSError:
+                pass
     parent_sock.close()
     return init_pid
 
 
-def _drive(ctx, sock, stage1):
+def _late_cgroups(ctx):
+    """Whether the init may start preparing its rootfs before it is in its
+    cgroups.  The first cgroup.procs write waits for an RCU grace period
+    (cgroup_threadgroup_rwsem), 10-20 ms here: done while the init works,
+    it costs nothing.  A new cgroup namespace must be made inside the
+    cgroups, so then stage-1 joins them before it unshares, as before."""
+    nsmap = ctx.nsmap
+    return not ("cgroup" in nsmap and not nsmap["cgroup"])
+
+
+class CgroupGate:
+    """``ctx.cgroup_paths`` for an init that the parent moves into its
+    cgroups while it prepares the rootfs.  ``rootfs.prepare`` calls
+    ``wait()`` before anything that depends on the cgroups (the cgroup
+    mount, device nodes under the devices controller, hooks); the parent
+    writes one byte once the init is in every hierarchy.  Unlike a list of
+    hierarchies it says nothing of the paths: the init reads them from
+    /proc/self/cgroup once it is there."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def wait(self):
+        if self.fd < 0:
+            return
+        try:
+            got = os.read(self.fd, 1)
+        finally:
+            self.close()
+        if got != b"1":
+            raise errors.SetupError("join cgroups", "the runtime exited before it moved the init into "
+                                    "the container's cgroups")
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _drive(ctx, sock, stage1, gate_w=-1):
     init_pid = 0
     while True:
         msg = sync.recv(sock)
@@ -79,6 +133,14 @@ def _drive(ctx, sock, stage1):
             sync.send(sock, sync.MAPPED)
         elif t == sync.PID:
             init_pid = msg["pid"]
+            if gate_w >= 0:
+                # The init prepares its rootfs meanwhile, up to CgroupGate.wait().
+                ctx.apply_cgroups(init_pid)
+                try:
+                    os.write(gate_w, b"1")
+                except BrokenPipeError:
+                    pass  # the init died: its ERROR (or EOF) is the next message
+                sync.trace("cgroups applied")
             _reap(stage1)
             ctx.on_init_pid(init_pid)
         elif t == sync.HOOKS:

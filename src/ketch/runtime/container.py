@@ -97,7 +97,9 @@ class CreateContext:
             self.console_sock = None
 
     # -- parent callbacks ---------------------------------------------------
-    def on_stage1(self, pid):
+    def on_stage1(self, pid, apply=True):
+        """Create and configure the cgroups; move ``pid`` into them unless
+        ``apply`` is false (then ``apply_cgroups`` does it later)."""
         linux = self.config.get("linux") or {}
         try:
             from ..linux import cgroups
@@ -117,12 +119,23 @@ class CreateContext:
                     f"({', '.join(map(str, busy[:5]))}): is another container using it?")
             # set() also installs the default device rules: call it always.
             mgr.set(linux.get("resources") or {})
-            mgr.apply(pid)
+            if apply:
+                mgr.apply(pid)
         except errors.KetchError:
             raise
         except OSError as e:
             raise errors.SetupError("set up cgroups", e) from None
         self.cgroup_paths = mgr.paths()
+
+    def apply_cgroups(self, pid):
+        if self.cgroups is None:  # pragma: no cover - no cgroup support at all
+            return
+        try:
+            self.cgroups.apply(pid)
+        except errors.KetchError:
+            raise
+        except OSError as e:
+            raise errors.SetupError("set up cgroups", e) from None
 
     def _save_cgroups(self):
         self.container.state["cgroupPaths"] = self.cgroups.paths()
@@ -300,7 +313,7 @@ def _release_fifo(c):
 
     fifo = os.open(c.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        pidfd = _pidfd(c)
+        pidfd = c.open_pidfd()
         try:
             poller = select.poll()
             poller.register(fifo, select.POLLIN)
@@ -328,18 +341,6 @@ def _release_fifo(c):
     finally:
         os.close(fifo)
     os.unlink(c.fifo_path)
-
-
-def _pidfd(c):
-    """A pidfd for the init, checked to be the same process as recorded."""
-    try:
-        fd = os.pidfd_open(c.pid)
-    except OSError:
-        return -1
-    if not c.init_alive():
-        os.close(fd)
-        return -1
-    return fd
 
 
 def _run_poststart(c):
@@ -406,7 +407,7 @@ def kill(store, cid, sig, all_procs=False):
 
 
 def _signal_init(c, sig):
-    pidfd = _pidfd(c)
+    pidfd = c.open_pidfd()
     if pidfd < 0:
         raise errors.NotRunning(f"container {c.id!r} is not running")
     try:

@@ -661,10 +661,20 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
                  MS.BIND | MS.REC, None)
 
+    # The runtime may be moving us into our cgroups while we get here
+    # (process.spawn.CgroupGate): wait for it before what depends on them.
+    gate = getattr(cgroup_paths, "wait", None)
+    if gate is not None:
+        cgroup_paths = None
     _trace("rootfs bound")
     for m in mounts:
+        if gate is not None and m.kind == "cgroup":
+            gate()
         eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss)
     _trace("rootfs mounts")
+    if gate is not None:
+        # device nodes are made under the devices controller's rules
+        gate()
 
     if _needs_dev(mounts):
         _create_devices(eng, config, bind="user" in nss)
