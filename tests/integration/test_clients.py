@@ -229,6 +229,11 @@ def test_podman_detach_exec_stop_rm(podman, runtime):
         assert p.stdout.startswith("/dev/pts/")
         p = podman(runtime, "exec", "-i", name, "cat", input="through stdin\n", stdin=None)
         assert p.stdout == "through stdin\n"
+        podman(runtime, "pause", name)
+        assert podman(runtime, "inspect", "--format", "{{.State.Status}}", name).stdout.split() \
+            == ["paused"]
+        podman(runtime, "unpause", name)
+        assert podman(runtime, "exec", name, "echo", "after-unpause").stdout == "after-unpause\n"
         t = time.monotonic()
         podman(runtime, "stop", "-t", "1", name)
         assert time.monotonic() - t < 30
