@@ -276,3 +276,62 @@ def test_usage_errors(ketch, bundle):
     p = ketch("exec", "-d", "-t", "c1", "true", check=False)
     assert p.returncode != 0 and "console-socket" in p.stderr
     ketch("delete", "--force", "c1")
+
+
+PROBE = r"""
+import ctypes, json, os, sys
+sys.path.insert(0, {src!r})
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+real_execve = os.execve
+report = {report!r}
+
+def probe(path, argv, env):
+    # Runs in the exec'd process just before execve: what a container process
+    # could reach in /proc at this moment.
+    fds = {{}}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[name] = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass
+    st = {{"dumpable": libc.prctl(3, 0, 0, 0, 0), "sys_path": list(sys.path), "fds": fds,
+          "root": os.stat("/bin/busybox").st_ino}}
+    fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, json.dumps(st).encode())
+    os.close(fd)
+    real_execve(path, argv, env)
+
+os.execve = probe
+from ketch.cli.main import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("user", ["0:0", "1000:1000"])
+def test_exec_process_is_undumpable_and_sealed_until_execve(ketch, bundle, user):
+    """CVE-2019-5736: until execve the exec'd process is the host's interpreter
+    inside the container's pid namespace.  It must be non-dumpable (so
+    /proc/<pid>/exe, /fd, /mem are closed to the container), hold no runtime fd,
+    and be unable to import anything from the container's filesystem."""
+    import sys as _sys
+
+    from conftest import REPO
+
+    init = _start(ketch, bundle)
+    # The report is written from inside the container's root (its /tmp).
+    inside = f"/tmp/ketch-probe-{os.getpid()}.json"
+    script = PROBE.format(src=os.path.join(REPO, "src"), report=inside,
+                          argv=["--root", ketch.root, "exec", "-u", user, "c1", "true"])
+    p = subprocess.run([_sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    with open(f"/proc/{init}/root{inside}") as f:
+        st = json.load(f)
+    os.unlink(f"/proc/{init}/root{inside}")
+    assert st["dumpable"] == 0
+    assert st["sys_path"] == []
+    # stdio, the close-on-exec sync socket, and the listing's own fd: nothing else.
+    others = {k: v for k, v in st["fds"].items() if k not in ("0", "1", "2")}
+    assert len(others) <= 2 and all(v.startswith(("socket:", "/proc/")) for v in others.values()), others
+    assert st["root"] == os.stat(os.path.join(bundle.rootfs, "bin", "busybox")).st_ino
+    ketch("delete", "--force", "c1")
