@@ -62,6 +62,10 @@ class Runtime:
         self.comm = comm or name
         os.makedirs(root, exist_ok=True)
 
+    def id(self, name):
+        # distinct per runtime: two ketch builds would share /ketch/<id> cgroups
+        return f"{self.name}-{name}"
+
     def argv(self, *args):
         return [self.argv0, "--root", self.root, *args]
 
@@ -134,7 +138,7 @@ def rounds(rts, n):
 
 def bench_run(rts, b, n, results):
     for r, rt in rounds(rts, n):
-        results.setdefault(("run", rt.name), []).append(timed(rt.argv("run", "-b", b["true"], f"run{r}")))
+        results.setdefault(("run", rt.name), []).append(timed(rt.argv("run", "-b", b["true"], rt.id(f"run{r}"))))
 
 
 def _wait_exit(pid_file):
@@ -156,7 +160,7 @@ def _wait_exit(pid_file):
 
 def bench_lifecycle(rts, b, n, results, tmp):
     for r, rt in rounds(rts, n):
-        cid = f"csd{r}"
+        cid = rt.id(f"csd{r}")
         pidf = os.path.join(tmp, f"{rt.name}-{cid}.pid")
         tc = timed(rt.argv("create", "--pid-file", pidf, "-b", b["true"], cid))
         ts = timed(rt.argv("start", cid))
@@ -168,25 +172,25 @@ def bench_lifecycle(rts, b, n, results, tmp):
 
 def bench_exec(rts, b, n, results):
     for rt in rts:
-        wait(spawn(rt.argv("run", "-d", "-b", b["sleep"], "ex")), "run -d")
+        wait(spawn(rt.argv("run", "-d", "-b", b["sleep"], rt.id("ex"))), [rt.name, "run -d"])
     try:
         for _, rt in rounds(rts, n):
-            results.setdefault(("exec", rt.name), []).append(timed(rt.argv("exec", "ex", "true")))
+            results.setdefault(("exec", rt.name), []).append(timed(rt.argv("exec", rt.id("ex"), "true")))
     finally:
         for rt in rts:
-            quiet(rt.argv("delete", "--force", "ex"))
+            quiet(rt.argv("delete", "--force", rt.id("ex")))
 
 
 def start_many(rt, b, count, prefix):
     t = time.perf_counter()
-    pids = [spawn(rt.argv("run", "-d", "-b", b["sleep"], f"{prefix}{i}")) for i in range(count)]
+    pids = [spawn(rt.argv("run", "-d", "-b", b["sleep"], rt.id(f"{prefix}{i}"))) for i in range(count)]
     for p in pids:
         wait(p, [rt.name, "run -d", prefix])
     return (time.perf_counter() - t) * 1000
 
 
 def delete_many(rt, count, prefix):
-    pids = [spawn(rt.argv("delete", "--force", f"{prefix}{i}")) for i in range(count)]
+    pids = [spawn(rt.argv("delete", "--force", rt.id(f"{prefix}{i}"))) for i in range(count)]
     for p in pids:
         os.waitpid(p, 0)
 
@@ -204,7 +208,7 @@ def bench_many(rts, b, count, n, results, keep_last=False):
 def bench_state_list(rts, n, results, prefix, count):
     for r, rt in rounds(rts, n):
         results.setdefault((f"state ({count} present)", rt.name), []).append(
-            timed(rt.argv("state", f"{prefix}{r % count}")))
+            timed(rt.argv("state", rt.id(f"{prefix}{r % count}"))))
         results.setdefault((f"list ({count} present)", rt.name), []).append(timed(rt.argv("list")))
 
 
@@ -266,7 +270,7 @@ def peak_rss(rt, argv):
 
 def bench_memory(rts, b, n, results):
     for r, rt in rounds(rts, n):
-        total, count = peak_rss(rt, rt.argv("run", "-b", b["true"], f"mem{r}"))
+        total, count = peak_rss(rt, rt.argv("run", "-b", b["true"], rt.id(f"mem{r}")))
         results.setdefault(("peak RSS sum during run (MB)", rt.name), []).append(total / 1024)
         results.setdefault(("runtime processes at once", rt.name), []).append(count)
 
@@ -291,7 +295,7 @@ def bench_resident(rts, b, results):
     for rt in rts:
         before = _procs(rt.root)
         pidf = f"/tmp/ketch-bench-res-{rt.name}.pid"
-        wait(spawn(rt.argv("run", "-d", "--pid-file", pidf, "-b", b["sleep"], "res")), "run -d")
+        wait(spawn(rt.argv("run", "-d", "--pid-file", pidf, "-b", b["sleep"], rt.id("res"))), [rt.name, "run -d"])
         try:
             with open(pidf) as f:
                 init = int(f.read())
@@ -302,7 +306,7 @@ def bench_resident(rts, b, results):
             results.setdefault(("processes left beside a detached container", rt.name), []).append(len(left))
             results.setdefault(("their RSS (MB)", rt.name), []).append(rss / 1024)
         finally:
-            quiet(rt.argv("delete", "--force", "res"))
+            quiet(rt.argv("delete", "--force", rt.id("res")))
             os.unlink(pidf)
 
 
@@ -316,7 +320,7 @@ def profile(rt, b, n):
     totals = []
     for r in range(n):
         t0 = time.monotonic()
-        p = subprocess.run(rt.argv("run", "-b", b["true"], f"prof{r}"), env=env, capture_output=True, text=True)
+        p = subprocess.run(rt.argv("run", "-b", b["true"], rt.id(f"prof{r}")), env=env, capture_output=True, text=True)
         t1 = time.monotonic()
         events = [("exec", t0)]
         for line in p.stderr.splitlines():
