@@ -397,6 +397,12 @@ def test_ctr_detached_task_exec_kill_delete(containerd, runtime):
         p = containerd.ctr("task", "exec", "--exec-id", "e3", cid, "no-such-tool", check=False)
         assert p.returncode != 0
         assert "no-such-tool" in p.stderr and "executable file not found" in p.stderr, p.stderr
+        containerd.ctr("task", "pause", cid)
+        assert "PAUSED" in containerd.ctr("task", "ls").stdout
+        p = containerd.ctr("task", "exec", "--exec-id", "ep", cid, "true", check=False)
+        assert p.returncode != 0 and "paused" in p.stderr.lower(), p.stderr
+        containerd.ctr("task", "resume", cid)
+        assert "RUNNING" in containerd.ctr("task", "ls").stdout
         # A detached exec'd process is one of the task's processes.
         containerd.ctr("task", "exec", "-d", "--exec-id", "e4", cid, "sleep", "1000",
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
