@@ -251,8 +251,8 @@ def _intermediate(ctx, sock):
     sys.path[:] = []
     sys.path_importer_cache.clear()
 
-    if "time" in types:
-        pass  # a time namespace applies to children: the fork below enters it
+    # The pid and time namespaces joined apply to children only: the process
+    # is forked into them.
     try:
         pid = os.fork()
     except OSError as e:
