@@ -211,6 +211,19 @@ def test_podman_cap_drop_all_and_no_new_privileges(podman, runtime):
     assert st["NoNewPrivs"].strip() == "1"
 
 
+def test_podman_default_seccomp_profile_init_and_device(podman, runtime):
+    # podman's default seccomp profile (hundreds of rules) is loaded as filter mode 2.
+    p = podman.run(runtime, IMAGE, "grep", "^Seccomp:", "/proc/self/status")
+    assert p.stdout.split() == ["Seccomp:", "2"]
+    p = podman.run(runtime, "--security-opt", "seccomp=unconfined", "--init", "--device",
+                   "/dev/null:/dev/mynull", IMAGE, "sh", "-c",
+                   "grep ^Seccomp: /proc/self/status; cat /proc/1/comm; ls -l /dev/mynull")
+    out = p.stdout.splitlines()
+    assert out[0].split() == ["Seccomp:", "0"]
+    assert out[1] == "podman-init"  # catatonit bind-mounted as pid 1
+    assert out[2].startswith("c") and "1,   3" in out[2]
+
+
 def test_podman_detach_exec_stop_rm(podman, runtime):
     name = f"d-{runtime}"
     podman(runtime, "run", "-d", "--name", name, "--network", "none", *_rlimit_flags(), IMAGE,
