@@ -311,6 +311,7 @@ class Containerd:
         self.sock = f"{base}/containerd.sock"
 
     def ctr(self, *args, check=True, timeout=120, **kw):
+        args = self.with_fifo_dir(args)
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("stdin", subprocess.DEVNULL)
@@ -319,6 +320,15 @@ class Containerd:
             raise AssertionError(f"ctr {' '.join(args)} failed ({p.returncode}):\n"
                                  f"stdout: {p.stdout}\nstderr: {p.stderr}")
         return p
+
+    def with_fifo_dir(self, args):
+        """ctr keeps the stdio fifos of `run` and `task exec` in /run/containerd/fifo
+        (and leaves a detached exec's there): keep them in our directory."""
+        args = list(args)
+        for n, cmd in ((1, ["run"]), (2, ["task", "exec"])):
+            if args[:n] == cmd:
+                return [*cmd, "--fifo-dir", f"{self.base}/fifo", *args[n:]]
+        return args
 
     def runtime_flags(self, runtime):
         return ["--runc-binary", RUNTIMES[runtime], "--runc-root", f"{self.base}/{runtime}-state"]
@@ -462,13 +472,14 @@ def _on_pty(argv, until, timeout=30):
 def test_ctr_tty_run_and_exec(containerd, runtime):
     cid = f"ctr-{runtime}"
     base = ["ctr", "--address", containerd.sock]
-    code, out = _on_pty([*base, "run", "--rm", "-t", *containerd.runtime_flags(runtime), CTR_IMAGE,
-                         cid, "sh", "-c", "tty; exit 6"], b"/dev/pts/")
+    code, out = _on_pty([*base, *containerd.with_fifo_dir(
+        ["run", "--rm", "-t", *containerd.runtime_flags(runtime), CTR_IMAGE, cid, "sh", "-c",
+         "tty; exit 6"])], b"/dev/pts/")
     assert code == 6 and b"/dev/pts/" in out, out
     containerd.ctr("run", "-d", *containerd.runtime_flags(runtime), CTR_IMAGE, cid, "sleep", "1000")
     try:
-        code, out = _on_pty([*base, "task", "exec", "-t", "--exec-id", "t1", cid, "sh", "-c",
-                             "tty; exit 2"], b"/dev/pts/")
+        code, out = _on_pty([*base, *containerd.with_fifo_dir(
+            ["task", "exec", "-t", "--exec-id", "t1", cid, "sh", "-c", "tty; exit 2"])], b"/dev/pts/")
         assert code == 2 and b"/dev/pts/" in out, out
     finally:
         containerd.ctr("task", "kill", "-s", "KILL", cid, check=False)
