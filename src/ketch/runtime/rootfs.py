@@ -94,6 +94,19 @@ def _label_data(data, label):
     return format_mount_label(data, label)
 
 
+def _is_procfs(sys, path):
+    """Whether the host path `path` is on a proc filesystem (its device is a proc mount's)."""
+    from ketch.linux.mounts import parse_mountinfo
+
+    try:
+        dev = sys.stat(path).st_dev
+        entries = parse_mountinfo(sys.read_text("/proc/self/mountinfo"))
+    except OSError:
+        return False
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    return any(mi.fstype == "proc" and mi.dev == want for mi in entries)
+
+
 class Mount:
     """One config.json mount, parsed: container destination, kind, flags and data."""
 
@@ -145,6 +158,10 @@ class _Engine:
         if cpath == "/proc":
             if m.kind not in ("proc", "bind"):
                 raise SecurityError(f"mount {m.type or m.kind} on /proc: only proc may be mounted there")
+            if m.kind == "bind" and not _is_procfs(self.sys, m.source):
+                # a /proc of the image's making would answer the runtime's own
+                # /proc/self lookups (fds, LSM attrs: CVE-2019-16884)
+                raise SecurityError(f"bind mount {m.source} on /proc: the source is not a proc filesystem")
         elif cpath.startswith("/proc/") and cpath not in PROC_ALLOWED:
             via = "" if cpath == m.dest else f" (via symlinks to {cpath})"
             raise SecurityError(f"mount destination {m.dest}{via} is in /proc, which is not allowed")
