@@ -136,9 +136,12 @@ def rounds(rts, n):
             yield r, rt
 
 
-def bench_run(rts, b, n, results):
+def bench_run(rts, b, n, results, python=None):
     for r, rt in rounds(rts, n):
         results.setdefault(("run", rt.name), []).append(timed(rt.argv("run", "-b", b["true"], rt.id(f"run{r}"))))
+        if python and rt.name == "ketch":
+            # the floor under every ketch verb: the interpreter ketch's launcher starts
+            results.setdefault(("floor", "python"), []).append(timed([python, "-I", "-S", "-c", "pass"]))
 
 
 def _wait_exit(pid_file):
@@ -241,21 +244,37 @@ def _rss_kb(pid, prefix):
         return 0, False
 
 
+def _pss_kb(pid):
+    """Proportional set size: pages shared between processes (a fork's
+    copy-on-write pages, a binary's text) are split among them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def peak_rss(rt, argv):
-    """(peak RSS sum over the runtime's processes in kB, peak count of them)."""
+    """(peak RSS sum over the runtime's processes in kB, peak count of them, peak PSS sum in kB)."""
     pid = spawn(argv)
-    peak = [0, 0]
+    peak = [0, 0, 0]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            total = count = 0
+            total = count = pss = 0
             for p in _tree(pid):
                 kb, ok = _rss_kb(p, rt.comm)
                 total += kb
                 count += ok
+                if ok:
+                    pss += _pss_kb(p)
             peak[0] = max(peak[0], total)
             peak[1] = max(peak[1], count)
+            peak[2] = max(peak[2], pss)
             time.sleep(0.0003)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -265,13 +284,14 @@ def peak_rss(rt, argv):
     th.join()
     if status:
         raise RuntimeError(f"{' '.join(argv)}: exit status {status:#x}")
-    return peak[0], peak[1]
+    return peak[0], peak[1], peak[2]
 
 
 def bench_memory(rts, b, n, results):
     for r, rt in rounds(rts, n):
-        total, count = peak_rss(rt, rt.argv("run", "-b", b["true"], rt.id(f"mem{r}")))
+        total, count, pss = peak_rss(rt, rt.argv("run", "-b", b["true"], rt.id(f"mem{r}")))
         results.setdefault(("peak RSS sum during run (MB)", rt.name), []).append(total / 1024)
+        results.setdefault(("peak PSS sum during run (MB)", rt.name), []).append(pss / 1024)
         results.setdefault(("runtime processes at once", rt.name), []).append(count)
 
 
@@ -313,31 +333,37 @@ def bench_resident(rts, b, results):
 # ---- profile
 
 def profile(rt, b, n):
-    """Median time of each KETCH_TRACE phase of ``ketch run`` (ms from the previous event)."""
+    """When each KETCH_TRACE event of ``ketch run`` happens: median ms after
+    the runtime's exec, in that order, and the step from the event before.
+    The parent, stage-1 and the init run in parallel, so offsets (not
+    differences of neighbouring lines) are what is comparable run to run."""
     env = dict(os.environ, KETCH_TRACE="1")
-    phases = {}
-    order = []
+    offsets = {}
+    who = {}
     totals = []
     for r in range(n):
         t0 = time.monotonic()
-        p = subprocess.run(rt.argv("run", "-b", b["true"], rt.id(f"prof{r}")), env=env, capture_output=True, text=True)
+        p = subprocess.run(rt.argv("run", "-b", b["true"], rt.id(f"prof{r}")), env=env, capture_output=True,
+                           text=True)
         t1 = time.monotonic()
-        events = [("exec", t0)]
+        pids = []
         for line in p.stderr.splitlines():
             parts = line.split(" ", 3)
-            if parts[0] == "ketch-trace":
-                events.append((parts[3], float(parts[1])))
-        events.append(("exit", t1))
+            if parts[0] != "ketch-trace":
+                continue
+            if parts[2] not in pids:
+                pids.append(parts[2])
+            offsets.setdefault(parts[3], []).append((float(parts[1]) - t0) * 1000)
+            who[parts[3]] = "init" if parts[2] == "1" else ("parent" if pids.index(parts[2]) == 0 else "stage-1")
+        offsets.setdefault("exit (seen by the caller)", []).append((t1 - t0) * 1000)
         totals.append((t1 - t0) * 1000)
-        for (a, ta), (e, te) in zip(events, events[1:]):
-            key = f"{a} → {e}"
-            if key not in phases:
-                order.append(key)
-            phases.setdefault(key, []).append((te - ta) * 1000)
-    lines = ["| phase of `ketch run` (KETCH_TRACE) | median ms |", "|---|---:|"]
-    for k in order:
-        lines.append(f"| {k} | {statistics.median(phases[k]):.2f} |")
-    lines.append(f"| **total (wall, with tracing)** | **{statistics.median(totals):.2f}** |")
+    rows = sorted((statistics.median(v), k) for k, v in offsets.items())
+    lines = ["| event in `ketch run` (KETCH_TRACE) | process | ms after exec (median) | step |",
+             "|---|---|---:|---:|"]
+    prev = 0.0
+    for t, k in rows:
+        lines.append(f"| {k} | {who.get(k, 'caller')} | {t:.1f} | {t - prev:+.1f} |")
+        prev = t
     return "\n".join(lines)
 
 
@@ -345,6 +371,7 @@ def profile(rt, b, n):
 
 ROWS = ["run", "create+start+delete", "create", "start", "delete", "exec", "20 at once", "100 at once",
         "state (100 present)", "list (100 present)", "peak RSS sum during run (MB)",
+        "peak PSS sum during run (MB)",
         "runtime processes at once",
         "processes left beside a detached container", "their RSS (MB)"]
 
@@ -369,6 +396,12 @@ def table(results, rts):
                 ratios.append("–")
         lines.append(f"| {row} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
+
+
+def _launcher_python(launcher):
+    with open(launcher, "rb") as f:
+        line = f.readline()
+    return line[2:].split()[0].decode() if line.startswith(b"#!") else sys.executable
 
 
 def machine():
@@ -445,7 +478,7 @@ def run_bench(args, wanted):
         bench_run(rts, b, 2, {})
         sel = lambda k: only is None or k in only  # noqa: E731
         if sel("run"):
-            bench_run(rts, b, args.runs, results)
+            bench_run(rts, b, args.runs, results, python=_launcher_python(args.ketch))
         if sel("lifecycle"):
             bench_lifecycle(rts, b, args.runs, results, tmp)
         if sel("exec"):
@@ -481,6 +514,9 @@ def run_bench(args, wanted):
            f"Runtimes ran in {where}; medians of {args.runs} rounds ({args.many_runs} for 20/100 at once), "
            f"runtimes alternating within each round; load average {load_before} before, {loadavg()} after "
            f"({time.time() - t_start:.0f} s).", "", table(results, rts)]
+    if ("floor", "python") in results:
+        out += ["", f"The interpreter alone (`python3 -I -S -c pass`, as ketch's launcher starts it): "
+                    f"{statistics.median(results[('floor', 'python')]):.1f} ms median."]
     if prof:
         out += ["", prof]
     text = "\n".join(out) + "\n"

@@ -204,6 +204,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     from ..process import spawn
 
     store.path(cid)  # validates the id before anything else
+    _prime_cgroup_lock()
     bundle = os.path.abspath(opts.bundle)
     if config is None:
         config = spec.load(bundle)
@@ -241,6 +242,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
         finally:
             ctx.close_child_fds()
         _trace("spawned")
+        _reap_primer()
         c.state["status"] = st.CREATED
         if ctx.cgroups is not None:
             c.state["cgroupPaths"] = ctx.cgroups.paths()
@@ -249,10 +251,61 @@ def create(store, cid, opts, _keep_lock=False, config=None):
             write_pid_file(opts.pid_file, pid)
     except BaseException:
         _undo_create(c, ctx)
+        _reap_primer()
         raise
     if not _keep_lock:
         c.unlock()
     return c
+
+
+_primer_pid = 0
+
+
+def _prime_cgroup_lock():
+    """Start, in a throwaway child, the RCU grace period that moving the init
+    into its cgroups has to wait for.
+
+    Every cgroup.procs write takes the global cgroup_threadgroup_rwsem for
+    writing; when no writer came in the last grace period that means waiting
+    a full one (10-20 ms here), and while it is being waited for, or has just
+    passed, other writers go through at once.  The child moves itself into
+    the cgroup it is already in (no change at all) as soon as ketch starts,
+    so the wait runs beside the config parsing and the fork of stage-1
+    instead of after them.  Best effort: a failure only loses the head start."""
+    global _primer_pid
+    if _primer_pid:
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            with open("/proc/self/cgroup") as f:
+                lines = f.read().splitlines()
+            for line in lines:
+                _, ctrls, path = line.split(":", 2)
+                base = f"/sys/fs/cgroup/{ctrls}" if ctrls else "/sys/fs/cgroup/unified"
+                try:
+                    fd = os.open(f"{base}{path.rstrip('/')}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    os.write(fd, b"0")  # 0: the writer itself
+                except OSError:
+                    pass
+                os.close(fd)
+                break
+        finally:
+            os._exit(0)
+    _primer_pid = pid
+
+
+def _reap_primer():
+    global _primer_pid
+    if _primer_pid:
+        try:
+            os.waitpid(_primer_pid, 0)
+        except ChildProcessError:
+            pass  # reaped by the subreaper loop of a foreground run
+        _primer_pid = 0
 
 
 def _trace(event):
@@ -579,6 +632,8 @@ def list_states(store):
 def run(store, cid, opts):
     """`ketch run`: create, start, and (unless detached) wait, forward
     signals, delete.  Returns the exit code for the CLI."""
+    store.path(cid)
+    _prime_cgroup_lock()
     from ..linux import _libc
 
     if opts.detach:
@@ -594,7 +649,6 @@ def run(store, cid, opts):
     # so that we can wait for it and return its exit status.
     _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     tty = None
-    store.path(cid)
     config = spec.load(os.path.abspath(opts.bundle))
     if not opts.console_socket and (config.get("process") or {}).get("terminal"):
         from . import tty as ttymod
