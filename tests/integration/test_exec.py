@@ -335,3 +335,11 @@ def test_exec_process_is_undumpable_and_sealed_until_execve(ketch, bundle, user)
     assert len(others) <= 2 and all(v.startswith(("socket:", "/proc/")) for v in others.values()), others
     assert st["root"] == os.stat(os.path.join(bundle.rootfs, "bin", "busybox")).st_ino
     ketch("delete", "--force", "c1")
+
+
+def test_home_from_the_containers_passwd(rt, bundle):
+    _start(rt, bundle)
+    out = [rt("exec", *flags, "c1", "sh", "-c", "echo $HOME").stdout.strip()
+           for flags in ((), ("-u", "65534"), ("-u", "4242"), ("-e", "HOME=/x"))]
+    assert out == ["/root", "/nonexistent", "/", "/x"]
+    rt("delete", "--force", "c1")

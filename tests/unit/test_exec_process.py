@@ -120,3 +120,19 @@ def test_sub_cgroups(tmp_path):
         ex._cgroup_dirs(paths, ["blkio:sub"])
     # ".." cannot climb out of the container's cgroup
     assert os.path.join(paths["pids"], "sub") in ex._cgroup_dirs(paths, ["pids:../../sub"])
+
+
+def test_home_env(tmp_path):
+    from ketch.process.setns import home_env
+
+    pw = tmp_path / "passwd"
+    pw.write_text("root:x:0:0:root:/root:/bin/sh\nbad line\nsvc:x:7:7::/srv/svc:/bin/false\n")
+    assert home_env(["PATH=/bin"], 0, str(pw)) == "HOME=/root"
+    assert home_env([], 7, str(pw)) == "HOME=/srv/svc"
+    assert home_env([], 99, str(pw)) == "HOME=/"
+    assert home_env(["HOME=/mine"], 0, str(pw)) is None
+    assert home_env([], 0, str(tmp_path / "missing")) == "HOME=/"
+    # A container's /etc/passwd that is a FIFO must not block the runtime.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert home_env([], 0, str(fifo)) == "HOME=/"
