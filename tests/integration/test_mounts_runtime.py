@@ -715,6 +715,17 @@ def test_destination_on_proc_is_refused(ketch, runc, own_bundle, tmp_path, cid, 
     assert fails(runc, own_bundle, cid + "r")
 
 
+def test_allowed_proc_file_can_be_bound(ketch, runc, bundle, tmp_path, cid):
+    """The allow-list (lxcfs-style overrides of /proc/uptime, /proc/meminfo, ...) works, as with runc."""
+    f = tmp_path / "uptime"
+    f.write_text("12345.00 54321.00\n")
+    bundle.config["mounts"].append({"destination": "/proc/uptime", "type": "bind", "source": str(f),
+                                    "options": ["bind", "ro"]})
+    for rt, name in ((ketch, cid), (runc, cid + "r")):
+        m, out = run_inside(rt, bundle, name, "cat /proc/uptime")
+        assert out == ["12345.00 54321.00"] and "ro" in opts(m["/proc/uptime"]), rt.name
+
+
 @pytest.mark.parametrize("source", ["fake", "procfs"])
 def test_bind_on_proc_needs_a_proc_source(ketch, runc, own_bundle, tmp_path, cid, host_guard, source):
     """A bind on /proc itself is allowed only from a proc filesystem (as runc): a /proc of
