@@ -9,7 +9,6 @@ mount table).  Where runc's behaviour is the reference for something subtle
 is run with runc and the two are compared.
 """
 
-import json
 import os
 import shutil
 import socket
