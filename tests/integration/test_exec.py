@@ -343,3 +343,23 @@ def test_home_from_the_containers_passwd(rt, bundle):
            for flags in ((), ("-u", "65534"), ("-u", "4242"), ("-e", "HOME=/x"))]
     assert out == ["/root", "/nonexistent", "/", "/x"]
     rt("delete", "--force", "c1")
+
+
+def test_exec_uses_the_config_the_container_was_created_with(ketch, bundle, cid):
+    """Editing or removing the bundle's config.json after create changes nothing for exec."""
+    bundle.process["env"] = ["PATH=/bin", "MARK=created"]
+    bundle.args("sleep", "100").write()
+    ketch("run", "-d", "-b", bundle.path, cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.unlink(os.path.join(bundle.path, "config.json"))
+        p = ketch("exec", cid, "sh", "-c", "echo $MARK $HOME")
+        assert p.stdout.split() == ["created", "/root"]
+    finally:
+        ketch("delete", "--force", cid)
+
+
+def test_init_gets_home_from_the_containers_passwd(ketch, bundle, cid):
+    bundle.process["env"] = ["PATH=/bin"]
+    bundle.process["user"] = {"uid": 65534, "gid": 65534}
+    bundle.sh("echo $HOME").write()
+    assert ketch("run", "-b", bundle.path, cid).stdout.strip() == "/nonexistent"

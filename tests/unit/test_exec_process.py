@@ -123,7 +123,7 @@ def test_sub_cgroups(tmp_path):
 
 
 def test_home_env(tmp_path):
-    from ketch.process.setns import home_env
+    from ketch.process.init import home_env
 
     pw = tmp_path / "passwd"
     pw.write_text("root:x:0:0:root:/root:/bin/sh\nbad line\nsvc:x:7:7::/srv/svc:/bin/false\n")

@@ -8,6 +8,7 @@ container's stderr.
 """
 
 import os
+import stat as _stat  # already loaded by os: no import cost
 
 from .. import errors
 from . import sync
@@ -187,6 +188,11 @@ def apply_process_attrs(ctx, proc):
     ``ctx.exec_path``."""
     from ..linux import _libc
 
+    with Step("find the user's home directory"):
+        home = home_env(proc.get("env") or [], (proc.get("user") or {}).get("uid", 0))
+        if home:
+            proc["env"] = list(proc.get("env") or []) + [home]
+
     if "oomScoreAdj" in proc:
         with Step("set oom_score_adj"):
             with open("/proc/self/oom_score_adj", "w") as f:
@@ -333,6 +339,35 @@ def _release_and_exec(ctx):
 
     with Step(f"exec {proc['args'][0]!r}"):
         os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))
+
+
+def home_env(env, uid, passwd="/etc/passwd"):
+    """``HOME=<dir>`` for ``uid`` from the container's passwd file when ``env``
+    has no HOME (as runc does), else None.  "/" when the uid is not listed.
+
+    The file is the container's: opened non-blocking and read only if it is
+    a regular file, at most 1 MiB (a FIFO or /dev/zero must not hang or
+    exhaust the runtime)."""
+    if any(kv.startswith("HOME=") for kv in env):
+        return None
+    home = "/"
+    try:
+        fd = os.open(passwd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return "HOME=" + home
+    try:
+        if _stat.S_ISREG(os.fstat(fd).st_mode):
+            data = os.read(fd, 1 << 20)
+            for line in data.decode("utf-8", "replace").splitlines():
+                f = line.split(":")
+                if len(f) >= 7 and f[2].strip() == str(uid):
+                    home = f[5] or "/"
+                    break
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return "HOME=" + home
 
 
 def _env_dict(env):

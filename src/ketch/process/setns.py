@@ -350,10 +350,6 @@ def _process(ctx, sock):
 
     try:
         proc = ctx.process
-        with Step("find the user's home directory"):
-            home = home_env(proc.get("env") or [], (proc.get("user") or {}).get("uid", 0))
-            if home:
-                proc["env"] = list(proc.get("env") or []) + [home]
         if proc.get("terminal"):
             with Step("set up terminal"):
                 _setup_terminal(ctx, proc)
@@ -379,37 +375,6 @@ def _process(ctx, sock):
         else:
             sync.report_error(sock, step, e)
     os._exit(127)
-
-
-def home_env(env, uid, passwd="/etc/passwd"):
-    """``HOME=<dir>`` for ``uid`` from the container's passwd file when ``env``
-    has no HOME (as runc does), else None.  "/" when the uid is not listed.
-
-    The file is the container's: opened non-blocking and read only if it is
-    a regular file, at most 1 MiB (a FIFO or /dev/zero must not hang or
-    exhaust the runtime)."""
-    if any(kv.startswith("HOME=") for kv in env):
-        return None
-    home = "/"
-    try:
-        fd = os.open(passwd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return "HOME=" + home
-    try:
-        import stat
-
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            data = os.read(fd, 1 << 20)
-            for line in data.decode("utf-8", "replace").splitlines():
-                f = line.split(":")
-                if len(f) >= 7 and f[2].strip() == str(uid):
-                    home = f[5] or "/"
-                    break
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return "HOME=" + home
 
 
 def _setup_terminal(ctx, proc):

@@ -233,6 +233,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
             "nsmap": spec.namespaces(config),
         }
         c.save()
+        c.save_config(config)
         os.mkfifo(c.fifo_path, 0o622)
         # Whatever the umask: the init opens it for writing as the container's user.
         os.chmod(c.fifo_path, 0o622)

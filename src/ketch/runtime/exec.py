@@ -191,9 +191,10 @@ def _cgroup_dirs(paths, requested):
 
 
 def _load_config(c):
-    cfg = c.state.get("config")
-    if cfg:
-        return cfg
+    try:
+        return c.load_config()
+    except FileNotFoundError:  # created by an older ketch
+        pass
     bundle = c.state.get("bundle")
     try:
         return spec.load(bundle)

@@ -2,6 +2,7 @@
 
     <root>/<id>/            0711, created with mkdir (atomic: no two creates win)
         state.json          written atomically (temp, fsync, rename)
+        config.json         the config the container was created with (for exec)
         exec.fifo           present from create until start; its existence is
                             what makes a live init "created" rather than "running"
 
@@ -20,6 +21,7 @@ from . import status as st
 
 DEFAULT_ROOT = "/run/ketch"
 STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
 FIFO = "exec.fifo"
 
 _ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -124,14 +126,26 @@ class Container:
         return self.state
 
     def save(self):
-        tmp = os.path.join(self.dir, f".{STATE_FILE}.{os.getpid()}")
+        self._write_atomic(STATE_FILE, json.dumps(self.state, separators=(",", ":")).encode())
+
+    def _write_atomic(self, name, data):
+        tmp = os.path.join(self.dir, f".{name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, json.dumps(self.state, separators=(",", ":")).encode())
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+        os.rename(tmp, os.path.join(self.dir, name))
+
+    def save_config(self, config):
+        """Keep the config the container was created with: exec must not see
+        later edits to (or the removal of) the bundle's config.json."""
+        self._write_atomic(CONFIG_FILE, json.dumps(config, separators=(",", ":")).encode())
+
+    def load_config(self):
+        with open(os.path.join(self.dir, CONFIG_FILE), "rb") as f:
+            return json.loads(f.read())
 
     @property
     def fifo_path(self):
