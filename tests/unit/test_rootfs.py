@@ -245,6 +245,21 @@ def test_non_proc_on_proc_refused(root):
         run(root, [{"destination": "/proc", "type": "tmpfs", "source": "tmpfs"}])
 
 
+def test_bind_on_proc_only_from_a_proc_filesystem(root, tmp_path):
+    """CVE-2019-16884: a /proc of the image's making would answer the runtime's
+    own /proc/self lookups; only a real procfs may be bound there."""
+    fake_proc = tmp_path / "fakeproc"
+    (fake_proc / "self").mkdir(parents=True)
+    fake = FakeSyscalls(root)
+    with pytest.raises(SecurityError, match="not a proc filesystem"):
+        run(root, [{"destination": "/proc", "type": "bind", "source": str(fake_proc),
+                    "options": ["rbind"]}], fake)
+    assert not [c for c in mounts_of(fake) if str(fake_proc) in map(str, c)]
+    # the host's real /proc is a proc filesystem: allowed
+    fake, _ = run(root, [{"destination": "/proc", "type": "bind", "source": "/proc", "options": ["rbind"]}])
+    assert any(c[1] == "/proc" for c in mounts_of(fake))
+
+
 @pytest.mark.parametrize("d", ["proc", "sys"])
 def test_rootfs_with_symlinked_proc_or_sys_refused(root, d):
     os.rmdir(os.path.join(root, d))
