@@ -4,8 +4,9 @@ its process attributes, execve.
  parent (ketch exec)              intermediate                  process (in the container)
  ───────────────────              ────────────                  ──────────────────────────
  lock, check status, pidfd of init
- fork ──────────────────────────▶ non-dumpable; preload modules,
- cgroups: add intermediate        compile seccomp, close every fd
+ fork ──────────────────────────▶ non-dumpable; join the v1 cgroups
+ unified cgroup: add intermediate (tasks ← 0); preload modules,
+                                  compile seccomp, close every fd
                                   not passed on; wait
  GO ────────────────────────────▶ setns user, then the others, mount
                                   last; fchdir(init's root) + chroot;
@@ -67,7 +68,8 @@ class ExecContext:
         self.keep_undumpable = True
         self.preserve_fds = 0
         self.console_sock = None      # socket to send the pty master to
-        self.cgroup_dirs = []          # dirs whose cgroup.procs the intermediate joins
+        self.cgroup_dirs = []          # the cgroups the intermediate joins
+        self.cgroup_v2 = ""            # which of them is on the unified hierarchy
         self.exec_path = None
         self.seccomp_filter = None
         self.root_fd = -1
@@ -133,12 +135,14 @@ def spawn(ctx):
         ctx.console_sock = None
     pid = 0
     try:
-        try:
-            for d in ctx.cgroup_dirs:
+        if ctx.cgroup_v2:
+            # v1 hierarchies: the intermediate joins them itself (_join_v1).
+            d = ctx.cgroup_v2
+            try:
                 with open(os.path.join(d, "cgroup.procs"), "w") as f:
                     f.write(str(inter))
-        except OSError as e:
-            raise errors.SetupError(f"join cgroup {d}", e) from None
+            except OSError as e:
+                raise errors.SetupError(f"join cgroup {d}", e) from None
         try:
             sync.send(parent_sock, sync.GO)
         except OSError:
@@ -216,9 +220,10 @@ def _intermediate(ctx, sock):
         import _signal
 
         _signal.pthread_sigmask(_signal.SIG_SETMASK, ctx.sigmask)
-    # Loading modules overlaps with the parent moving us into the cgroups
-    # (a cgroup.procs write waits for an RCU grace period, ~10 ms); the
-    # namespaces are joined, and the process forked, only after GO.
+    _join_v1(ctx)
+    # Loading modules overlaps with the parent moving us into the unified
+    # cgroup (a cgroup.procs write waits for an RCU grace period, 5-20 ms);
+    # the namespaces are joined, and the process forked, only after GO.
     try:
         _preload(ctx)
     except BaseException as e:
@@ -266,6 +271,23 @@ def _intermediate(ctx, sock):
         _process(ctx, sock)  # never returns
         os._exit(1)
     sync.send(sock, sync.PID, pid=pid)
+
+
+def _join_v1(ctx):
+    """Join the container's v1 cgroups: writing 0 to ``tasks`` moves the
+    calling thread without the global lock (and RCU grace period) a
+    cgroup.procs write takes (see ``cgroups.Manager.join_v1``)."""
+    for d in ctx.cgroup_dirs:
+        if d == ctx.cgroup_v2:
+            continue
+        try:
+            fd = os.open(os.path.join(d, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _step(e, f"join cgroup {d}")
 
 
 def _types_to_join(ctx):

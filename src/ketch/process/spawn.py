@@ -26,10 +26,17 @@ def spawn(ctx):
     ``ctx`` is a runtime.container.CreateContext.  Returns the init's host pid.
     On any failure the children are killed and reaped, and an error raised.
     """
+    mgr = ctx.plan_cgroups()
     parent_sock, child_sock = sync.pair()
     ctx.prepare_fds()
     gate_w = -1
-    if _late_cgroups(ctx):
+    v2 = mgr is not None and bool(mgr.v2_dirs())
+    late = v2 and _late_cgroups(ctx)
+    # Idle between stage-1's v1 join and the init's pid, the parent starts
+    # the grace period the move into the unified cgroup waits for (not with
+    # a new user namespace: the id maps would wait behind it).
+    ctx.cgroup_prime = late and not ns.unshare_flags(ctx.nsmap) & ns.CLONE_NEWUSER
+    if late:
         r, w = os.pipe()
         gate_w = ctx._high(w)
         ctx.cgroup_paths = CgroupGate(ctx._high(r))
@@ -54,7 +61,7 @@ def spawn(ctx):
         ctx.cgroup_paths.close()
     init_pid = 0
     try:
-        ctx.on_stage1(stage1, apply=gate_w < 0)
+        ctx.setup_cgroups(stage1, apply_v2=v2 and not late)
         sync.trace("cgroups set up")
         sync.send(parent_sock, sync.GO)
         init_pid = _drive(ctx, parent_sock, stage1, gate_w)
@@ -80,17 +87,18 @@ def spawn(ctx):
 
 def _late_cgroups(ctx):
     """Whether the init may start preparing its rootfs before it is in its
-    cgroups.  The first cgroup.procs write waits for an RCU grace period
-    (cgroup_threadgroup_rwsem), 10-20 ms here: done while the init works,
-    it costs nothing.  A new cgroup namespace must be made inside the
-    cgroups, so then stage-1 joins them before it unshares, as before."""
+    unified (v2) cgroup.  A cgroup.procs write waits for an RCU grace period
+    (cgroup_threadgroup_rwsem), 5-20 ms here: done while the init works, it
+    costs nothing.  A new cgroup namespace must be made inside the cgroups,
+    so then the parent moves stage-1 before GO.  (The v1 hierarchies need
+    none of this: stage-1 joins them itself at once, ``Manager.join_v1``.)"""
     nsmap = ctx.nsmap
     return not ("cgroup" in nsmap and not nsmap["cgroup"])
 
 
 class CgroupGate:
     """``ctx.cgroup_paths`` for an init that the parent moves into its
-    cgroups while it prepares the rootfs.  ``rootfs.prepare`` calls
+    unified cgroup while it prepares the rootfs.  ``rootfs.prepare`` calls
     ``wait()`` before anything that depends on the cgroups (the cgroup
     mount, device nodes under the devices controller, hooks); the parent
     writes one byte once the init is in every hierarchy.  Unlike a list of
@@ -124,7 +132,12 @@ def _drive(ctx, sock, stage1, gate_w=-1):
         if msg is None:
             _raise_died(stage1, init_pid)
         t = msg["t"]
-        if t == sync.USERMAP:
+        if t == sync.JOINED:
+            # Every cgroup write takes cgroup_mutex, which the prime holds for
+            # the grace period: only now that stage-1 is in its v1 cgroups.
+            ctx.cgroups.prime_v2()
+            sync.trace("cgroup lock primed")
+        elif t == sync.USERMAP:
             linux = ctx.config.get("linux") or {}
             try:
                 ns.write_id_maps(stage1, linux.get("uidMappings"), linux.get("gidMappings"))
@@ -229,6 +242,9 @@ def _stage1(ctx, sock):
     _preload(ctx)
     sync.expect(sock, sync.GO)
     sync.trace("stage-1 go")
+    ctx.join_cgroups()
+    if ctx.cgroup_prime:
+        sync.send(sock, sync.JOINED)
     nsmap = ctx.nsmap
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,

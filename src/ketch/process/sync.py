@@ -6,15 +6,20 @@ the container init inherit the other.
 
  parent (ketch create)             stage-1                       init (pid 1 in the container)
  ─────────────────────             ───────                       ─────────────────────────────
- fork ───────────────────────────▶ wait
- cgroups: create, apply(stage-1)
- GO ─────────────────────────────▶ join namespaces given by path
+ fork ───────────────────────────▶ load modules; wait
+ cgroups: create, configure
+ (new cgroupns: stage-1 → v2)
+ GO ─────────────────────────────▶ join the v1 cgroups (tasks ← 0)
+ prime v2 (grace period) ◀──────── JOINED (only with a unified cgroup)
+                                   join namespaces given by path
                                    unshare(user) ── USERMAP ──▶
  write uid_map/gid_map ◀──────────
  MAPPED ─────────────────────────▶ become root in the userns
                                    unshare(pid, mnt, ...); fork ─▶ (init starts here)
  ◀──────────────────────────────── PID {pid}; exit
-                                                                 rootfs.prepare ... before pivot_root:
+ init → v2 cgroup; gate byte ───────────────────────────────────▶ rootfs.prepare (waits for the gate
+                                                                 before the cgroup mount and devices)
+                                                                 ... before pivot_root:
  ◀────────────────────────────────────────────────────────────── HOOKS
  prestart + createRuntime hooks
  CONTINUE ──────────────────────────────────────────────────────▶ createContainer hooks, pivot_root,
@@ -38,6 +43,7 @@ import os
 from ..linux import fdpass
 
 GO = "go"
+JOINED = "joined"  # stage-1 -> parent: in the v1 cgroups (only when the parent primes v2)
 USERMAP = "usermap"
 MAPPED = "mapped"
 PID = "pid"

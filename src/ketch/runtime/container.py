@@ -54,6 +54,7 @@ class CreateContext:
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroup_paths = None
+        self.cgroup_prime = False
         self.init_pid = 0
         self.exec_path = None
         self.seccomp_filter = None
@@ -96,17 +97,28 @@ class CreateContext:
             self.console_sock.close()
             self.console_sock = None
 
-    # -- parent callbacks ---------------------------------------------------
-    def on_stage1(self, pid, apply=True):
-        """Create and configure the cgroups; move ``pid`` into them unless
-        ``apply`` is false (then ``apply_cgroups`` does it later)."""
-        linux = self.config.get("linux") or {}
+    # -- cgroups ---------------------------------------------------------------
+    def plan_cgroups(self):
+        """Where the container's cgroups go, decided before stage-1 is forked:
+        stage-1 joins the v1 hierarchies itself (``Manager.join_v1``)."""
         try:
             from ..linux import cgroups
         except ImportError:  # pragma: no cover
+            return None
+        try:
+            self.cgroups = cgroups.Manager.from_spec(self.id, self.config.get("linux") or {})
+        except OSError as e:
+            raise errors.SetupError("set up cgroups", e) from None
+        return self.cgroups
+
+    def setup_cgroups(self, pid, apply_v2=True):
+        """Parent, beside stage-1 loading its modules: create and configure
+        the cgroups; with ``apply_v2`` move ``pid`` into the unified hierarchy
+        now (else ``apply_cgroups`` does it later)."""
+        mgr = self.cgroups
+        if mgr is None:  # pragma: no cover - no cgroup support at all
             return
-        mgr = cgroups.Manager.from_spec(self.id, linux)
-        self.cgroups = mgr
+        linux = self.config.get("linux") or {}
         try:
             mgr.create()
             self._save_cgroups()
@@ -119,19 +131,29 @@ class CreateContext:
                     f"({', '.join(map(str, busy[:5]))}): is another container using it?")
             # set() also installs the default device rules: call it always.
             mgr.set(linux.get("resources") or {})
-            if apply:
-                mgr.apply(pid)
+            if apply_v2:
+                mgr.apply(pid, v1=False)
         except errors.KetchError:
             raise
         except OSError as e:
             raise errors.SetupError("set up cgroups", e) from None
         self.cgroup_paths = mgr.paths()
 
+    def join_cgroups(self):
+        """Stage-1: join the v1 hierarchies (the init is forked inside them)."""
+        if self.cgroups is not None:
+            try:
+                self.cgroups.join_v1()
+            except errors.KetchError as e:
+                e._ketch_step = "join cgroups"
+                raise
+
     def apply_cgroups(self, pid):
+        """Move ``pid`` into the unified hierarchy (v1: see ``join_cgroups``)."""
         if self.cgroups is None:  # pragma: no cover - no cgroup support at all
             return
         try:
-            self.cgroups.apply(pid)
+            self.cgroups.apply(pid, v1=False)
         except errors.KetchError:
             raise
         except OSError as e:
@@ -204,7 +226,6 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     from ..process import spawn
 
     store.path(cid)  # validates the id before anything else
-    _prime_cgroup_lock()
     bundle = os.path.abspath(opts.bundle)
     if config is None:
         config = spec.load(bundle)
@@ -243,7 +264,6 @@ def create(store, cid, opts, _keep_lock=False, config=None):
         finally:
             ctx.close_child_fds()
         _trace("spawned")
-        _reap_primer()
         c.state["status"] = st.CREATED
         if ctx.cgroups is not None:
             c.state["cgroupPaths"] = ctx.cgroups.paths()
@@ -252,61 +272,10 @@ def create(store, cid, opts, _keep_lock=False, config=None):
             write_pid_file(opts.pid_file, pid)
     except BaseException:
         _undo_create(c, ctx)
-        _reap_primer()
         raise
     if not _keep_lock:
         c.unlock()
     return c
-
-
-_primer_pid = 0
-
-
-def _prime_cgroup_lock():
-    """Start, in a throwaway child, the RCU grace period that moving the init
-    into its cgroups has to wait for.
-
-    Every cgroup.procs write takes the global cgroup_threadgroup_rwsem for
-    writing; when no writer came in the last grace period that means waiting
-    a full one (10-20 ms here), and while it is being waited for, or has just
-    passed, other writers go through at once.  The child moves itself into
-    the cgroup it is already in (no change at all) as soon as ketch starts,
-    so the wait runs beside the config parsing and the fork of stage-1
-    instead of after them.  Best effort: a failure only loses the head start."""
-    global _primer_pid
-    if _primer_pid:
-        return
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            with open("/proc/self/cgroup") as f:
-                lines = f.read().splitlines()
-            for line in lines:
-                _, ctrls, path = line.split(":", 2)
-                base = f"/sys/fs/cgroup/{ctrls}" if ctrls else "/sys/fs/cgroup/unified"
-                try:
-                    fd = os.open(f"{base}{path.rstrip('/')}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-                except OSError:
-                    continue
-                try:
-                    os.write(fd, b"0")  # 0: the writer itself
-                except OSError:
-                    pass
-                os.close(fd)
-                break
-        finally:
-            os._exit(0)
-    _primer_pid = pid
-
-
-def _reap_primer():
-    global _primer_pid
-    if _primer_pid:
-        try:
-            os.waitpid(_primer_pid, 0)
-        except ChildProcessError:
-            pass  # reaped by the subreaper loop of a foreground run
-        _primer_pid = 0
 
 
 def _trace(event):
@@ -634,7 +603,6 @@ def run(store, cid, opts):
     """`ketch run`: create, start, and (unless detached) wait, forward
     signals, delete.  Returns the exit code for the CLI."""
     store.path(cid)
-    _prime_cgroup_lock()
     from ..linux import _libc
 
     if opts.detach:

@@ -190,6 +190,16 @@ def _cgroup_dirs(paths, requested):
     return out
 
 
+def _v2_dir(paths, dirs):
+    """Which of ``dirs`` (from ``_cgroup_dirs``) is on the unified hierarchy, or ""."""
+    top = paths.get("")
+    if top:
+        for d in dirs:
+            if d == top or d.startswith(top + "/"):
+                return d
+    return ""
+
+
 def _load_config(c):
     try:
         return c.load_config()
@@ -240,7 +250,9 @@ def exec_process(store, cid, opts):
                 extra = int(os.environ["LISTEN_FDS"])
             ctx.preserve_fds = opts.preserve_fds + extra
             ctx.setgroups_denied = _setgroups_denied(c.pid)
-            ctx.cgroup_dirs = _cgroup_dirs(c.state.get("cgroupPaths") or {}, opts.cgroups)
+            paths = c.state.get("cgroupPaths") or {}
+            ctx.cgroup_dirs = _cgroup_dirs(paths, opts.cgroups)
+            ctx.cgroup_v2 = _v2_dir(paths, ctx.cgroup_dirs)
             if proc.get("terminal"):
                 ctx.console_sock, tty = _console(opts)
                 if tty is not None and not proc.get("consoleSize"):

@@ -38,13 +38,14 @@ def cgroup_path(container_id, cgroups_path=None, parent="ketch"):
 class Manager:
     """One container's cgroups.  Build with :meth:`from_spec` or :meth:`load`."""
 
-    __slots__ = ("id", "path", "_dirs", "_v2ctrls")
+    __slots__ = ("id", "path", "_dirs", "_v2ctrls", "_v2h")
 
     def __init__(self, dirs, path=None, container_id=None):
         self._dirs = dict(dirs)
         self.path = path
         self.id = container_id
         self._v2ctrls = None
+        self._v2h = None
 
     @classmethod
     def from_spec(cls, container_id, linux=None, root_cgroup_parent="ketch", hierarchies=None):
@@ -57,14 +58,18 @@ class Manager:
         if not hierarchies:
             raise CgroupError("no cgroup hierarchy is mounted (none in /proc/self/mountinfo)")
         dirs = {}
+        v2h = None
         for h in hierarchies:
             d = h.dir_for(path)
             if h.version == 2:
                 dirs[""] = d
+                v2h = h
             else:
                 for s in h.subsystems:
                     dirs[s] = d
-        return cls(dirs, path, container_id)
+        m = cls(dirs, path, container_id)
+        m._v2h = v2h
+        return m
 
     @classmethod
     def load(cls, paths, container_id=None):
@@ -198,10 +203,48 @@ class Manager:
                     raise
                 return
 
-    def apply(self, pid):
-        """Move ``pid`` (and its threads) into the container's cgroups."""
-        for d in self._unique_dirs():
+    def apply(self, pid, v1=True):
+        """Move ``pid`` (and its threads) into the container's cgroups; with
+        ``v1`` false only into the unified one (``join_v1`` does the rest)."""
+        for d in self._unique_dirs() if v1 else self.v2_dirs():
             fs.write(d + "/cgroup.procs", pid)
+
+    def v1_dirs(self):
+        return [d for d in self._unique_dirs() if d != self._dirs.get("")]
+
+    def v2_dirs(self):
+        return [self._dirs[""]] if "" in self._dirs else []
+
+    def prime_v2(self):
+        """Start the RCU grace period the next cgroup.procs write waits for,
+        by moving the caller into the unified cgroup it is already in (no
+        change at all); blocks for that grace period.  A writer that comes
+        while it is being waited for, or just after, goes through at once.
+        Best effort: a failure only loses the head start."""
+        h = self._v2h
+        if h is None:
+            return
+        try:
+            with open("/proc/self/cgroup", "rb") as f:
+                for line in f.read().decode().splitlines():
+                    if line.startswith("0::"):
+                        fs.write(h.dir_for(line[3:]) + "/cgroup.procs", b"0")
+                        break
+        except (OSError, CgroupError):
+            pass
+
+    def join_v1(self):
+        """Move the calling thread into the v1 hierarchies.
+
+        Writing a pid to cgroup.procs takes the global
+        cgroup_threadgroup_rwsem for writing, which first waits for an RCU
+        grace period (5-20 ms here).  Writing 0 to a v1 ``tasks`` file moves
+        only the calling thread, and the kernel skips that lock for it
+        (cgroup_procs_write_start): a single-threaded caller joins in a
+        fraction of a millisecond and its children are born inside.  v2 has
+        no such file: see ``apply(pid, v1=False)``."""
+        for d in self.v1_dirs():
+            fs.write(d + "/tasks", b"0")
 
     def set(self, resources=None, devices=True):
         """Write OCI ``linux.resources``.  ``devices``: also program the device rules
