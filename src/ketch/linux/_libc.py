@@ -5,16 +5,74 @@ EINTR, and turns a syscall the kernel lacks into ENOSYS so callers can fall
 back.  Nothing here knows about containers.
 
 libc is loaded by soname: ``ctypes.util.find_library`` forks ldconfig and
-costs ~13 ms on every container start.
+costs ~13 ms on every container start.  And it is bound through ``_ctypes``,
+the C half of ctypes, with the handful of C types used here: the ``ctypes``
+package itself spends ~3 ms at import building every type and helper it
+offers, on each container start; ``_ctypes`` alone loads in ~0.7 ms.  The
+objects are the same kind (a module that imports ``ctypes`` can pass its
+own instances to these functions).
 """
 
-import ctypes
+import _ctypes
 import errno as _errno
 import os
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+from _ctypes import Structure, byref, get_errno, sizeof
+
+
+class c_int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class c_uint(_ctypes._SimpleCData):
+    _type_ = "I"
+
+
+class c_long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class c_ulong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class c_uint64(_ctypes._SimpleCData):
+    _type_ = "Q"
+
+
+class c_void_p(_ctypes._SimpleCData):
+    _type_ = "P"
+
+
+class c_char_p(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+c_uint32 = c_uint
+c_size_t = c_ulong
+
+
+class _Lib:
+    """What ``ctypes.CDLL(name, use_errno=True)`` gives, for the calls used here."""
+
+    def __init__(self, name):
+        self._handle = _ctypes.dlopen(name, _ctypes.RTLD_LOCAL)
+
+        class Fn(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        self._Fn = Fn
+
+    def __getattr__(self, name):
+        fn = self._Fn((name, self))
+        setattr(self, name, fn)
+        return fn
+
+
+_libc = _Lib("libc.so.6")
 _syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall.restype = c_long
 
 # x86_64 and aarch64 syscall numbers for calls glibc 2.36 has no wrapper for.
 _MACHINE = os.uname().machine
@@ -34,7 +92,7 @@ else:  # pragma: no cover
 
 def _check(ret, what, path=None, path2=None):
     if ret == -1:
-        e = ctypes.get_errno()
+        e = get_errno()
         raise OSError(e, os.strerror(e), path, None, path2) if path2 else OSError(e, os.strerror(e), path)
     return ret
 
@@ -42,7 +100,7 @@ def _check(ret, what, path=None, path2=None):
 def _retry(fn, *args):
     while True:
         ret = fn(*args)
-        if ret != -1 or ctypes.get_errno() != _errno.EINTR:
+        if ret != -1 or get_errno() != _errno.EINTR:
             return ret
 
 
@@ -58,13 +116,13 @@ def raw_syscall(name, *args):
     nr = NR.get(name)
     if nr is None:
         raise OSError(_errno.ENOSYS, f"{name} unsupported on {_MACHINE}")
-    return _retry(_syscall, ctypes.c_long(nr), *args)
+    return _retry(_syscall, c_long(nr), *args)
 
 
 # ---- mounts -----------------------------------------------------------------
 
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.mount.argtypes = [c_char_p, c_char_p, c_char_p, c_ulong, c_char_p]
+_libc.umount2.argtypes = [c_char_p, c_int]
 
 
 def mount(source, target, fstype, flags=0, data=None):
@@ -80,8 +138,8 @@ def pivot_root(new_root, put_old):
     return _check(raw_syscall("pivot_root", _b(new_root), _b(put_old)), "pivot_root", new_root)
 
 
-class OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+class OpenHow(Structure):
+    _fields_ = [("flags", c_uint64), ("mode", c_uint64), ("resolve", c_uint64)]
 
 
 RESOLVE_NO_XDEV = 0x01
@@ -98,7 +156,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 
 def openat2(dirfd, path, flags, mode=0, resolve=0):
     how = OpenHow(flags, mode, resolve)
-    ret = raw_syscall("openat2", ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    ret = raw_syscall("openat2", c_int(dirfd), _b(path), byref(how), c_size_t(sizeof(how)))
     return _check(ret, "openat2", path)
 
 
@@ -108,38 +166,38 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 
 def open_tree(dirfd, path, flags):
-    return _check(raw_syscall("open_tree", ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags)), "open_tree", path)
+    return _check(raw_syscall("open_tree", c_int(dirfd), _b(path), c_uint(flags)), "open_tree", path)
 
 
 def move_mount(from_dirfd, from_path, to_dirfd, to_path, flags):
-    ret = raw_syscall("move_mount", ctypes.c_int(from_dirfd), _b(from_path), ctypes.c_int(to_dirfd),
-                      _b(to_path), ctypes.c_uint(flags))
+    ret = raw_syscall("move_mount", c_int(from_dirfd), _b(from_path), c_int(to_dirfd),
+                      _b(to_path), c_uint(flags))
     return _check(ret, "move_mount", to_path)
 
 
-class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+class MountAttr(Structure):
+    _fields_ = [("attr_set", c_uint64), ("attr_clr", c_uint64),
+                ("propagation", c_uint64), ("userns_fd", c_uint64)]
 
 
 def mount_setattr(dirfd, path, flags, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
     attr = MountAttr(attr_set, attr_clr, propagation, userns_fd)
-    ret = raw_syscall("mount_setattr", ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
-                      ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    ret = raw_syscall("mount_setattr", c_int(dirfd), _b(path), c_uint(flags),
+                      byref(attr), c_size_t(sizeof(attr)))
     return _check(ret, "mount_setattr", path)
 
 
 # ---- namespaces and processes ----------------------------------------------
 
 def unshare(flags):
-    return _check(_retry(_libc.unshare, ctypes.c_int(flags)), "unshare")
+    return _check(_retry(_libc.unshare, c_int(flags)), "unshare")
 
 
 def setns(fd, nstype=0):
-    return _check(raw_syscall("setns", ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    return _check(raw_syscall("setns", c_int(fd), c_int(nstype)), "setns")
 
 
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
 
 
 def prctl(option, a2=0, a3=0, a4=0, a5=0):
@@ -148,46 +206,46 @@ def prctl(option, a2=0, a3=0, a4=0, a5=0):
 
 def sethostname(name):
     b = _b(name)
-    return _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+    return _check(_libc.sethostname(b, c_size_t(len(b))), "sethostname")
 
 
 def setdomainname(name):
     b = _b(name)
-    return _check(_libc.setdomainname(b, ctypes.c_size_t(len(b))), "setdomainname")
+    return _check(_libc.setdomainname(b, c_size_t(len(b))), "setdomainname")
 
 
 def setgroups(gids):
-    arr = (ctypes.c_uint * len(gids))(*gids)
-    return _check(_libc.setgroups(ctypes.c_size_t(len(gids)), arr), "setgroups")
+    arr = (c_uint * len(gids))(*gids)
+    return _check(_libc.setgroups(c_size_t(len(gids)), arr), "setgroups")
 
 
 def personality(persona):
-    ret = raw_syscall("personality", ctypes.c_ulong(persona))
+    ret = raw_syscall("personality", c_ulong(persona))
     return _check(ret, "personality")
 
 
 def ioprio_set(which, who, ioprio):
-    return _check(raw_syscall("ioprio_set", ctypes.c_int(which), ctypes.c_int(who), ctypes.c_int(ioprio)),
+    return _check(raw_syscall("ioprio_set", c_int(which), c_int(who), c_int(ioprio)),
                   "ioprio_set")
 
 
 def keyctl(op, a2=0, a3=0, a4=0, a5=0):
-    return _check(raw_syscall("keyctl", ctypes.c_int(op), ctypes.c_ulong(a2), ctypes.c_ulong(a3),
-                              ctypes.c_ulong(a4), ctypes.c_ulong(a5)), "keyctl")
+    return _check(raw_syscall("keyctl", c_int(op), c_ulong(a2), c_ulong(a3),
+                              c_ulong(a4), c_ulong(a5)), "keyctl")
 
 
 def keyctl_join_session(name):
     # KEYCTL_JOIN_SESSION_KEYRING = 1
-    return _check(raw_syscall("keyctl", ctypes.c_int(1), _b(name)), "keyctl")
+    return _check(raw_syscall("keyctl", c_int(1), _b(name)), "keyctl")
 
 
-class CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class CapHeader(Structure):
+    _fields_ = [("version", c_uint32), ("pid", c_int)]
 
 
-class CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+class CapData(Structure):
+    _fields_ = [("effective", c_uint32), ("permitted", c_uint32),
+                ("inheritable", c_uint32)]
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -196,7 +254,7 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 def capget(pid=0):
     hdr = CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = (CapData * 2)()
-    _check(raw_syscall("capget", ctypes.byref(hdr), data), "capget")
+    _check(raw_syscall("capget", byref(hdr), data), "capget")
     join = lambda f: getattr(data[0], f) | (getattr(data[1], f) << 32)  # noqa: E731
     return join("effective"), join("permitted"), join("inheritable")
 
@@ -209,7 +267,7 @@ def capset(effective, permitted, inheritable, pid=0):
         data[i].effective = (effective >> sh) & 0xFFFFFFFF
         data[i].permitted = (permitted >> sh) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> sh) & 0xFFFFFFFF
-    return _check(raw_syscall("capset", ctypes.byref(hdr), data), "capset")
+    return _check(raw_syscall("capset", byref(hdr), data), "capset")
 
 
 # ---- misc ---------------------------------------------------------------------
@@ -231,6 +289,6 @@ def bpf(cmd, attr_addr, size):
     """bpf(2) with ``attr_addr`` the address of a zero-padded union bpf_attr."""
     if _NR_BPF is None:
         raise OSError(_errno.ENOSYS, f"bpf unsupported on {_MACHINE}")
-    ret = _retry(_syscall, ctypes.c_long(_NR_BPF), ctypes.c_int(cmd), ctypes.c_void_p(attr_addr),
-                 ctypes.c_uint(size))
+    ret = _retry(_syscall, c_long(_NR_BPF), c_int(cmd), c_void_p(attr_addr),
+                 c_uint(size))
     return _check(ret, "bpf")

@@ -2,8 +2,6 @@
 
 import os
 
-from . import _libc
-
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -60,6 +58,8 @@ def open_paths(nsmap):
 
 
 def join(fds):
+    from . import _libc  # not at import: the parent of a create needs no libc binding
+
     for t, fd in fds:
         try:
             _libc.setns(fd, TYPES[t][0])
