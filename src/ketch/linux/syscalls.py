@@ -46,6 +46,24 @@ def _target(t):
     return t.proc if isinstance(t, Handle) else t
 
 
+def _shown(t):
+    return t.path if isinstance(t, Handle) else t
+
+
+def _relative(root, path):
+    """`path` relative to `root` (both normalised host paths, `path` under
+    `root` as the engine resolved it): a slice, not os.path.relpath's two
+    abspath() calls on each of ~70 lookups."""
+    if "/." not in path and "//" not in path:
+        if root == "/":
+            return path.lstrip("/") or "."
+        if path == root:
+            return "."
+        if path.startswith(root + "/"):
+            return path[len(root) + 1:]
+    return os.path.relpath(path, root)
+
+
 def under(root, path):
     """True when `path` is `root` or below it (both absolute, normalised)."""
     if root == "/":
@@ -62,9 +80,13 @@ class Syscalls:
     # ---- mounts ------------------------------------------------------------
 
     def mount(self, source, target, fstype, flags=0, data=None):
+        if self._rootfd is not None and _shown(target) == self._rootfd[0]:
+            self.forget_root()  # a mount on the root itself hides what the fd names
         _libc.mount(source, _target(target), fstype, int(flags), data or None)
 
     def umount2(self, target, flags=0):
+        if self._rootfd is not None and _shown(target) == self._rootfd[0]:
+            self.forget_root()
         _libc.umount2(_target(target), flags)
 
     def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
@@ -126,9 +148,11 @@ class Syscalls:
             os.waitpid(pid, 0)
 
     def pivot_root(self, new_root, put_old):
+        self.forget_root()
         _libc.pivot_root(new_root, put_old)
 
     def chroot(self, path):
+        self.forget_root()
         os.chroot(path)
 
     def chdir(self, path):
@@ -164,22 +188,43 @@ class Syscalls:
     def close(self, fd):
         os.close(fd)
 
+    # (root, fd) of the root directory open_in_root resolves from: one open
+    # per rootfs instead of one per lookup (~70 per container start).  A
+    # mount on the root itself, pivot_root and chroot drop it: the fd would
+    # still name the directory underneath.
+    _rootfd = None
+
+    def _root_fd(self, root):
+        cached = self._rootfd
+        if cached is not None and cached[0] == root:
+            return cached[1]
+        self.forget_root()
+        fd = os.open(root, _DIR_FLAGS)
+        self._rootfd = (root, fd)
+        return fd
+
+    def forget_root(self):
+        """Close the cached root fd (before the runtime's fds are closed, too)."""
+        cached = self._rootfd
+        if cached is not None:
+            self._rootfd = None
+            try:
+                os.close(cached[1])
+            except OSError:
+                pass
+
     def open_in_root(self, root, path, directory=False):
         """O_PATH fd of `path` (a host path under `root`), resolved and checked inside root."""
         flags = O_PATH | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
         fd = None
         if Syscalls._openat2:
-            rootfd = os.open(root, _DIR_FLAGS)
             try:
-                rel = os.path.relpath(path, root)
-                fd = _libc.openat2(rootfd, rel, flags, 0,
+                fd = _libc.openat2(self._root_fd(root), _relative(root, path), flags, 0,
                                    _libc.RESOLVE_IN_ROOT | _libc.RESOLVE_NO_MAGICLINKS)
             except OSError as e:
                 if e.errno != errno.ENOSYS:
                     raise OSError(e.errno, e.strerror, path) from None
                 Syscalls._openat2 = False
-            finally:
-                os.close(rootfd)
         if fd is None:
             # the caller resolved symlinks already; refuse one appearing since
             fd = os.open(path, flags | os.O_NOFOLLOW)

@@ -170,18 +170,31 @@ class _Engine:
     def mkdir_all(self, host, mode=0o755):
         """Create `host` (resolved already) and its missing parents, each inside root."""
         cpath = self.container_path(host)
-        cur = self.root if self.root != "/" else ""
-        for comp in [c for c in cpath.split("/") if c]:
+        base = self.root if self.root != "/" else ""
+        comps = [c for c in cpath.split("/") if c]
+        # From the deepest component up to the first that exists (usually
+        # `host` itself): the ones above it are there already.
+        n = len(comps)
+        while n:
+            try:
+                st = self.sys.lstat(base + "/" + "/".join(comps[:n]))
+            except FileNotFoundError:
+                n -= 1
+                continue
+            if not _stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                         base + "/" + "/".join(comps[:n]))
+            break
+        if n == len(comps):
+            return
+        cur = base + "/" + "/".join(comps[:n]) if n else base
+        for comp in comps[n:]:
             cur = cur + "/" + comp
             try:
+                self.sys.mkdir(cur, mode, root=self.root)
+                continue
+            except FileExistsError:
                 st = self.sys.lstat(cur)
-            except FileNotFoundError:
-                try:
-                    self.sys.mkdir(cur, mode, root=self.root)
-                except FileExistsError:
-                    st = self.sys.lstat(cur)
-                else:
-                    continue
             if not _stat.S_ISDIR(st.st_mode):
                 # secure_join resolved every existing link; a new one is a race we refuse
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), cur)
@@ -208,17 +221,18 @@ class _Engine:
 
     def mount(self, source, host, fstype, flags, data, shown_dest, shown_source=None):
         """mount(2) on the fd of `host` opened in root; errors name everything."""
-        what = describe(shown_source or source, shown_dest, fstype, flags, data)
         try:
             h = self.sys.open_in_root(self.root, host)
         except OSError as e:
+            what = describe(shown_source or source, shown_dest, fstype, flags, data)
             if e.errno == errno.EXDEV:
                 raise SecurityError(f"{what}: destination {e.strerror}") from e
             raise SetupError(what, describe_oserror(e)) from e
         try:
             self.sys.mount(source, h, fstype, flags, data)
         except OSError as e:
-            raise SetupError(what, describe_oserror(e)) from e
+            raise SetupError(describe(shown_source or source, shown_dest, fstype, flags, data),
+                             describe_oserror(e)) from e
         finally:
             self.sys.release(h)
 
@@ -765,6 +779,8 @@ def finalize(config, sys=None):
             eng.remount("/dev", m.opts.flags | MS.RDONLY, "/dev", bind=False)
     if (config.get("root") or {}).get("readonly"):
         eng.remount("/", MS.RDONLY, "/")
+    # The runtime's fds are closed next: no cached root fd may outlive that.
+    getattr(sys, "forget_root", lambda: None)()
 
 
 def rootfs_of(config, bundle):
