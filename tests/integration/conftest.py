@@ -202,6 +202,21 @@ def _container_procs():
     return out
 
 
+def _describe(pids):
+    """pid, command line and cgroup of each process, so a leak names its container."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+            with open(f"/proc/{pid}/cgroup") as f:
+                cg = next((line.split(":", 2)[2].strip() for line in f if "/ketch" in line), "?")
+        except OSError:
+            cmd, cg = "(gone)", "?"
+        out.append(f"{pid} [{cmd}] in {cg}")
+    return "; ".join(out)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     if os.geteuid() != 0:
@@ -219,7 +234,7 @@ def no_leaks(request):
         time.sleep(0.05)
     mounts = _mounts() - before_m
     assert not mounts, f"mounts leaked: {sorted(mounts)}"
-    assert not procs, f"container processes leaked: {sorted(procs)}"
+    assert not procs, f"container processes leaked: {_describe(procs)}"
     assert not cgs, f"cgroups leaked: {sorted(cgs)}"
 
 

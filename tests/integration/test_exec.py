@@ -107,8 +107,16 @@ def test_process_json(rt, bundle, tmp_path):
 def test_rlimits_come_from_the_container(rt, bundle):
     bundle.process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 123}]
     _start(rt, bundle)
-    assert rt("exec", "c1", "sh", "-c", "ulimit -n; ulimit -Hn").stdout.split() == ["123", "321"]
+    soft, hard = rt("exec", "c1", "sh", "-c", "ulimit -n; ulimit -Hn").stdout.split()
     rt("delete", "--force", "c1")
+    assert hard == "321"
+    if rt.name == "runc":
+        # runc 1.1.5's exec does not set the soft limit itself: its process
+        # inherits runc's own, which the Go runtime (>= 1.19) raised to the
+        # hard limit at start.  Seen in one run in several; ketch sets both.
+        assert soft in ("123", "321")
+    else:
+        assert soft == "123"
 
 
 def test_missing_executable_is_a_clear_error(rt, bundle):
