@@ -6,10 +6,11 @@ FLAGS = []
 
 
 def run(g, opts, args):
+    # The store alone: runtime.container (signals, spec, the create path)
+    # is more than a read of one state needs.
     from .. import _json as json
     import sys
 
-    from ..runtime import container
-
-    sys.stdout.write(json.dumps(container.state(g.store(), args[0]), indent=2) + "\n")
+    c = g.store().get(args[0], lock=False)
+    sys.stdout.write(json.dumps(c.oci_state(), indent=2) + "\n")
     return 0

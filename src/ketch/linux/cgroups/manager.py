@@ -456,8 +456,16 @@ class Manager:
     @staticmethod
     def _rmtree(top):
         # cgroupfs directories hold only control files, which go with rmdir.
-        if not os.path.isdir(top):
+        # Usually there is no sub-cgroup: one rmdir, no listing of the
+        # (dozens of) control files.
+        try:
+            os.rmdir(top)
             return None
+        except FileNotFoundError:
+            return None
+        except OSError:
+            if not os.path.isdir(top):
+                return None
         for d, _, _ in os.walk(top, topdown=False):
             try:
                 os.rmdir(d)
