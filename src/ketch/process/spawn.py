@@ -26,28 +26,25 @@ def spawn(ctx):
     ``ctx`` is a runtime.container.CreateContext.  Returns the init's host pid.
     On any failure the children are killed and reaped, and an error raised.
     """
-    mgr = ctx.plan_cgroups()
+    early = _init_joins(ctx)
+    mgr = None if early else ctx.plan_cgroups()
     parent_sock, child_sock = sync.pair()
     ctx.prepare_fds()
-    gate_w = -1
     v2 = mgr is not None and bool(mgr.v2_dirs())
-    late = v2 and _late_cgroups(ctx)
-    # Idle between stage-1's v1 join and the init's pid, the parent starts
-    # the grace period the move into the unified cgroup waits for (not with
-    # a new user namespace: the id maps would wait behind it).
-    ctx.cgroup_prime = late and not ns.unshare_flags(ctx.nsmap) & ns.CLONE_NEWUSER
-    if late:
+    gate = None
+    if early or (v2 and _late_cgroups(ctx)):
         r, w = os.pipe()
-        gate_w = ctx._high(w)
+        gate = _GateWriter(ctx._high(w))
         ctx.cgroup_paths = CgroupGate(ctx._high(r))
+    ctx.wait_go = not early
     sync.trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
             parent_sock.close()
-            if gate_w >= 0:
-                os.close(gate_w)
+            if gate is not None:
+                os.close(gate.fd)
             _stage1(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
@@ -57,15 +54,32 @@ def spawn(ctx):
     # ------------------------------------------------------------------ parent
     child_sock.close()
     ctx.close_child_fds()
-    if gate_w >= 0:
+    if gate is not None:
         ctx.cgroup_paths.close()
     init_pid = 0
     try:
-        ctx.setup_cgroups(stage1, apply_v2=v2 and not late)
+        ctx.record()
+        if early:
+            mgr = ctx.plan_cgroups()
+            v2 = mgr is not None and bool(mgr.v2_dirs())
+        ctx.setup_cgroups(stage1, apply_v2=v2 and gate is None)
         sync.trace("cgroups set up")
-        sync.send(parent_sock, sync.GO)
-        init_pid = _drive(ctx, parent_sock, stage1, gate_w)
+        if early:
+            gate.v1_dirs = mgr.v1_dirs() if mgr is not None else []
+            if v2:
+                # Nothing else takes cgroup_mutex now (stage-1 and the init
+                # touch no cgroup before the gate): start the grace period
+                # that moving the init into the unified cgroup waits for.
+                mgr.prime_v2()
+                sync.trace("cgroup lock primed")
+            else:
+                gate.open()  # the init joins its v1 cgroups itself
+        else:
+            sync.send(parent_sock, sync.GO)
+        init_pid = _drive(ctx, parent_sock, stage1, gate)
     except BaseException:
+        if gate is not None:
+            gate.cancel()
         _kill_and_reap(stage1)
         # _drive raised before returning the pid (a failing createRuntime
         # hook): the init must die before it sees the socket close, or it
@@ -76,13 +90,23 @@ def spawn(ctx):
         parent_sock.close()
         raise
     finally:
-        if gate_w >= 0:
-            try:
-                os.close(gate_w)
-            except OSError:
-                pass
+        if gate is not None:
+            gate.close()
     parent_sock.close()
     return init_pid
+
+
+def _init_joins(ctx):
+    """Whether the init joins its cgroups itself, at the gate, so that
+    stage-1 need not wait for the parent to make them: it unshares and forks
+    the init while the parent creates and configures the cgroups.
+
+    A thread joins a v1 cgroup by writing 0 to its ``tasks`` (see
+    ``Manager.join_v1``): as host root, so not in a user namespace.  A new
+    cgroup namespace must be made inside the cgroups: stage-1 joins them
+    first, after GO."""
+    nsmap = ctx.nsmap
+    return "user" not in nsmap and not ("cgroup" in nsmap and not nsmap["cgroup"])
 
 
 def _late_cgroups(ctx):
@@ -90,19 +114,49 @@ def _late_cgroups(ctx):
     unified (v2) cgroup.  A cgroup.procs write waits for an RCU grace period
     (cgroup_threadgroup_rwsem), 5-20 ms here: done while the init works, it
     costs nothing.  A new cgroup namespace must be made inside the cgroups,
-    so then the parent moves stage-1 before GO.  (The v1 hierarchies need
-    none of this: stage-1 joins them itself at once, ``Manager.join_v1``.)"""
+    so then the parent moves stage-1 before GO."""
     nsmap = ctx.nsmap
     return not ("cgroup" in nsmap and not nsmap["cgroup"])
 
 
+class _GateWriter:
+    """The parent's end of the gate: "1" and the v1 cgroup dirs the init is
+    to join (none when stage-1 joined them), or "0" to call the init off."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.v1_dirs = []
+
+    def open(self):
+        self._send(("1" + "".join("\n" + d for d in self.v1_dirs)).encode())
+        sync.trace("cgroups gate open")
+
+    def cancel(self):
+        self._send(b"0")
+
+    def _send(self, data):
+        if self.fd < 0:
+            return
+        try:
+            os.write(self.fd, data)
+        except BrokenPipeError:
+            pass  # the init died: its ERROR (or EOF) is the next message
+        self.close()
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class CgroupGate:
-    """``ctx.cgroup_paths`` for an init that the parent moves into its
-    unified cgroup while it prepares the rootfs.  ``rootfs.prepare`` calls
-    ``wait()`` before anything that depends on the cgroups (the cgroup
-    mount, device nodes under the devices controller, hooks); the parent
-    writes one byte once the init is in every hierarchy.  Unlike a list of
-    hierarchies it says nothing of the paths: the init reads them from
+    """``ctx.cgroup_paths`` for an init that prepares its rootfs before it
+    is in its cgroups.  ``rootfs.prepare`` calls ``wait()`` before anything
+    that depends on them (the cgroup mount, device nodes under the devices
+    controller, hooks).  The parent writes once the cgroups exist and the
+    init is in the unified one: "1", then the v1 dirs the init joins here
+    (a write of 0 to their ``tasks``), and closes its end.  Unlike a list of
+    hierarchies it says nothing else of the paths: the init reads them from
     /proc/self/cgroup once it is there."""
 
     def __init__(self, fd):
@@ -112,12 +166,30 @@ class CgroupGate:
         if self.fd < 0:
             return
         try:
-            got = os.read(self.fd, 1)
+            chunks = []
+            while True:
+                got = os.read(self.fd, 65536)
+                if not got:
+                    break
+                chunks.append(got)
         finally:
             self.close()
-        if got != b"1":
+        data = b"".join(chunks)
+        if data == b"0":
+            os._exit(1)  # the parent failed and reports why; nothing of ours outlives this process
+        if data[:1] != b"1":
             raise errors.SetupError("join cgroups", "the runtime exited before it moved the init into "
                                     "the container's cgroups")
+        for d in data[1:].decode().split("\n"):
+            if d:
+                try:
+                    fd = os.open(d + "/tasks", os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, b"0")  # this thread, without the grace period (Manager.join_v1)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    raise errors.SetupError(f"join cgroup {d}", e) from None
 
     def close(self):
         if self.fd >= 0:
@@ -125,19 +197,14 @@ class CgroupGate:
             self.fd = -1
 
 
-def _drive(ctx, sock, stage1, gate_w=-1):
+def _drive(ctx, sock, stage1, gate=None):
     init_pid = 0
     while True:
         msg = sync.recv(sock)
         if msg is None:
             _raise_died(stage1, init_pid)
         t = msg["t"]
-        if t == sync.JOINED:
-            # Every cgroup write takes cgroup_mutex, which the prime holds for
-            # the grace period: only now that stage-1 is in its v1 cgroups.
-            ctx.cgroups.prime_v2()
-            sync.trace("cgroup lock primed")
-        elif t == sync.USERMAP:
+        if t == sync.USERMAP:
             linux = ctx.config.get("linux") or {}
             try:
                 ns.write_id_maps(stage1, linux.get("uidMappings"), linux.get("gidMappings"))
@@ -146,14 +213,11 @@ def _drive(ctx, sock, stage1, gate_w=-1):
             sync.send(sock, sync.MAPPED)
         elif t == sync.PID:
             init_pid = msg["pid"]
-            if gate_w >= 0:
+            if gate is not None and gate.fd >= 0:
                 # The init prepares its rootfs meanwhile, up to CgroupGate.wait().
                 ctx.apply_cgroups(init_pid)
-                try:
-                    os.write(gate_w, b"1")
-                except BrokenPipeError:
-                    pass  # the init died: its ERROR (or EOF) is the next message
                 sync.trace("cgroups applied")
+                gate.open()
             _reap(stage1)
             ctx.on_init_pid(init_pid)
         elif t == sync.HOOKS:
@@ -240,11 +304,10 @@ def _stage1(ctx, sock):
     from ..linux import _libc
 
     _preload(ctx)
-    sync.expect(sock, sync.GO)
+    if ctx.wait_go:
+        sync.expect(sock, sync.GO)
+        ctx.join_cgroups()
     sync.trace("stage-1 go")
-    ctx.join_cgroups()
-    if ctx.cgroup_prime:
-        sync.send(sock, sync.JOINED)
     nsmap = ctx.nsmap
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,

@@ -6,19 +6,19 @@ the container init inherit the other.
 
  parent (ketch create)             stage-1                       init (pid 1 in the container)
  ─────────────────────             ───────                       ─────────────────────────────
- fork ───────────────────────────▶ load modules; wait
- cgroups: create, configure
- (new cgroupns: stage-1 → v2)
- GO ─────────────────────────────▶ join the v1 cgroups (tasks ← 0)
- prime v2 (grace period) ◀──────── JOINED (only with a unified cgroup)
+ fork ───────────────────────────▶ load modules
+ state.json; cgroups: create,      (with a user or a new cgroup
+ configure; prime the unified      namespace: wait for GO, join
+ one's lock (grace period)         the v1 cgroups, tasks ← 0)
                                    join namespaces given by path
                                    unshare(user) ── USERMAP ──▶
  write uid_map/gid_map ◀──────────
  MAPPED ─────────────────────────▶ become root in the userns
                                    unshare(pid, mnt, ...); fork ─▶ (init starts here)
  ◀──────────────────────────────── PID {pid}; exit
- init → v2 cgroup; gate byte ───────────────────────────────────▶ rootfs.prepare (waits for the gate
-                                                                 before the cgroup mount and devices)
+ init → unified cgroup;                                          rootfs.prepare, up to the gate
+ gate: "1" + v1 dirs ────────────────────────────────────────────▶ join the v1 cgroups (tasks ← 0);
+                                                                 the cgroup mount, devices
                                                                  ... before pivot_root:
  ◀────────────────────────────────────────────────────────────── HOOKS
  prestart + createRuntime hooks
@@ -43,7 +43,6 @@ import os
 from ..linux import fdpass
 
 GO = "go"
-JOINED = "joined"  # stage-1 -> parent: in the v1 cgroups (only when the parent primes v2)
 USERMAP = "usermap"
 MAPPED = "mapped"
 PID = "pid"

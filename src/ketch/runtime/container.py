@@ -13,7 +13,7 @@ import os
 # import (enum machinery, several ms on each container start).
 import _signal as signal
 
-from .. import errors, spec
+from .. import errors
 from . import status as st
 from .store import Store, proc_start_time, now_rfc3339
 
@@ -45,6 +45,8 @@ class CreateContext:
         self.bundle = os.path.abspath(opts.bundle)
         root = config["root"]["path"]
         self.rootfs = os.path.normpath(os.path.join(self.bundle, root))
+        from .. import spec
+
         self.nsmap = spec.namespaces(config)
         self.no_pivot = opts.no_pivot
         self.no_new_keyring = opts.no_new_keyring
@@ -54,7 +56,7 @@ class CreateContext:
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroup_paths = None
-        self.cgroup_prime = False
+        self.wait_go = True
         self.init_pid = 0
         self.exec_path = None
         self.seccomp_filter = None
@@ -99,8 +101,7 @@ class CreateContext:
 
     # -- cgroups ---------------------------------------------------------------
     def plan_cgroups(self):
-        """Where the container's cgroups go, decided before stage-1 is forked:
-        stage-1 joins the v1 hierarchies itself (``Manager.join_v1``)."""
+        """Where the container's cgroups go (no change to them yet)."""
         try:
             from ..linux import cgroups
         except ImportError:  # pragma: no cover
@@ -140,7 +141,9 @@ class CreateContext:
         self.cgroup_paths = mgr.paths()
 
     def join_cgroups(self):
-        """Stage-1: join the v1 hierarchies (the init is forked inside them)."""
+        """Stage-1, with a user or a new cgroup namespace: join the v1
+        hierarchies before making them (the init is forked inside).  Else
+        the init joins them itself (``process.spawn.CgroupGate``)."""
         if self.cgroups is not None:
             try:
                 self.cgroups.join_v1()
@@ -158,6 +161,29 @@ class CreateContext:
             raise
         except OSError as e:
             raise errors.SetupError("set up cgroups", e) from None
+
+    def record(self):
+        """Parent, just after the fork of stage-1 (beside its loading of
+        modules): the state as "creating" and the config exec will use.
+        Saved with the cgroup paths once they exist (``setup_cgroups``)."""
+        c, config, me = self.container, self.config, os.getpid()
+        c.state = {
+            "ociVersion": config["ociVersion"],
+            "id": self.id,
+            "status": st.CREATING,
+            "creatorPid": me,
+            "creatorStartTime": proc_start_time(me)[0],
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": now_rfc3339(),
+            "owner": _owner(),
+            "annotations": config.get("annotations") or {},
+            "hooks": {k: v for k, v in (config.get("hooks") or {}).items() if k in ("poststart", "poststop")},
+            "nsmap": self.nsmap,
+        }
+        c.save_config(config)
+        if self.cgroups is None:  # pragma: no cover - no cgroup support at all
+            c.save()
 
     def _save_cgroups(self):
         self.container.state["cgroupPaths"] = self.cgroups.paths()
@@ -195,6 +221,8 @@ class CreateContext:
 # ------------------------------------------------------------------------ verbs
 
 def _check_bundle(config, bundle):
+    from .. import spec
+
     root = os.path.normpath(os.path.join(bundle, config["root"]["path"]))
     if not os.path.exists(root):
         raise errors.ConfigError(f"rootfs {root!r} does not exist (root.path in config.json)")
@@ -223,6 +251,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     """Create a container: its init waits in its namespaces for `start`.
 
     Returns the Container (locked only when ``_keep_lock``)."""
+    from .. import spec
     from ..process import spawn
 
     store.path(cid)  # validates the id before anything else
@@ -238,23 +267,6 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     _trace("id reserved")
     ctx = None
     try:
-        me = os.getpid()
-        c.state = {
-            "ociVersion": config["ociVersion"],
-            "id": cid,
-            "status": st.CREATING,
-            "creatorPid": me,
-            "creatorStartTime": proc_start_time(me)[0],
-            "bundle": bundle,
-            "rootfs": os.path.normpath(os.path.join(bundle, config["root"]["path"])),
-            "created": now_rfc3339(),
-            "owner": _owner(),
-            "annotations": config.get("annotations") or {},
-            "hooks": {k: v for k, v in (config.get("hooks") or {}).items() if k in ("poststart", "poststop")},
-            "nsmap": spec.namespaces(config),
-        }
-        c.save()
-        c.save_config(config)
         os.mkfifo(c.fifo_path, 0o622)
         # Whatever the umask: the init opens it for writing as the container's user.
         os.chmod(c.fifo_path, 0o622)
@@ -618,6 +630,8 @@ def run(store, cid, opts):
     # so that we can wait for it and return its exit status.
     _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     tty = None
+    from .. import spec
+
     config = spec.load(os.path.abspath(opts.bundle))
     if not opts.console_socket and (config.get("process") or {}).get("terminal"):
         from . import tty as ttymod
