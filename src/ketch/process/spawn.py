@@ -66,14 +66,11 @@ def spawn(ctx):
         sync.trace("cgroups set up")
         if early:
             gate.v1_dirs = mgr.v1_dirs() if mgr is not None else []
-            if v2:
-                # Nothing else takes cgroup_mutex now (stage-1 and the init
-                # touch no cgroup before the gate): start the grace period
-                # that moving the init into the unified cgroup waits for.
-                mgr.prime_v2()
-                sync.trace("cgroup lock primed")
-            else:
+            if not v2:
                 gate.open()  # the init joins its v1 cgroups itself
+            # else at PID, once the init is in its unified cgroup (the grace
+            # period that waits for was started as ketch started:
+            # runtime.container._prime_unified)
         else:
             sync.send(parent_sock, sync.GO)
         init_pid = _drive(ctx, parent_sock, stage1, gate)

@@ -255,6 +255,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     from ..process import spawn
 
     store.path(cid)  # validates the id before anything else
+    _prime_unified()
     bundle = os.path.abspath(opts.bundle)
     if config is None:
         config = spec.load(bundle)
@@ -276,6 +277,7 @@ def create(store, cid, opts, _keep_lock=False, config=None):
         finally:
             ctx.close_child_fds()
         _trace("spawned")
+        _reap_primer()
         c.state["status"] = st.CREATED
         if ctx.cgroups is not None:
             c.state["cgroupPaths"] = ctx.cgroups.paths()
@@ -284,10 +286,58 @@ def create(store, cid, opts, _keep_lock=False, config=None):
             write_pid_file(opts.pid_file, pid)
     except BaseException:
         _undo_create(c, ctx)
+        _reap_primer()
         raise
     if not _keep_lock:
         c.unlock()
     return c
+
+
+_primer_pid = 0
+
+
+def _prime_unified():
+    """On a host with a unified (v2) cgroup hierarchy, start, in a throwaway
+    child, the RCU grace period that moving the init into its unified cgroup
+    waits for (v1 hierarchies need none: ``Manager.join_v1``).
+
+    A cgroup.procs write takes the global cgroup_threadgroup_rwsem for
+    writing; when no writer came in the last grace period that means waiting
+    a full one (5-20 ms here), holding cgroup_mutex.  Writers that come while
+    it is waited for, or just after, go through at once.  The child moves
+    itself into the cgroup it is already in (no change at all) as ketch
+    starts, so the wait runs beside the config parsing and the forks.  Best
+    effort: a failure only loses the head start."""
+    global _primer_pid
+    if _primer_pid:
+        return
+    for base in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(base + "/cgroup.controllers"):
+            break
+    else:
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            with open("/proc/self/cgroup", "rb") as f:
+                for line in f.read().decode().splitlines():
+                    if line.startswith("0::"):
+                        fd = os.open(f"{base}{line[3:].rstrip('/')}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                        os.write(fd, b"0")  # 0: the writer itself
+                        break
+        finally:
+            os._exit(0)
+    _primer_pid = pid
+
+
+def _reap_primer():
+    global _primer_pid
+    if _primer_pid:
+        try:
+            os.waitpid(_primer_pid, 0)
+        except ChildProcessError:
+            pass  # reaped by the subreaper loop of a foreground run
+        _primer_pid = 0
 
 
 def _trace(event):
@@ -615,6 +665,7 @@ def run(store, cid, opts):
     """`ketch run`: create, start, and (unless detached) wait, forward
     signals, delete.  Returns the exit code for the CLI."""
     store.path(cid)
+    _prime_unified()
     from ..linux import _libc
 
     if opts.detach:
