@@ -8,8 +8,8 @@ the container init inherit the other.
  ─────────────────────             ───────                       ─────────────────────────────
  fork ───────────────────────────▶ load modules
  state.json; cgroups: create,      (with a user or a new cgroup
- configure; prime the unified      namespace: wait for GO, join
- one's lock (grace period)         the v1 cgroups, tasks ← 0)
+ configure                         namespace: wait for GO, join
+                                   the v1 cgroups, tasks ← 0)
                                    join namespaces given by path
                                    unshare(user) ── USERMAP ──▶
  write uid_map/gid_map ◀──────────
