@@ -65,12 +65,10 @@ def spawn(ctx):
         ctx.setup_cgroups(stage1, apply_v2=v2 and gate is None)
         sync.trace("cgroups set up")
         if early:
+            # The init joins these itself when _drive opens the gate, at PID:
+            # not before, or the init's messages (READY) could overtake the
+            # PID that stage-1, descheduled after its fork, has yet to send.
             gate.v1_dirs = mgr.v1_dirs() if mgr is not None else []
-            if not v2:
-                gate.open()  # the init joins its v1 cgroups itself
-            # else at PID, once the init is in its unified cgroup (the grace
-            # period that waits for was started as ketch started:
-            # runtime.container._prime_unified)
         else:
             sync.send(parent_sock, sync.GO)
         init_pid = _drive(ctx, parent_sock, stage1, gate)
@@ -210,8 +208,10 @@ def _drive(ctx, sock, stage1, gate=None):
             sync.send(sock, sync.MAPPED)
         elif t == sync.PID:
             init_pid = msg["pid"]
-            if gate is not None and gate.fd >= 0:
+            if gate is not None:
                 # The init prepares its rootfs meanwhile, up to CgroupGate.wait().
+                # (The grace period the unified cgroup's write waits for
+                # started as ketch did: runtime.container._prime_unified.)
                 ctx.apply_cgroups(init_pid)
                 sync.trace("cgroups applied")
                 gate.open()
