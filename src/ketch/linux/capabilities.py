@@ -130,6 +130,15 @@ def read_bounding():
     return mask
 
 
+def _read_bounding_bits(mask):
+    """The bits of ``mask`` that are in the calling thread's bounding set."""
+    got = 0
+    for i in range(last_cap() + 1):
+        if mask >> i & 1 and _libc.prctl(PR_CAPBSET_READ, i) == 1:
+            got |= 1 << i
+    return got
+
+
 def _fail(step, err):
     from ketch.errors import describe_oserror
     return SetupError(step, describe_oserror(err))
@@ -163,18 +172,25 @@ def apply(caps, warn=None):
     except OSError as e:
         raise _fail("raise effective capabilities", e) from e
 
-    cur_bnd = read_bounding()
-    allowed_inh = (cur_bnd & bnd) | cur_inh
+    # Only the bits the inheritable check needs are read: a capability
+    # already inheritable passes whatever the bounding set holds.
+    need = inh & bnd & ~cur_inh
+    allowed_inh = cur_inh | _read_bounding_bits(need)
     if inh & ~allowed_inh:
         # capset(2): a new inheritable capability must be in the bounding set
         # (the one left after the drop below) or already inheritable.
         raise ConfigError(f"inheritable capabilities {', '.join(names(inh & ~allowed_inh))} "
                           "are not in the bounding set")
+    # Dropping a capability the bounding set no longer holds succeeds, so the
+    # set is not read first (41 PR_CAPBSET_READ calls); only a refused drop
+    # (no CAP_SETPCAP) asks whether there was anything to drop.
     for i in range(last_cap() + 1):
-        if cur_bnd >> i & 1 and not bnd >> i & 1:
+        if not bnd >> i & 1:
             try:
                 _libc.prctl(PR_CAPBSET_DROP, i)
             except OSError as e:
+                if _libc.prctl(PR_CAPBSET_READ, i) != 1:
+                    continue
                 raise _fail(f"drop {name(i)} from the bounding set", e) from e
 
     try:
