@@ -410,9 +410,15 @@ def _warn(msg):
 
 
 def _close_fds(ctx, keep):
-    """Close every fd the runtime opened; stdio, --preserve-fds and our own
-    sync/fifo fds stay (the last two are close-on-exec)."""
-    keep = set(keep) | {0, 1, 2, ctx.fifo_fd} | set(range(3, 3 + ctx.preserve_fds))
+    """The init's: stdio, --preserve-fds, the sync socket and the exec fifo stay."""
+    close_runtime_fds(set(keep) | {ctx.fifo_fd}, ctx.preserve_fds)
+
+
+def close_runtime_fds(keep, preserve_fds):
+    """Close every fd the runtime opened (shared with exec): only stdio, the
+    --preserve-fds range (made inheritable) and ``keep`` (our own
+    close-on-exec fds) stay."""
+    keep = set(keep) | {0, 1, 2} | set(range(3, 3 + preserve_fds))
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in keep:
@@ -420,7 +426,7 @@ def _close_fds(ctx, keep):
                 os.close(fd)
             except OSError:
                 pass
-    for fd in range(3, 3 + ctx.preserve_fds):
+    for fd in range(3, 3 + preserve_fds):
         try:
             os.set_inheritable(fd, True)
         except OSError:

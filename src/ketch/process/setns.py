@@ -349,19 +349,9 @@ def _preload(ctx):
 
 
 def _close_fds(ctx, keep):
-    keep = set(keep) | {0, 1, 2} | set(range(3, 3 + ctx.preserve_fds))
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    for fd in range(3, 3 + ctx.preserve_fds):
-        try:
-            os.set_inheritable(fd, True)
-        except OSError:
-            pass
+    from .init import close_runtime_fds
+
+    close_runtime_fds(keep, ctx.preserve_fds)
 
 
 # ------------------------------------------------------------------- process
