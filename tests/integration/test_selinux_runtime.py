@@ -139,8 +139,6 @@ def test_exec_label_written_before_execve(ketch, bundle, tmp_path, asif, cid):
         assert f.read() == PLABEL
 
 
-@pytest.mark.xfail(strict=True, reason="setns.py does not settle SELinux detection (nor open the exec "
-                                       "attr) before its chroot: exec --process-label finds SELinux off")
 def test_exec_process_label(ketch, bundle, tmp_path, asif, cid):
     bundle.args("sleep", "30").write()
     ketch("run", "-d", "-b", bundle.path, cid, env=asif, stdout=subprocess.DEVNULL,

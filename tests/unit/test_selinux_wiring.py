@@ -320,3 +320,23 @@ def test_init_off_opens_nothing(off, monkeypatch):
     init._preload(ctx, cfg)
     assert ctx.selinux_exec_fd is None
     assert not label.enabled()
+
+
+def test_exec_attr_for_a_forked_child(on, tmp_path, monkeypatch):
+    """exec forks the process that sets its label: only the as-if-enabled
+    stand-in file is opened ahead (the real attribute is per thread)."""
+    assert label.open_exec_attr_for_child() is None  # real mode: the child opens its own
+    attr = tmp_path / "attr-exec"
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fd = label.open_exec_attr_for_child()
+    try:
+        label.set_exec_label("system_u:system_r:container_t:s0:c1,c2", fd=fd)
+    finally:
+        os.close(fd)
+    assert attr.read_text() == "system_u:system_r:container_t:s0:c1,c2"
+
+
+def test_exec_attr_for_a_forked_child_off(off, tmp_path, monkeypatch):
+    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "attr"))
+    assert label.open_exec_attr_for_child() is None
+    assert not (tmp_path / "attr").exists()

@@ -591,6 +591,20 @@ def open_exec_attr():
     return fd
 
 
+def open_exec_attr_for_child():
+    """For a process that forks the one which will exec (ketch exec): an fd
+    the child can write its exec label through after a chroot, or None.
+
+    The real attribute is per thread: only the child itself may write its
+    /proc/thread-self/attr/exec (it opens its own after the chroot, checked
+    to be procfs).  The KETCH_SELINUX_EXEC_ATTR stand-in of the as-if-enabled
+    mode is a host file the child could not reach after the chroot: it is
+    opened here."""
+    if not enabled() or _fake_mode() is None or not os.environ.get("KETCH_SELINUX_EXEC_ATTR"):
+        return None
+    return open_exec_attr()
+
+
 def set_exec_label(label, fd=None):
     if not label or not enabled():
         return

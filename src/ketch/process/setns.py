@@ -229,7 +229,8 @@ def _intermediate(ctx, sock):
     except BaseException as e:
         raise _step(e, "load runtime modules")
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
-                          ctx.console_sock.fileno() if ctx.console_sock is not None else -1})
+                          ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
+                          getattr(ctx, "selinux_exec_fd", None) or -1})
     sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)
@@ -339,7 +340,11 @@ def _preload(ctx):
             or linux.get("personality"):
         from ..linux import procattr  # noqa: F401
     if proc.get("selinuxLabel"):
-        from ..linux import label  # noqa: F401
+        from ..linux import label
+
+        # Detection reads host paths the chroot takes away: settle it now.
+        label.freeze()
+        ctx.selinux_exec_fd = label.open_exec_attr_for_child()
     if linux.get("seccomp"):
         from ..linux import seccomp
 
