@@ -779,3 +779,14 @@ def test_dev_symlink_out_of_rootfs_is_refused(ketch, own_bundle, cid, host_guard
     assert len(lines) == 1 and "device /dev/null resolves outside /dev" in lines[0], lines
     # what was mounted before the refusal went with the container's mount namespace
     assert os.listdir(os.path.join(r, host_guard.lstrip("/"))) == []
+
+
+def test_device_outside_dev_is_created_inside_the_rootfs(ketch, own_bundle, cid, host_guard):
+    """The spec (and runc) allow a device node anywhere in the container."""
+    own_bundle.config["linux"]["devices"] = [
+        {"path": "/srv/nodes/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640,
+         "uid": 0, "gid": 0}]
+    own_bundle.sh("stat -c '%F %t:%T %a' /srv/nodes/mynull; echo x > /srv/nodes/mynull && echo wrote").write()
+    out = ketch("run", "-b", own_bundle.path, cid).stdout.split("\n")
+    assert out[0] == "character special file 1:3 640"
+    assert out[1] == "wrote"

@@ -592,7 +592,11 @@ def _create_devices(eng, config, bind):
     try:
         for d in devices_for(config):
             host = eng.host(d.path)
-            if not paths.is_under(eng.root.rstrip("/") + "/dev", host) and eng.root != "/":
+            # A node meant for /dev that resolves elsewhere (a /dev symlinked
+            # away) would not be the container's /dev/...: refused.  Other
+            # paths are allowed, as runc and the spec do, resolved in-root.
+            if (paths.clean(d.path) + "/").startswith("/dev/") and eng.root != "/" \
+                    and not paths.is_under(eng.root.rstrip("/") + "/dev", host):
                 raise SecurityError(f"device {d.path} resolves outside /dev")
             eng.step(f"create directory for device {d.path}", eng.mkdir_all, os.path.dirname(host))
             if not bind:
