@@ -58,34 +58,43 @@ def main(ctx, sock):
     os._exit(127 if ready else 1)
 
 
-def _preload(ctx, cfg):
-    """Import now every module the steps after pivot_root will use: once the
-    host's root is gone, so are the interpreter's and ketch's source files."""
+def import_modules(cfg):
+    """Import every module the init's steps after pivot_root will use for
+    ``cfg``: once the host's root is gone, so are the interpreter's and
+    ketch's source files.  Stage-1 calls it early too (the init, its fork,
+    then finds them loaded)."""
     import errno  # noqa: F401
     import fcntl  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import _libc, capabilities  # noqa: F401
+    from ..linux import _libc, capabilities, devices, mounts, syscalls  # noqa: F401
     from ..runtime import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
     linux = cfg.get("linux") or {}
-    hooks = cfg.get("hooks") or {}
     if proc.get("terminal"):
         from ..linux import console  # noqa: F401
     if proc.get("rlimits"):
         from ..linux import rlimits  # noqa: F401
     if linux.get("sysctl"):
         from ..linux import sysctl  # noqa: F401
+    if proc.get("apparmorProfile") or proc.get("scheduler") or proc.get("ioPriority") \
+            or linux.get("personality"):
+        from ..linux import procattr  # noqa: F401
+
+
+def _preload(ctx, cfg):
+    """import_modules, plus what must be settled before pivot_root."""
+    import_modules(cfg)
+    proc = cfg.get("process") or {}
+    linux = cfg.get("linux") or {}
+    hooks = cfg.get("hooks") or {}
     if linux.get("seccomp"):
         # libseccomp is a host library: dlopen it and build the filter now,
         # load it into the kernel just before execve.
         from ..linux import seccomp
 
         ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=_warn)
-    if proc.get("apparmorProfile") or proc.get("scheduler") or proc.get("ioPriority") \
-            or linux.get("personality"):
-        from ..linux import procattr  # noqa: F401
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
@@ -97,7 +106,7 @@ def _preload(ctx, cfg):
     if hooks.get("createContainer") or hooks.get("startContainer"):
         from ..runtime import hooks as hk
 
-        getattr(hk, "preload", lambda: None)()
+        hk.preload()
 
 
 def _setup(ctx, sock):

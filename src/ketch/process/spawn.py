@@ -279,22 +279,9 @@ def _preload(ctx):
     (its first cgroup.procs write waits out an RCU grace period): the init is
     forked from stage-1 and inherits these modules, so its own preload finds
     them loaded."""
-    import errno  # noqa: F401
-    import fcntl  # noqa: F401
-    import struct  # noqa: F401
+    from . import init
 
-    from ..linux import capabilities, devices, mounts, syscalls  # noqa: F401
-    from ..runtime import rootfs  # noqa: F401
-    from . import init  # noqa: F401
-
-    proc = ctx.config.get("process") or {}
-    linux = ctx.config.get("linux") or {}
-    if proc.get("rlimits"):
-        from ..linux import rlimits  # noqa: F401
-    if proc.get("terminal"):
-        from ..linux import console  # noqa: F401
-    if linux.get("sysctl"):
-        from ..linux import sysctl  # noqa: F401
+    init.import_modules(ctx.config)
 
 
 def _stage1(ctx, sock):
