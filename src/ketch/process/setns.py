@@ -174,14 +174,9 @@ def spawn(ctx):
 
 
 def _raise_died(pid):
-    status = _reap(pid)
-    if status is not None and os.WIFSIGNALED(status):
-        why = f"killed by signal {os.WTERMSIG(status)}"
-    elif status is not None and os.WIFEXITED(status):
-        why = f"exited with status {os.WEXITSTATUS(status)}"
-    else:
-        why = "exited"
-    raise errors.SetupError("exec", f"{why} before the process started")
+    from .spawn import how_it_ended
+
+    raise errors.SetupError("exec", f"{how_it_ended(_reap(pid))} before the process started")
 
 
 def _reap(pid):

@@ -243,17 +243,18 @@ def _drive(ctx, sock, stage1, gate=None):
 
 
 def _raise_died(stage1, init_pid):
-    pid = init_pid or stage1
-    status = _reap(pid)
+    raise errors.SetupError("container init", f"{how_it_ended(_reap(init_pid or stage1))} before it was ready")
+
+
+def how_it_ended(status):
+    """'killed by SIGKILL' / 'exited with status 3' for a wait status (None: unknown)."""
     if status is not None and os.WIFSIGNALED(status):
         from ..runtime.container import signal_name
 
-        why = f"killed by {signal_name(os.WTERMSIG(status))}"
-    elif status is not None and os.WIFEXITED(status):
-        why = f"exited with status {os.WEXITSTATUS(status)}"
-    else:
-        why = "exited"
-    raise errors.SetupError("container init", f"{why} before it was ready")
+        return f"killed by {signal_name(os.WTERMSIG(status))}"
+    if status is not None and os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return "exited"
 
 
 def _reap(pid):
