@@ -753,7 +753,7 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     """Copy the container's output to the log until its init exits; returns its exit code."""
     import select
     import _signal as signal
-    from ketch.runtime.container import exit_code
+    from ketch.runtime.container import exit_code, reap_until
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     streams = {}
@@ -779,7 +779,7 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
             continue
         for fd, ev in events:
             if fd == pidfd:
-                status = _reap(pid)
+                status = reap_until(pid)
             elif fd == 0:
                 try:
                     data = os.read(0, 65536)
@@ -822,11 +822,3 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     return exit_code(status)
 
 
-def _reap(pid):
-    while True:
-        try:
-            got, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 255 << 8
-        if got == pid:
-            return status

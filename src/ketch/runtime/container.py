@@ -731,16 +731,21 @@ def exit_code(status):
     return os.WEXITSTATUS(status)
 
 
-def _wait_init(pid):
-    """Reap children until the init exits; other orphans that reach us as
-    subreaper (containers without a pid namespace) are reaped on the way."""
+def reap_until(pid):
+    """Reap children until ``pid`` exits and return its wait status; other
+    orphans that reach us as subreaper (containers without a pid namespace)
+    are reaped on the way.  255 as the exit status if it was never ours."""
     while True:
         try:
             got, status = os.waitpid(-1, 0)
         except ChildProcessError:
-            return 255
+            return 255 << 8
         if got == pid:
-            return exit_code(status)
+            return status
+
+
+def _wait_init(pid):
+    return exit_code(reap_until(pid))
 
 
 _NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGURG, signal.SIGWINCH}

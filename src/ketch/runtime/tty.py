@@ -47,7 +47,7 @@ class ForegroundTerminal:
 
     def proxy_until_exit(self, pid):
         """Copy stdin -> pty and pty -> stdout until the init exits; return its exit code."""
-        from .container import exit_code
+        from .container import exit_code, reap_until
 
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
@@ -63,7 +63,7 @@ class ForegroundTerminal:
         while status is None:
             for fd, ev in poller.poll():
                 if fd == pidfd:
-                    status = self._reap(pid)
+                    status = reap_until(pid)
                 elif fd == self.master:
                     if not self._pump(self.master, 1):
                         poller.unregister(self.master)
@@ -76,16 +76,6 @@ class ForegroundTerminal:
             pass
         os.close(pidfd)
         return exit_code(status)
-
-    @staticmethod
-    def _reap(pid):
-        while True:
-            try:
-                got, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                return 255 << 8
-            if got == pid:
-                return status
 
     @staticmethod
     def _pump(src, dst):
