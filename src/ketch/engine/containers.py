@@ -766,6 +766,19 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     if stdin_to_master:
         poller.register(0, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
+
+    def copy(fd):
+        """One read from a container stream into the log; at EOF, forget it."""
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if data:
+            log.write(streams[fd], data)
+        else:
+            poller.unregister(fd)
+            del streams[fd]
+
     status = None
     while status is None:
         while pending:
@@ -790,15 +803,7 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
                 else:
                     _write_all(master, data)
             elif fd in streams:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    data = b""
-                if data:
-                    log.write(streams[fd], data)
-                else:
-                    poller.unregister(fd)
-                    del streams[fd]
+                copy(fd)
     os.close(pidfd)
     # Drain: with its own pid namespace every process died with the init, so
     # the pipes reach EOF; give stragglers a bounded time.
@@ -806,17 +811,8 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     while streams and time.monotonic() < deadline:
         events = poller.poll(100)
         for fd, ev in events:
-            if fd not in streams:
-                continue
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if data:
-                log.write(streams[fd], data)
-            else:
-                poller.unregister(fd)
-                del streams[fd]
+            if fd in streams:
+                copy(fd)
     for fd in list(streams):
         os.close(fd)
     return exit_code(status)
