@@ -4,7 +4,7 @@ VENV    := $(CURDIR)/.venv
 KETCH   := $(VENV)/bin/ketch
 ROOTFS  := $(CURDIR)/build/busybox-rootfs
 
-.PHONY: setup demo test unit integration bench clean
+.PHONY: setup demo test unit integration security bench clean
 
 # System packages, a venv on Debian's python (never a version-manager shim:
 # the shim costs ~100 ms on every container start), ketch installed in it,
@@ -32,6 +32,9 @@ unit: setup
 
 integration: setup
 	$(VENV)/bin/python -m pytest -q tests/integration
+
+security: setup
+	$(VENV)/bin/python -m pytest -q tests/security
 
 bench: setup
 	$(VENV)/bin/python bench/startup.py
