@@ -125,3 +125,18 @@ def scrub(root, ids, mount_prefixes=()):
                 time.sleep(0.02)
     for name in state_entries(root):
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def all_ketch_cgroups(parent="ketch"):
+    """Every cgroup directory under /<parent> in every hierarchy."""
+    found = []
+    try:
+        hierarchies = os.listdir(CGROUP_ROOT)
+    except FileNotFoundError:
+        return found
+    for h in hierarchies:
+        top = os.path.join(CGROUP_ROOT, h, parent)
+        if os.path.isdir(top):
+            for dirpath, dirnames, _ in os.walk(top):
+                found.extend(os.path.join(dirpath, d) for d in dirnames)
+    return found
