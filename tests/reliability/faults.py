@@ -349,14 +349,14 @@ def interesting_start(points, env, scenario):
     return 0
 
 
-def choose(points, env, scenario, mode, sample, seed, exhaustive=False):
-    cand = list(range(len(points) if exhaustive else len(points)))
+def choose(points, env, scenario, mode, sample, seed, exhaustive=False, stride=1):
+    cand = list(range(len(points)))
     if not exhaustive:
         cand = cand[interesting_start(points, env, scenario):]
     if mode == "error":
         cand = [i for i in cand if errnos_for(points[i][0], points[i][2])]
     if exhaustive or sample >= len(cand):
-        return cand
+        return cand[::stride]
     rnd = random.Random(f"{seed}-{scenario.name}-{mode}")
     # Spread over the run: one random call from each of `sample` equal slices.
     out = []
@@ -423,7 +423,7 @@ def run_point(env, scenario, points, index, mode):
     return None
 
 
-def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None):
+def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None, stride=1):
     """Run rounds; return (number of rounds, [failures])."""
     own = env is None
     env = env or Env()
@@ -434,7 +434,7 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
             sc = SCENARIOS[sname]
             points = trace_points(env, sc)
             for mode in modes:
-                chosen = choose(points, env, sc, mode, sample, seed, exhaustive)
+                chosen = choose(points, env, sc, mode, sample, seed, exhaustive, stride)
                 for i in chosen:
                     rounds += 1
                     f = run_point(env, sc, points, i, mode)
@@ -453,6 +453,7 @@ def main():
     ap.add_argument("--mode", action="append", choices=("kill", "error"))
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     ap.add_argument("--all", action="store_true", help="every call of the run (exhaustive)")
+    ap.add_argument("--stride", type=int, default=1, help="with --all: every K-th call")
     ap.add_argument("--sample", type=int, default=15)
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -461,7 +462,7 @@ def main():
     modes = a.mode or ["kill", "error"]
     t0 = time.monotonic()
     n, failures = run(scen, modes, a.sample, a.seed, a.all,
-                      log=(lambda m: print(m, flush=True)) if a.verbose else None)
+                      log=(lambda m: print(m, flush=True)) if a.verbose else None, stride=a.stride)
     for f in failures:
         print("FAIL", f)
     print(f"{n} rounds ({', '.join(modes)}; {', '.join(scen)}) in {time.monotonic() - t0:.0f} s: "
