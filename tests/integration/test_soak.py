@@ -17,12 +17,12 @@ def test_short_soak_keeps_fds_and_mounts_flat():
         cycles = int(os.environ.get("KETCH_SOAK_CYCLES", 30))
         samples, errors = soak.runtime_cycles(env, cycles, every=5, log=None)
         assert not errors, errors
-        first, last = samples[1][1], samples[-1][1]
-        # Other programs on the host open and close files meanwhile: allow
-        # their noise, not a per-cycle leak (one fd a cycle would be +25).
-        assert last["fds"] - first["fds"] < cycles // 2, samples
-        assert last["mounts"] == first["mounts"], samples
-        assert last["cgroups"] == first["cgroups"], samples
+        # Between cycles this run holds nothing: no process, open file,
+        # mount or cgroup of its own (host-wide counts move with whatever
+        # else runs on the machine, so they are not asserted).
+        for _, s in samples:
+            assert (s["fds"], s["mounts"], s["cgroups"], s["processes"], s["state_bytes"]) == (0, 0, 0, 0, 0), \
+                samples
         assert env.leaks([]) == {}
     finally:
         env.close()

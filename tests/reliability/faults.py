@@ -59,9 +59,12 @@ ERRORS = {
     "vfork": ("EAGAIN", "ENOMEM"),
     "socketpair": ("ENOMEM",), "pipe2": ("ENOMEM",),
     # Blocking calls the kernel may interrupt: the caller retries (PEP 475).
+    # Not read(): most reads here are of regular files, which the kernel
+    # never interrupts (and the dynamic loader, before ketch runs, does not
+    # retry: the first exhaustive run "found" exactly that).
     "wait4": ("EINTR",), "waitid": ("EINTR",), "recvmsg": ("EINTR",), "recvfrom": ("EINTR",),
     "poll": ("EINTR",), "ppoll": ("EINTR",), "flock": ("EINTR",), "clock_nanosleep": ("EINTR",),
-    "select": ("EINTR",), "pselect6": ("EINTR",), "read": ("EINTR",),
+    "select": ("EINTR",), "pselect6": ("EINTR",),
 }
 # openat / open only when they create or write (a read of a module is not
 # what this harness is about).
@@ -88,6 +91,7 @@ class Env:
         self.tar = os.path.join(self.base, "busybox.tar")
         self._n = 0
         self._image = False
+        self.seen = set()
         os.makedirs(self.bundle)
         from ketch import busybox
         from ketch.spec.default import default_spec
@@ -128,7 +132,18 @@ class Env:
             err.seek(0)
             p.stdout = out.read().decode(errors="replace")
             p.stderr = err.read().decode(errors="replace")
+        self.note_ids()
         return p
+
+    def note_ids(self):
+        """Remember the container ids this run's stores have held: a cgroup
+        is ours only if its name is one of them (other programs on the host
+        run engine containers under /ketch too)."""
+        for d in (self.root, os.path.join(self.storage, "containers")):
+            try:
+                self.seen.update(n for n in os.listdir(d) if not n.startswith("."))
+            except FileNotFoundError:
+                pass
 
     def ensure_image(self):
         if not self._image:
@@ -136,8 +151,10 @@ class Env:
             self._image = True
 
     def leaks(self, ids, grace=2.0):
-        left = leaks.find(self.root, ids, [self.base], grace=grace)
-        new_cg = sorted(set(leaks.all_ketch_cgroups()) - self.cgroups_before)
+        self.note_ids()
+        left = leaks.find(self.root, sorted(set(ids) | self.seen), [self.base], grace=grace)
+        new_cg = sorted(d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
+                        if os.path.basename(d) in self.seen or os.path.basename(d) in ids)
         if new_cg:
             left["cgroup"] = sorted(set(left.get("cgroup", [])) | set(new_cg))
         store = storage_problems(self.storage)
@@ -147,7 +164,8 @@ class Env:
 
     def scrub(self, ids):
         leaks.scrub(self.root, ids, [self.base])
-        for d in sorted(set(leaks.all_ketch_cgroups()) - self.cgroups_before, reverse=True):
+        for d in sorted((d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
+                         if os.path.basename(d) in self.seen), reverse=True):
             try:
                 os.rmdir(d)
             except OSError:

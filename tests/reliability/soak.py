@@ -20,9 +20,11 @@ import faults  # noqa: E402
 import leaks  # noqa: E402
 
 
-def _disk(path):
+def _disk(path, skip=None):
     total = 0
     for dirpath, _, files in os.walk(path):
+        if skip and (dirpath == skip or dirpath.startswith(skip + "/")):
+            continue
         for n in files:
             try:
                 total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
@@ -42,12 +44,22 @@ def _monitor_rss(pid):
     return 0
 
 
-def _monitor_pid(env, name):
-    """The engine monitor of ``name``: the process whose command line names it."""
+def _monitor_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _container_id(env, name):
     import json
 
-    insp = json.loads(env.sh("container", "inspect", name).stdout)[0]
-    cid = insp["Id"]
+    return json.loads(env.sh("container", "inspect", name).stdout)[0]["Id"]
+
+
+def _monitor_pid(env, name):
+    """The engine monitor of ``name``: the process whose command line names it."""
+    cid = _container_id(env, name)
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -61,20 +73,28 @@ def _monitor_pid(env, name):
     return 0
 
 
-def sample(env, monitor_pid=0):
+def sample(env, monitor_pid=0, skip=None):
+    """Host-wide open files and processes (noisy: other programs run too),
+    mounts, ketch cgroups, runtime state and engine store bytes (without
+    ``skip``, the watched container's directory: its log grows by design),
+    the watched monitor's RSS and open fds."""
+    env.note_ids()
     with open("/proc/sys/fs/file-nr") as f:
-        fds = int(f.read().split()[0])
-    with open("/proc/self/mountinfo") as f:
-        mounts = sum(1 for _ in f)
-    procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
+        host_fds = int(f.read().split()[0])
+    ours = leaks.processes(env.root, sorted(env.seen))
     return {
-        "fds": fds,
-        "mounts": mounts,
-        "cgroups": len(leaks.all_ketch_cgroups()),
-        "processes": procs,
+        # This run's own processes (the watched container and its monitor),
+        # their open files, its mounts and cgroups: attributable, unlike the
+        # host-wide counts other programs on the machine move.
+        "fds": sum(_monitor_fds(p) for p in ours),
+        "mounts": len(leaks.mounts([env.root, env.base])),
+        "cgroups": sum(1 for d in leaks.all_ketch_cgroups() if os.path.basename(d) in env.seen),
+        "processes": len(ours),
+        "host_fds": host_fds,
         "state_bytes": _disk(env.root),
-        "store_bytes": _disk(env.storage),
+        "store_bytes": _disk(env.storage, skip),
         "monitor_kb": _monitor_rss(monitor_pid) if monitor_pid else 0,
+        "monitor_fds": _monitor_fds(monitor_pid) if monitor_pid else 0,
     }
 
 
@@ -116,6 +136,7 @@ def engine_cycles(env, cycles, every, log=print):
     env.sh("container", "run", "-d", "--name", watch, "bb", "sh", "-c",
            "while true; do echo tick; sleep 0.05; done")
     mon = _monitor_pid(env, watch)
+    skip = os.path.join(env.storage, "containers", _container_id(env, watch))
     samples, errors = [], []
     try:
         for i in range(cycles):
@@ -123,7 +144,7 @@ def engine_cycles(env, cycles, every, log=print):
             if p.returncode != 0 or p.stdout != "hi\n":
                 errors.append(f"cycle {i}: rc={p.returncode} {p.stdout!r} {p.stderr.strip()!r}")
             if i % every == 0 or i == cycles - 1:
-                samples.append((i, sample(env, mon)))
+                samples.append((i, sample(env, mon, skip)))
                 if log:
                     log(f"engine cycle {i}: {samples[-1]}")
     finally:
@@ -150,9 +171,10 @@ def main():
     bad = 0
     try:
         t0 = time.monotonic()
-        s, errs = runtime_cycles(env, a.cycles, a.every, log)
-        print(f"{a.cycles} create/start/exec/delete cycles in {time.monotonic() - t0:.0f} s, "
-              f"{len(errs)} errors; slope per 1,000 cycles: {slopes(s)}")
+        s, errs = runtime_cycles(env, a.cycles, a.every, log) if a.cycles else ([], [])
+        if a.cycles:
+            print(f"{a.cycles} create/start/exec/delete cycles in {time.monotonic() - t0:.0f} s, "
+                  f"{len(errs)} errors; slope per 1,000 cycles: {slopes(s)}")
         for e in errs[:10]:
             print("  ", e)
         bad += len(errs)
