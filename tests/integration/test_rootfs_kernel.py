@@ -16,7 +16,7 @@ import rootfs_util  # noqa: E402
 
 from ketch.linux import _libc  # noqa: E402
 from ketch.linux.mounts import parse_mountinfo  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -34,8 +34,6 @@ LAYERS = [
 KNOWN = {
     ("ketch", "ketch.engine"): "ketch.Engine: the package lazily re-exports the engine's Python API",
     # Violations found when this test was written; each fix removes its line.
-    ("ketch.process.init", "ketch.runtime.rootfs"): "todo: rootfs belongs to the container side",
-    ("ketch.process.init", "ketch.runtime.hooks"): "todo: hooks belong to the container side",
     ("ketch.process.spawn", "ketch.runtime.container"): "todo: signal_name belongs in linux.signals",
     ("ketch.runtime.container", "ketch.cli.log"): "todo: log belongs in base",
     ("ketch.runtime.tty", "ketch.runtime.container"): "todo: reap_until belongs in linux.signals",

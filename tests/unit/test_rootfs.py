@@ -16,7 +16,7 @@ from fakes import FakeSyscalls  # noqa: E402
 from ketch.errors import SecurityError, SetupError  # noqa: E402
 from ketch.linux import paths  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 HYBRID = [
     {"version": 1, "mountpoint": "/sys/fs/cgroup/cpu,cpuacct", "root": "/", "subsystems": ["cpu", "cpuacct"],

@@ -68,7 +68,7 @@ def import_modules(cfg):
     import struct  # noqa: F401
 
     from ..linux import _libc, capabilities, devices, mounts, syscalls  # noqa: F401
-    from ..runtime import rootfs  # noqa: F401
+    from . import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
     linux = cfg.get("linux") or {}
@@ -104,7 +104,7 @@ def _preload(ctx, cfg):
             # Opened on the host's procfs, not one the container's mounts could fake.
             ctx.selinux_exec_fd = label.open_exec_attr()
     if hooks.get("createContainer") or hooks.get("startContainer"):
-        from ..runtime import hooks as hk
+        from . import hooks as hk
 
         hk.preload()
 
@@ -140,12 +140,12 @@ def _setup(ctx, sock):
         hooks = (cfg.get("hooks") or {}).get("createContainer")
         if hooks:
             with Step("createContainer hook"):
-                from ..runtime import hooks as hk
+                from . import hooks as hk
 
                 # Still "creating" (runc too): create has not finished.
                 hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "creating"), "createContainer")
 
-    from ..runtime import rootfs
+    from . import rootfs
 
     with Step("prepare rootfs"):
         rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
@@ -341,7 +341,7 @@ def _release_and_exec(ctx):
     hooks = (cfg.get("hooks") or {}).get("startContainer")
     if hooks:
         with Step("startContainer hook"):
-            from ..runtime import hooks as hk
+            from . import hooks as hk
 
             # "created", as runc: the user's program has not been executed yet.
             hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "startContainer")
@@ -459,7 +459,7 @@ def _loopback_up():
 
 def _setup_console(ctx, proc, mount_label):
     from ..linux import console
-    from ..runtime import rootfs
+    from . import rootfs
 
     master, slave_path = console.open_pty()
     size = proc.get("consoleSize") or {}

@@ -210,7 +210,7 @@ class CreateContext:
         hooks = self.config.get("hooks") or {}
         if not (hooks.get("prestart") or hooks.get("createRuntime")):
             return
-        from . import hooks as hk
+        from ..process import hooks as hk
 
         state = self.hook_state(pid, st.CREATING)
         for phase in ("prestart", "createRuntime"):
@@ -432,7 +432,7 @@ def _run_poststart(c):
     hooks = (c.state.get("hooks") or {}).get("poststart")
     if not hooks:
         return
-    from . import hooks as hk
+    from ..process import hooks as hk
 
     # The spec: a failing poststart hook is a warning; the container runs on.
     hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart", warn=_warn)
@@ -614,7 +614,7 @@ def _destroy(c):
                 time.sleep(0.01)
     hooks = (c.state.get("hooks") or {}).get("poststop")
     if hooks:
-        from . import hooks as hk
+        from ..process import hooks as hk
 
         # The spec: a poststop failure is logged, the deletion goes on.
         hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop", warn=_warn)
