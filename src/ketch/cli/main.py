@@ -193,10 +193,9 @@ def _exit_now(code):
 
 
 def _main(argv):
-    if "KETCH_TRACE" in os.environ:
-        from ..process.sync import trace
+    from ..trace import trace
 
-        trace("main")
+    trace("main")
     from . import log
 
     try:
@@ -244,10 +243,7 @@ def _main(argv):
                                         f"(usage: ketch {verb} {mod.USAGE})")
         g = Globals(gopts)
         code = mod.run(g, opts, args) or 0
-        if "KETCH_TRACE" in os.environ:
-            from ..process.sync import trace
-
-            trace(f"{verb} done")
+        trace(f"{verb} done")
         return code
     except errors.KetchError as e:
         log.error(str(e))

@@ -24,6 +24,7 @@ from ketch.errors import ConfigError, SecurityError, SetupError, describe_oserro
 from ketch.linux import paths
 from ketch.linux.mountopts import MS, parse_options
 from ketch.linux.mounts import describe, ms_from_statvfs
+from ketch.trace import trace as _trace
 
 # Mounts over procfs files that cannot reach beyond the container (runc's list).
 PROC_ALLOWED = frozenset((
@@ -41,13 +42,6 @@ _ROOT_PROPAGATION = {
 # a bind remount that would drop one of them fails with EPERM.
 _LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIRATIME | MS.RELATIME
 _MNT_DETACH = 2
-
-
-def _trace(event):
-    if "KETCH_TRACE" in os.environ:
-        from ketch.process.sync import trace
-
-        trace(event)
 
 
 def _default_sys(sys):

@@ -8,6 +8,7 @@ thread alive, unshare(CLONE_NEWUSER) and setns into a mount namespace fail.
 import os
 
 from .. import errors
+from ..trace import trace
 from ..linux import namespaces as ns
 from . import sync
 
@@ -37,7 +38,7 @@ def spawn(ctx):
         gate = _GateWriter(ctx._high(w))
         ctx.cgroup_paths = CgroupGate(ctx._high(r))
     ctx.wait_go = not early
-    sync.trace("fork stage-1")
+    trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
@@ -63,7 +64,7 @@ def spawn(ctx):
             mgr = ctx.plan_cgroups()
             v2 = mgr is not None and bool(mgr.v2_dirs())
         ctx.setup_cgroups(stage1, apply_v2=v2 and gate is None)
-        sync.trace("cgroups set up")
+        trace("cgroups set up")
         if early:
             # The init joins these itself when _drive opens the gate, at PID:
             # not before, or the init's messages (READY) could overtake the
@@ -124,7 +125,7 @@ class _GateWriter:
 
     def open(self):
         self._send(("1" + "".join("\n" + d for d in self.v1_dirs)).encode())
-        sync.trace("cgroups gate open")
+        trace("cgroups gate open")
 
     def cancel(self):
         self._send(b"0")
@@ -213,7 +214,7 @@ def _drive(ctx, sock, stage1, gate=None):
                 # (The grace period the unified cgroup's write waits for
                 # started as ketch did: runtime.container._prime_unified.)
                 ctx.apply_cgroups(init_pid)
-                sync.trace("cgroups applied")
+                trace("cgroups applied")
                 gate.open()
             _reap(stage1)
             ctx.on_init_pid(init_pid)
@@ -232,7 +233,7 @@ def _drive(ctx, sock, stage1, gate=None):
                     os.close(fd)
             sync.send(sock, sync.CONTINUE)
         elif t == sync.READY:
-            sync.trace("ready")
+            trace("ready")
             return init_pid
         elif t == sync.ERROR:
             if init_pid:
@@ -292,7 +293,7 @@ def _stage1(ctx, sock):
     if ctx.wait_go:
         sync.expect(sock, sync.GO)
         ctx.join_cgroups()
-    sync.trace("stage-1 go")
+    trace("stage-1 go")
     nsmap = ctx.nsmap
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
@@ -328,7 +329,7 @@ def _stage1(ctx, sock):
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------- init
-        sync.trace("init forked")
+        trace("init forked")
         from . import init
 
         init.main(ctx, sock)  # never returns

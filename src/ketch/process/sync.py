@@ -54,19 +54,6 @@ SECCOMP_FD = "seccomp-fd"  # init -> parent, with the notify fd (SCM_RIGHTS)
 
 _MAX = 1 << 16
 
-# KETCH_TRACE=1: each process of a create writes "ketch-trace <CLOCK_MONOTONIC
-# seconds> <pid> <event>" lines to stderr, for profiling (bench/startup.py
-# --profile).  Off, it costs one environment lookup at import.
-_TRACE = "KETCH_TRACE" in os.environ
-
-
-def trace(event):
-    if _TRACE:
-        import time
-
-        os.write(2, f"ketch-trace {time.monotonic():.6f} {os.getpid()} {event}\n".encode())
-
-
 def pair():
     return fdpass.socketpair()
 

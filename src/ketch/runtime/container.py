@@ -14,6 +14,7 @@ import os
 import _signal as signal
 
 from .. import errors
+from ..trace import trace as _trace
 from . import status as st
 from .store import Store, proc_start_time, now_rfc3339
 
@@ -338,13 +339,6 @@ def _reap_primer():
         except ChildProcessError:
             pass  # reaped by the subreaper loop of a foreground run
         _primer_pid = 0
-
-
-def _trace(event):
-    if "KETCH_TRACE" in os.environ:
-        from ..process.sync import trace
-
-        trace(event)
 
 
 def _undo_create(c, ctx):
