@@ -333,7 +333,7 @@ def run(g, opts, args):
         need(a, 1, None, "image rm", SUBS["rm"][0])
         rc = 0
         from ..errors import KetchError
-        from . import log
+        from .. import log
         for ref in a:
             try:
                 res = images.remove(ref, force=o["force"])

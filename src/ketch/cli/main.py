@@ -196,7 +196,7 @@ def _main(argv):
     from ..trace import trace
 
     trace("main")
-    from . import log
+    from .. import log
 
     try:
         gopts, rest = parse_flags(GLOBAL_FLAGS, argv, "ketch")

@@ -632,7 +632,7 @@ def _unmount_under(root):
 
 
 def _warn(msg):
-    from ..cli import log
+    from .. import log
 
     log.warning(msg)
 

@@ -20,11 +20,11 @@ def configure(path, fmt, debug):
 
 def _record(level, msg):
     if _state["format"] == "json":
-        from .. import _json as json
-        from ..runtime.store import now_rfc3339
+        from . import _json as json
+        from .runtime.store import now_rfc3339
 
         return json.dumps({"level": level, "msg": msg, "time": now_rfc3339()}) + "\n"
-    from ..runtime.store import now_rfc3339
+    from .runtime.store import now_rfc3339
 
     esc = msg.replace("\\", "\\\\").replace('"', '\\"')
     return f'time="{now_rfc3339()}" level={level} msg="{esc}"\n'
