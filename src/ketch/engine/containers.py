@@ -47,7 +47,7 @@ _NOUN = ("turing", "hopper", "lovelace", "curie", "noether", "knuth", "ritchie",
 
 
 def _now():
-    from ketch.runtime.store import now_rfc3339
+    from ketch.log import now_rfc3339
     return now_rfc3339()
 
 

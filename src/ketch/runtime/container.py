@@ -16,7 +16,8 @@ import _signal as signal
 from .. import errors
 from ..trace import trace as _trace
 from . import status as st
-from .store import Store, proc_start_time, now_rfc3339
+from ..log import now_rfc3339
+from .store import Store, proc_start_time
 
 
 class CreateOptions:

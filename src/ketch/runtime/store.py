@@ -54,13 +54,6 @@ def proc_start_time(pid):
     return int(rest[19]), rest[0].decode()
 
 
-def now_rfc3339():
-    import time
-
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%09dZ" % int((t % 1) * 1e9)
-
-
 class Store:
     def __init__(self, root=None):
         self.root = os.path.abspath(root or DEFAULT_ROOT)
