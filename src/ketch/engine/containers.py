@@ -407,7 +407,8 @@ class ContainerStore:
         rec = self.state(cid)
         if rec["State"]["Status"] != "running":
             raise InvalidState(f"container {rec['Name'][1:]} is not running")
-        num = rt.parse_signal(str(sig)) if not isinstance(sig, int) else sig
+        from ketch.linux.signals import parse_signal
+        num = parse_signal(str(sig)) if not isinstance(sig, int) else sig
         try:
             rt.kill(self._runtime_store(), cid, num)
         except (InvalidState, ContainerNotFound):
@@ -753,7 +754,7 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     """Copy the container's output to the log until its init exits; returns its exit code."""
     import select
     import _signal as signal
-    from ketch.runtime.container import exit_code, reap_until
+    from ketch.linux.signals import exit_code, reap_until
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     streams = {}

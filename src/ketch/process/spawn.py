@@ -250,7 +250,7 @@ def _raise_died(stage1, init_pid):
 def how_it_ended(status):
     """'killed by SIGKILL' / 'exited with status 3' for a wait status (None: unknown)."""
     if status is not None and os.WIFSIGNALED(status):
-        from ..runtime.container import signal_name
+        from ..linux.signals import signal_name
 
         return f"killed by {signal_name(os.WTERMSIG(status))}"
     if status is not None and os.WIFEXITED(status):

@@ -14,6 +14,7 @@ import os
 import _signal as signal
 
 from .. import errors
+from ..linux import signals
 from ..trace import trace as _trace
 from . import status as st
 from ..log import now_rfc3339
@@ -439,40 +440,6 @@ def _state_for_hooks(c, status):
             "pid": s.get("pid", 0), "bundle": s.get("bundle"), "annotations": s.get("annotations") or {}}
 
 
-SIGNALS = {n[3:]: getattr(signal, n) for n in dir(signal)
-           if n.startswith("SIG") and not n.startswith("SIG_") and n not in ("SIGRTMIN", "SIGRTMAX")}
-
-
-def signal_name(num):
-    for name, n in SIGNALS.items():
-        if n == num and name not in ("IOT", "POLL", "CLD"):
-            return "SIG" + name
-    return f"signal {num}"
-
-
-def parse_signal(text):
-    t = text.upper()
-    if t.isdigit():
-        n = int(t)
-        if 0 < n < 65:
-            return n
-    else:
-        if t.startswith("SIG"):
-            t = t[3:]
-        if t in SIGNALS:
-            return SIGNALS[t]
-        if t.startswith("RTMIN") or t.startswith("RTMAX"):
-            base = signal.SIGRTMIN if t.startswith("RTMIN") else signal.SIGRTMAX
-            off = t[5:]
-            try:
-                n = base + int(off) if off else base
-                if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
-                    return n
-            except ValueError:
-                pass
-    raise errors.UsageError(f"unknown signal {text!r}")
-
-
 def kill(store, cid, sig, all_procs=False):
     c = store.get(cid)
     try:
@@ -691,7 +658,7 @@ def run(store, cid, opts):
             tty.close()
         raise
     pid = c.pid
-    forward = _forward_signals(pid)
+    forward = signals.forward_signals(pid)
     try:
         if tty:
             tty.receive_master()
@@ -700,12 +667,12 @@ def run(store, cid, opts):
         status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
         _trace("init exited")
     except BaseException:
-        _restore_signals(forward)
+        signals.restore_signals(forward)
         if tty:
             tty.close()
         _try_force_delete(store, cid)
         raise
-    _restore_signals(forward)
+    signals.restore_signals(forward)
     if tty:
         tty.close()
     if not opts.keep:
@@ -720,56 +687,8 @@ def _try_force_delete(store, cid):
         pass
 
 
-def exit_code(status):
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
-
-
-def reap_until(pid):
-    """Reap children until ``pid`` exits and return its wait status; other
-    orphans that reach us as subreaper (containers without a pid namespace)
-    are reaped on the way.  255 as the exit status if it was never ours."""
-    while True:
-        try:
-            got, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 255 << 8
-        if got == pid:
-            return status
-
-
 def _wait_init(pid):
-    return exit_code(reap_until(pid))
-
-
-_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGURG, signal.SIGWINCH}
-
-
-def _forward_signals(pid):
-    def handler(sig, frame):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    old = {}
-    for s in range(1, signal.NSIG):
-        if s in _NOT_FORWARDED:
-            continue
-        try:
-            old[s] = signal.signal(s, handler)
-        except (OSError, ValueError):
-            pass
-    return old
-
-
-def _restore_signals(old):
-    for s, h in old.items():
-        try:
-            signal.signal(s, h)
-        except (OSError, ValueError, TypeError):
-            pass
+    return signals.exit_code(signals.reap_until(pid))
 
 
 def default_store(root=None):

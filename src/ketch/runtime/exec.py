@@ -293,9 +293,9 @@ def exec_process(store, cid, opts):
 
 
 def _forwarded():
-    from .container import _NOT_FORWARDED
+    from ..linux.signals import NOT_FORWARDED
 
-    return [s for s in signal.valid_signals() if s not in _NOT_FORWARDED
+    return [s for s in signal.valid_signals() if s not in NOT_FORWARDED
             and s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
@@ -349,9 +349,9 @@ def _caller_size():
 
 
 def _wait(pid, tty, sigmask):
-    from .container import _forward_signals, _restore_signals, exit_code
+    from ..linux.signals import exit_code, forward_signals, restore_signals
 
-    forward = _forward_signals(pid)
+    forward = forward_signals(pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     try:
         if tty is not None:
@@ -365,6 +365,6 @@ def _wait(pid, tty, sigmask):
             if got == pid:
                 return exit_code(status)
     finally:
-        _restore_signals(forward)
+        restore_signals(forward)
         if tty is not None:
             tty.close()
