@@ -51,11 +51,11 @@ def usage(group, subs):
 
 
 def sub_help(group, name, sub):
-    from .main import _flag_help
+    from .main import flag_help
     u, h, flags = sub
     text = f"usage: ketch {group} {name} [options] {u}\n\n{h}\n"
     if flags:
-        text += "\noptions:\n" + "\n".join(_flag_help(flags)) + "\n"
+        text += "\noptions:\n" + "\n".join(flag_help(flags)) + "\n"
     return text
 
 

@@ -128,7 +128,7 @@ class HashReader:
         return "sha256:" + self.h.hexdigest()
 
 
-def _decode_errors(e):
+def decode_errors(e):
     import gzip
     import lzma
     import tarfile
@@ -436,7 +436,7 @@ def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress
         where = f"layer entry {name!r}" if name is not None else "layer"
         raise ImageError(f"{where}: {describe_oserror(e)}") from e
     except Exception as e:
-        if _decode_errors(e):
+        if decode_errors(e):
             where = f" after entry {name!r}" if name is not None else ""
             raise ImageError(f"corrupt or truncated layer archive{where}: {e}") from e
         raise

@@ -94,7 +94,7 @@ def _preload(ctx, cfg):
         # load it into the kernel just before execve.
         from ..linux import seccomp
 
-        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=_warn)
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=warn)
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
@@ -270,7 +270,7 @@ def apply_process_attrs(ctx, proc):
         _chdir(proc.get("cwd") or "/")
 
     with Step("set capabilities"):
-        capabilities.apply(caps or {}, warn=_warn)
+        capabilities.apply(caps or {}, warn=warn)
 
     if proc.get("noNewPrivileges"):
         with Step("set no_new_privs"):
@@ -347,7 +347,7 @@ def _release_and_exec(ctx):
             hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "startContainer")
 
     with Step(f"exec {proc['args'][0]!r}"):
-        os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))
+        os.execve(ctx.exec_path, proc["args"], env_dict(proc.get("env") or []))
 
 
 def home_env(env, uid, passwd="/etc/passwd"):
@@ -379,7 +379,7 @@ def home_env(env, uid, passwd="/etc/passwd"):
     return "HOME=" + home
 
 
-def _env_dict(env):
+def env_dict(env):
     d = {}
     for kv in env:
         k, sep, v = kv.partition("=")
@@ -411,7 +411,7 @@ def _chdir(cwd):
     os.chdir(cwd)
 
 
-def _warn(msg):
+def warn(msg):
     try:
         os.write(2, f"ketch: warning: {msg}\n".encode())
     except OSError:

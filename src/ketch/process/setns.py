@@ -343,7 +343,7 @@ def _preload(ctx):
     if linux.get("seccomp"):
         from ..linux import seccomp
 
-        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=init._warn)
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=init.warn)
     # Names the CLI's error path and os.strerror use lazily.
     errors.describe_oserror(OSError(2, "x"))
 
@@ -373,7 +373,7 @@ def _process(ctx, sock):
 
                 sc.load(ctx.seccomp_filter, seccomp, state=None)
         with Step(f"exec {proc['args'][0]!r}"):
-            os.execve(ctx.exec_path, proc["args"], init._env_dict(proc.get("env") or []))
+            os.execve(ctx.exec_path, proc["args"], init.env_dict(proc.get("env") or []))
     except BaseException as e:  # noqa: BLE001
         step = getattr(e, "_ketch_step", Step.current)
         if isinstance(e, errors.SetupError):
