@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ketch.errors import SecurityError, SetupError
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 from ketch.linux import label as L
 
 pytestmark = [pytest.mark.integration,

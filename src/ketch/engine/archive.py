@@ -187,7 +187,7 @@ class _Extractor:
     def _open_beneath(self, parts, flags):
         path = "/".join(parts)
         if self.openat2:
-            from ketch.linux import _libc
+            from ketch.linux import libc as _libc
             try:
                 return _libc.openat2(self.root, path, flags | os.O_CLOEXEC, 0,
                                      _libc.RESOLVE_BENEATH | _libc.RESOLVE_NO_MAGICLINKS)

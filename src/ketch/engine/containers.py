@@ -633,7 +633,7 @@ def _monitor_main():
 def _monitor(params, status_fd):
     from ketch.engine.images import ImageStore
     from ketch.runtime import container as rt
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
     import _signal as signal
 
     images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],

@@ -10,7 +10,7 @@ import ctypes
 import os
 
 from ketch.errors import ConfigError, SetupError
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 
 def _err(step, e):

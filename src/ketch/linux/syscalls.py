@@ -1,6 +1,6 @@
 """The swappable syscall layer the mount engine works through.
 
-``Syscalls`` does the real thing (``ketch.linux._libc`` and ``os``).
+``Syscalls`` does the real thing (``ketch.linux.libc`` and ``os``).
 ``PlanningSyscalls`` has the same interface but changes nothing: it reads
 the real filesystem, remembers what it would have created so later lookups
 see it, and records every change as one human-readable line.  The dry-run
@@ -19,7 +19,7 @@ import errno
 import os
 import stat as _stat
 
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 _DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC

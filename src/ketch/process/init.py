@@ -67,7 +67,7 @@ def import_modules(cfg):
     import fcntl  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import _libc, capabilities, devices, mounts, syscalls  # noqa: F401
+    from ..linux import capabilities, devices, libc, mounts, syscalls  # noqa: F401
     from . import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
@@ -168,7 +168,7 @@ def _setup(ctx, sock):
         rootfs.finalize(cfg)
 
     if "uts" in nsmap and not nsmap["uts"]:
-        from ..linux import _libc
+        from ..linux import libc as _libc
 
         if cfg.get("hostname"):
             with Step(f"set hostname {cfg['hostname']!r}"):
@@ -195,7 +195,7 @@ def apply_process_attrs(ctx, proc):
     ``id``, ``nsmap``, ``no_new_keyring``, ``setgroups_denied``; optional
     ``keep_undumpable`` (exec stays non-dumpable until execve); sets
     ``ctx.exec_path``."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     with Step("find the user's home directory"):
         home = home_env(proc.get("env") or [], (proc.get("user") or {}).get("uid", 0))

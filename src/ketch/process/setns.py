@@ -206,7 +206,7 @@ def _step(e, name):
 
 
 def _intermediate(ctx, sock):
-    from ..linux import _libc
+    from ..linux import libc as _libc
     from ..linux import namespaces as ns
 
     # First of all: see the module docstring (CVE-2019-5736).
@@ -322,7 +322,7 @@ def _preload(ctx):
     import struct  # noqa: F401
 
     from .. import _json  # noqa: F401
-    from ..linux import _libc, capabilities, fdpass, namespaces  # noqa: F401
+    from ..linux import capabilities, fdpass, libc, namespaces  # noqa: F401
     from . import init  # noqa: F401
 
     proc = ctx.process

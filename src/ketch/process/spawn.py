@@ -287,7 +287,7 @@ def _preload(ctx):
 
 
 def _stage1(ctx, sock):
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     _preload(ctx)
     if ctx.wait_go:

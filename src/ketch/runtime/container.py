@@ -586,7 +586,7 @@ def _destroy(c):
 def _unmount_under(root):
     """Undo the mounts a container without its own mount namespace made in
     ours: everything at or below its rootfs, deepest (latest) first."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     root = root.rstrip("/")
     with open("/proc/self/mountinfo", "rb") as f:
@@ -628,7 +628,7 @@ def run(store, cid, opts):
     signals, delete.  Returns the exit code for the CLI."""
     store.path(cid)
     _prime_unified()
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     if opts.detach:
         c = create(store, cid, opts, _keep_lock=True)

@@ -215,7 +215,7 @@ def _load_config(c):
 
 def exec_process(store, cid, opts):
     """Start the process; in the foreground wait for it and return its exit code."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
     from ..process import setns
 
     if opts.preserve_fds < 0:

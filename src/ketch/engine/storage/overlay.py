@@ -46,7 +46,7 @@ class OverlayDriver(Driver):
         except OSError:
             return False
         import tempfile
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         parent = home
         while not os.path.isdir(parent):
             parent = os.path.dirname(parent)
@@ -159,7 +159,7 @@ class OverlayDriver(Driver):
                 data = format_mount_label(data, mount_label)
             except ImportError:
                 pass
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
             os.chdir(self.home)
@@ -175,7 +175,7 @@ class OverlayDriver(Driver):
         merged = os.path.join(self._dir(layer_id), "merged")
         if not os.path.ismount(merged):
             return
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         try:
             _libc.umount2(merged, 0)
         except OSError as e:
