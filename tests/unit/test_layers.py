@@ -33,8 +33,6 @@ LAYERS = [
 # (importer, imported module or module.name) -> why it is allowed.
 KNOWN = {
     ("ketch", "ketch.engine"): "ketch.Engine: the package lazily re-exports the engine's Python API",
-    ("ketch.linux.procattr", "ketch.linux.libc._check"): "todo: a public errno check",
-    ("ketch.linux.procattr", "ketch.linux.libc._syscall"): "todo: a public raw syscall",
 }
 
 
