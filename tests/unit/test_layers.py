@@ -112,6 +112,10 @@ def _edges(mod):
                     aliases[a.asname or a.name] = full
                 else:
                     out.append(Edge(mod, base, a.name, node.lineno))
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value in MODULES and node.value.startswith("ketch.")):
+            # importlib by name (engine/__init__'s lazy attributes)
+            out.append(Edge(mod, node.value, None, node.lineno))
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                 and node.value.id in aliases and node.attr.startswith("_")

@@ -19,7 +19,8 @@ import stat
 
 from ketch.errors import StorageError, describe_oserror
 from ketch.engine import idmap
-from ketch.engine.storage import Driver, changes as _changes, check_id
+from ketch.engine.storage import changes as _changes
+from ketch.engine.storage.driver import Driver, check_id
 from ketch.engine.storage.vfs import set_label
 from ketch.engine.util import atomic_write, mkdir_all, remove_tree
 
