@@ -116,7 +116,9 @@ tmpfs even without SELinux (setting one needs CAP_SYS_ADMIN).
 
 import os
 
-DEFAULT_STATE_ROOT = "/run/ketch"
+from ketch import RUN_DIR
+
+DEFAULT_STATE_ROOT = RUN_DIR
 DEFAULT_PROCESS_LABEL = "system_u:system_r:container_t:s0"
 DEFAULT_FILE_LABEL = "system_u:object_r:container_file_t:s0"
 XATTR_NAME = "security.selinux"

@@ -16,10 +16,12 @@ import fcntl
 from .. import _json as json
 import os
 
+from .. import RUN_DIR
+
 from ..errors import ContainerExists, ContainerNotFound, KetchError
 from . import status as st
 
-DEFAULT_ROOT = "/run/ketch"
+DEFAULT_ROOT = RUN_DIR
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 FIFO = "exec.fifo"
