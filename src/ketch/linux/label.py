@@ -170,21 +170,6 @@ def _usable(d):
         return False
 
 
-def _unescape_mountinfo(s):
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    if "\\" not in s:
-        return s
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def _find_real_selinuxfs():
     if _usable(_SELINUXFS_DEFAULT):
         return _SELINUXFS_DEFAULT
@@ -196,7 +181,9 @@ def _find_real_selinuxfs():
             for line in f:
                 pre, sep, post = line.partition(b" - ")
                 if sep and post.split(b" ", 1)[0] == b"selinuxfs":
-                    d = _unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
+                    from ketch.linux.mounts import unescape_mountinfo
+
+                    d = unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
                     if _usable(d):
                         return d
     except OSError:

@@ -587,10 +587,11 @@ def _unmount_under(root):
     """Undo the mounts a container without its own mount namespace made in
     ours: everything at or below its rootfs, deepest (latest) first."""
     from ..linux import libc as _libc
+    from ..linux.mounts import unescape_mountinfo
 
     root = root.rstrip("/")
     with open("/proc/self/mountinfo", "rb") as f:
-        points = [line.split()[4].decode().encode().decode("unicode_escape") for line in f]
+        points = [unescape_mountinfo(os.fsdecode(line.split()[4])) for line in f]
     for mp in reversed(points):
         if mp == root or mp.startswith(root + "/"):
             try:

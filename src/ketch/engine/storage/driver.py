@@ -73,6 +73,8 @@ class Driver:
 
 def backing_fs(path):
     """Filesystem type of the mount holding `path` (from /proc/self/mountinfo)."""
+    from ketch.linux.mounts import unescape_mountinfo
+
     path = os.path.realpath(path)
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -81,7 +83,7 @@ def backing_fs(path):
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                mp = fields[4].replace("\\040", " ")
+                mp = unescape_mountinfo(fields[4])
                 sep = fields.index("-")
                 if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
                     best, fstype = mp, fields[sep + 1]
