@@ -382,3 +382,26 @@ def test_stats_v1_fake(tmp_path):
     st = m.stats()
     assert st["pids"] == {"current": 3}
     assert set(st) == {"cpu", "cpuset", "memory", "pids", "blkio", "hugetlb", "intel_rdt", "network_interfaces"}
+
+
+def test_rootfs_reads_its_hierarchies_with_the_cgroup_model():
+    # process.rootfs builds the container's /sys/fs/cgroup from the same
+    # hierarchy model as the cgroup manager (one reader of mountinfo).
+    from ketch.process.rootfs import cgroup_hierarchies
+
+    files = {"/proc/self/mountinfo": HYBRID + "42 31 0:39 / /sys/fs/cgroup/odd rw - cgroup cgroup rw,xattr\n",
+             "/proc/self/cgroup": "12:cpuset:/\n4:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/s\n"
+                                  "0::/user.slice/s\n"}
+
+    class Sys:
+        def read_text(self, path):
+            return files[path]
+
+    got = cgroup_hierarchies(Sys())
+    assert [(h["version"], h["mountpoint"], h["subsystems"], h["path"]) for h in got] == [
+        (1, "/sys/fs/cgroup/cpu,cpuacct", ["cpu", "cpuacct"], "/user.slice"),
+        (1, "/sys/fs/cgroup/cpuset", ["cpuset"], "/"),
+        (1, "/sys/fs/cgroup/systemd", ["name=systemd"], "/user.slice/s"),
+        (2, "/sys/fs/cgroup/unified", [], "/user.slice/s"),
+    ]
+    assert all(h["root"] == "/" for h in got)

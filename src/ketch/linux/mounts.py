@@ -106,14 +106,3 @@ def ms_from_statvfs(f_flag):
         if f_flag & st:
             out |= ms
     return out
-
-
-def parse_proc_cgroup(text):
-    """[(hierarchy id, [controllers], path)] from /proc/<pid>/cgroup."""
-    out = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        hid, ctrls, path = line.split(":", 2)
-        out.append((int(hid), [c for c in ctrls.split(",") if c], path))
-    return out

@@ -489,41 +489,28 @@ _HANDLERS = {
 def cgroup_hierarchies(sys, given=None):
     """[{version, mountpoint, root, subsystems, path}] for this process, one per hierarchy.
 
-    `given` (from ketch.linux.cgroups) may be dicts or objects with those names.
-    Otherwise derived from /proc/self/cgroup and /proc/self/mountinfo.
+    `given` (tests, plans) is a list of such dicts, missing keys defaulted.
+    Otherwise the hierarchies of ketch.linux.cgroups.mounts this process is in,
+    read through ``sys`` from /proc/self/mountinfo and /proc/self/cgroup.
     """
     if given is not None:
         out = []
         for g in given:
-            get = g.get if isinstance(g, dict) else (lambda k, g=g: getattr(g, k, None))
-            out.append({"version": get("version") or (2 if not get("subsystems") else 1),
-                        "mountpoint": get("mountpoint"), "root": get("root") or "/",
-                        "subsystems": list(get("subsystems") or ()), "path": get("path") or "/"})
+            out.append({"version": g.get("version") or (2 if not g.get("subsystems") else 1),
+                        "mountpoint": g.get("mountpoint"), "root": g.get("root") or "/",
+                        "subsystems": list(g.get("subsystems") or ()), "path": g.get("path") or "/"})
         return out
-    from ketch.linux.mounts import parse_mountinfo, parse_proc_cgroup
+    from ketch.linux.cgroups.mounts import hierarchies_in, parse_proc_cgroup
 
-    own = parse_proc_cgroup(sys.read_text("/proc/self/cgroup"))
-    by_ctrl = {}
-    v2_path = None
-    for _hid, ctrls, path in own:
-        if not ctrls:
-            v2_path = path
-        for c in ctrls:
-            by_ctrl[c] = path
+    member = parse_proc_cgroup(sys.read_text("/proc/self/cgroup"))
     out = []
-    seen = set()
-    for mi in parse_mountinfo(sys.read_text("/proc/self/mountinfo")):
-        if mi.fstype == "cgroup":
-            subs = [o for o in mi.super_options if o in by_ctrl]
-            if not subs or tuple(subs) in seen:
-                continue
-            seen.add(tuple(subs))
-            out.append({"version": 1, "mountpoint": mi.mountpoint, "root": mi.root,
-                        "subsystems": subs, "path": by_ctrl[subs[0]]})
-        elif mi.fstype == "cgroup2" and v2_path is not None and ("v2",) not in seen:
-            seen.add(("v2",))
-            out.append({"version": 2, "mountpoint": mi.mountpoint, "root": mi.root,
-                        "subsystems": [], "path": v2_path})
+    for h in hierarchies_in(sys.read_text("/proc/self/mountinfo")):
+        if h.version == 1 and not h.subsystems:
+            continue
+        path = member.get(",".join(sorted(h.subsystems)))
+        if path is not None:
+            out.append({"version": h.version, "mountpoint": h.mountpoint, "root": h.root,
+                        "subsystems": list(h.subsystems), "path": path})
     return out
 
 
