@@ -33,6 +33,7 @@ import time
 
 from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
 from ketch.engine.util import Lock, atomic_write, remove_tree
+from ketch.linux.procfs import proc_start_time
 
 RUN_DEFAULTS = {
     "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
@@ -51,21 +52,10 @@ def _now():
     return now_rfc3339()
 
 
-def _proc_start(pid):
-    """(start time, state letter) of pid, or (None, None)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None, None
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[19]), rest[0].decode()
-
-
 def _alive(pid, start):
     if not pid:
         return False
-    t, s = _proc_start(pid)
+    t, s = proc_start_time(pid)
     return t is not None and t == start and s not in ("Z", "X")
 
 
@@ -646,7 +636,7 @@ def _monitor(params, status_fd):
     tty = rec["Config"].get("Tty")
     _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the init is re-parented to us
     me = os.getpid()
-    store._update_state(cid, MonitorPid=me, MonitorStart=_proc_start(me)[0])
+    store._update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
     # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
     # become the container's while the runtime forks it.
     my_out, my_err = os.dup(1), os.dup(2)
@@ -687,7 +677,7 @@ def _monitor(params, status_fd):
             if tty:
                 child.close()
         pid = c.pid
-        pid_start = _proc_start(pid)[0]
+        pid_start = proc_start_time(pid)[0]
         if tty:
             from ketch.linux import console
             master, _ = console.recv_fd(sock)

@@ -18,7 +18,8 @@ from ..linux import signals
 from ..trace import trace as _trace
 from . import status as st
 from ..log import now_rfc3339
-from .store import Store, proc_start_time
+from ..linux.procfs import proc_start_time
+from .store import Store
 
 
 class CreateOptions:

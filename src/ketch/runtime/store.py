@@ -19,6 +19,7 @@ import os
 from .. import RUN_DIR
 
 from ..errors import ContainerExists, ContainerNotFound, KetchError
+from ..linux.procfs import proc_start_time
 from . import status as st
 
 DEFAULT_ROOT = RUN_DIR
@@ -39,21 +40,6 @@ def validate_id(cid):
         raise KetchError(f"invalid container id {cid!r}: use letters, digits and _ . + - "
                          "(starting with a letter or digit), not a path")
     return cid
-
-
-def proc_start_time(pid):
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), and the state letter.
-
-    Returns (None, None) when the pid does not exist.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None, None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[19]), rest[0].decode()
 
 
 class Store:
