@@ -516,10 +516,6 @@ def cgroup_hierarchies(sys, given=None):
 
 # ---- the ordered steps ---------------------------------------------------------
 
-def _namespaces(config):
-    return {ns.get("type"): ns.get("path") for ns in ((config.get("linux") or {}).get("namespaces") or ())}
-
-
 def _check_rootfs(eng):
     for d in ("/proc", "/sys"):
         p = eng.root.rstrip("/") + d
@@ -660,7 +656,9 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     sys = _default_sys(sys)
     eng = _Engine(rootfs_path, sys, mount_label)
     mounts = [Mount(m, bundle) for m in (config.get("mounts") or ())]
-    nss = _namespaces(config)
+    from ketch.spec import namespaces
+
+    nss = namespaces(config)
     _check_rootfs(eng)
 
     # Without a mount namespace of its own the container shares the runtime's:
