@@ -44,13 +44,25 @@ class SecurityError(KetchError):
 
 
 class SetupError(KetchError):
-    """A step of container setup failed; `step` names it for the user."""
+    """A step of container setup failed.
 
-    def __init__(self, step, cause=None):
-        msg = step if cause is None else f"{step}: {cause}"
-        super().__init__(msg)
+    ``step`` names it for the user ("mount tmpfs on /dev"); the second
+    argument says why: the exception that made it fail (kept as ``cause``)
+    or a text.  ``reason`` is the text either way ("" when none is known),
+    so the message is always ``step: reason``; an OSError's file is named
+    unless the step already does.
+    """
+
+    def __init__(self, step, why=None):
+        if isinstance(why, BaseException):
+            self.cause, self.reason = why, describe_oserror(why)
+            name = why.filename if isinstance(why, OSError) else None
+            if name is not None and str(name) not in step:
+                self.reason = f"{name}: {self.reason}"
+        else:
+            self.cause, self.reason = None, why or ""
+        super().__init__(f"{step}: {self.reason}" if self.reason else step)
         self.step = step
-        self.cause = cause
 
 
 class HookError(KetchError):
@@ -65,10 +77,46 @@ class ImageError(StorageError):
     pass
 
 
+class SyscallError(OSError):
+    """An OSError that names the system call that failed (``op``), as runc's
+    os.NewSyscallError and crun's crun_make_error do.  Made by ``syscall_error``
+    so that it is also the errno's own OSError subclass (FileNotFoundError...)."""
+
+    def __init__(self, op, err, path=None, path2=None):
+        import os
+
+        if path2 is None:
+            super().__init__(err, os.strerror(err), path)
+        else:
+            super().__init__(err, os.strerror(err), path, None, path2)
+        self.op = op
+
+    def __str__(self):
+        return f"{self.op}: {OSError.__str__(self)}"
+
+
+_SYSCALL_ERRORS = {}
+
+
+def syscall_error(op, err, path=None, path2=None):
+    """The SyscallError for errno ``err`` from ``op`` on ``path`` (and ``path2``)."""
+    base = type(OSError(err, ""))  # the errno's own subclass, as OSError() picks it
+    cls = _SYSCALL_ERRORS.get(base)
+    if cls is None:
+        cls = SyscallError if base is OSError else type(base.__name__, (SyscallError, base), {})
+        _SYSCALL_ERRORS[base] = cls
+    return cls(op, err, path, path2)
+
+
 def describe_oserror(err):
-    """`permission denied`-style text for an OSError, runc's lower-case wording."""
+    """`permission denied`-style text for an OSError, runc's lower-case wording;
+    the error's own message when it has one (OSError(EXDEV, "resolves to /etc,
+    outside the root") says that, not "invalid cross-device link")."""
     import os
 
     if isinstance(err, OSError) and err.errno:
-        return os.strerror(err.errno).lower()
+        std = os.strerror(err.errno)
+        if err.strerror and err.strerror != std:
+            return err.strerror
+        return std.lower()
     return str(err)

@@ -1,6 +1,7 @@
 """Thin ctypes wrappers over the Linux syscalls Python 3.11 does not expose.
 
-Every wrapper raises ``OSError(errno, strerror, path)`` on failure, retries
+Every wrapper raises ``ketch.errors.SyscallError`` on failure (an OSError of
+the errno's own subclass that also names the call, ``.op``), retries
 EINTR, and turns a syscall the kernel lacks into ENOSYS so callers can fall
 back.  Nothing here knows about containers.
 
@@ -18,6 +19,8 @@ import errno as _errno
 import os
 
 from _ctypes import Structure, byref, get_errno, sizeof
+
+from ketch.errors import syscall_error
 
 
 class c_int(_ctypes._SimpleCData):
@@ -93,7 +96,7 @@ else:  # pragma: no cover
 def check(ret, what, path=None, path2=None):
     if ret == -1:
         e = get_errno()
-        raise OSError(e, os.strerror(e), path, None, path2) if path2 else OSError(e, os.strerror(e), path)
+        raise syscall_error(what, e, path, path2 or None)
     return ret
 
 

@@ -17,22 +17,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Step:
-    """Context manager naming the step in progress for error reports."""
-
-    current = "container init"
+    """Context manager naming the step in progress for error reports: an
+    exception leaving it becomes SetupError(name, exception), unless an
+    inner step already made it one."""
 
     def __init__(self, name):
         self.name = name
 
     def __enter__(self):
-        Step.current = self.name
+        pass
 
     def __exit__(self, et, ev, tb):
-        if ev is not None and not hasattr(ev, "_ketch_step"):
-            try:
-                ev._ketch_step = self.name
-            except AttributeError:
-                pass
+        if isinstance(ev, Exception) and not isinstance(ev, errors.SetupError):
+            raise errors.SetupError(self.name, ev) from ev
         return False
 
 
@@ -42,15 +39,13 @@ def main(ctx, sock):
         ready = _setup(ctx, sock)
         _release_and_exec(ctx)
     except BaseException as e:  # noqa: BLE001
-        step = getattr(e, "_ketch_step", Step.current)
-        if isinstance(e, errors.SetupError):
-            step = e.step
+        step = e.step if isinstance(e, errors.SetupError) else "container init"
         if not ready:
             sync.report_error(sock, step, e)
         else:
             text = errors.describe_oserror(e) if isinstance(e, OSError) else str(e)
-            if isinstance(e, errors.SetupError) and e.cause is not None:
-                text = errors.describe_oserror(e.cause)
+            if isinstance(e, errors.SetupError) and e.reason:
+                text = e.reason
             try:
                 os.write(2, f"ketch: {step}: {text}\n".encode())
             except OSError:

@@ -351,7 +351,7 @@ def _tmpcopyup(eng, m, host, flags, data):
             try:
                 eng.on_mount(host, lambda h: sys.umount2(h, _MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
             except SetupError as e2:
-                raise SetupError(e.step, f"{e.cause}; and then {e2}") from e
+                raise SetupError(e.step, f"{e.reason}; and then {e2}") from e
             raise
     finally:
         sys.release(old)

@@ -123,7 +123,7 @@ def spawn(ctx):
             _intermediate(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - everything goes to the parent
-            sync.report_error(child_sock, getattr(e, "_ketch_step", "join container"), e)
+            sync.report_error(child_sock, "join container", e)
         finally:
             os._exit(code)
     # ------------------------------------------------------------------- parent
@@ -197,11 +197,9 @@ def _kill_and_reap(pid):
 # --------------------------------------------------------------- intermediate
 
 def _step(e, name):
-    if not hasattr(e, "_ketch_step"):
-        try:
-            e._ketch_step = name
-        except AttributeError:
-            pass
+    """``e`` as the failure of step ``name`` (an inner step's SetupError stays)."""
+    if isinstance(e, Exception) and not isinstance(e, errors.SetupError):
+        return errors.SetupError(name, e)
     return e
 
 
@@ -375,13 +373,12 @@ def _process(ctx, sock):
         with Step(f"exec {proc['args'][0]!r}"):
             os.execve(ctx.exec_path, proc["args"], init.env_dict(proc.get("env") or []))
     except BaseException as e:  # noqa: BLE001
-        step = getattr(e, "_ketch_step", Step.current)
-        if isinstance(e, errors.SetupError):
-            step = e.step
-        if isinstance(e, errors.KetchError) and not isinstance(e, errors.SetupError):
+        step = e.step if isinstance(e, errors.SetupError) else "container init"
+        cause = e.cause if isinstance(e, errors.SetupError) and e.cause is not None else e
+        if isinstance(cause, errors.KetchError) and not isinstance(cause, errors.SetupError):
             # Already a complete sentence (executable not found...).
             try:
-                sync.send(sock, sync.ERROR, step=str(e), msg="")
+                sync.send(sock, sync.ERROR, step=str(cause), msg="")
             except OSError:
                 pass
         else:

@@ -49,7 +49,7 @@ def spawn(ctx):
             _stage1(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
-            sync.report_error(child_sock, getattr(e, "_ketch_step", "create namespaces"), e)
+            sync.report_error(child_sock, "create namespaces", e)
         finally:
             os._exit(code)
     # ------------------------------------------------------------------ parent
@@ -304,15 +304,13 @@ def _stage1(ctx, sock):
         ns.join([(t, fd) for t, fd in fds if t == "user"])
         ns.join([(t, fd) for t, fd in fds if t != "user"])
     except OSError as e:
-        e._ketch_step = "join namespaces"
-        raise
+        raise errors.SetupError("join namespaces", e) from e
     flags = ns.unshare_flags(nsmap)
     if flags & ns.CLONE_NEWUSER:
         try:
             _libc.unshare(ns.CLONE_NEWUSER)
         except OSError as e:
-            e._ketch_step = "unshare user namespace"
-            raise
+            raise errors.SetupError("unshare user namespace", e) from e
         sync.send(sock, sync.USERMAP)
         sync.expect(sock, sync.MAPPED)
         os.setresgid(0, 0, 0)
@@ -323,8 +321,7 @@ def _stage1(ctx, sock):
             _libc.unshare(flags)
         except OSError as e:
             names = [t for t, (bit, _) in ns.TYPES.items() if flags & bit]
-            e._ketch_step = f"unshare namespaces ({', '.join(names)})"
-            raise
+            raise errors.SetupError(f"unshare namespaces ({', '.join(names)})", e) from e
     if flags & ns.CLONE_NEWTIME:
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
@@ -348,5 +345,4 @@ def _write_time_offsets(offsets):
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(lines))
         except OSError as e:
-            e._ketch_step = "write time namespace offsets"
-            raise
+            raise errors.SetupError("write time namespace offsets", e) from e

@@ -101,7 +101,7 @@ def report_error(sock, step, exc):
     from ..errors import SetupError, describe_oserror
 
     if isinstance(exc, SetupError):
-        step, text = exc.step, (describe_oserror(exc.cause) if exc.cause is not None else "")
+        step, text = exc.step, exc.reason
     elif isinstance(exc, OSError):
         text = describe_oserror(exc)
         if exc.filename and str(exc.filename) not in step:

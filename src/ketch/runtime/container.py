@@ -151,9 +151,10 @@ class CreateContext:
         if self.cgroups is not None:
             try:
                 self.cgroups.join_v1()
-            except errors.KetchError as e:
-                e._ketch_step = "join cgroups"
+            except errors.SetupError:
                 raise
+            except errors.KetchError as e:
+                raise errors.SetupError("join cgroups", e) from e
 
     def apply_cgroups(self, pid):
         """Move ``pid`` into the unified hierarchy (v1: see ``join_cgroups``)."""

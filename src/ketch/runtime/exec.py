@@ -272,7 +272,7 @@ def exec_process(store, cid, opts):
             try:
                 pid = setns.spawn(ctx)
             except errors.SetupError as e:
-                raise ExecFailed(e.step, e.cause) from None
+                raise ExecFailed(e.step, e.reason) from None
         finally:
             os.close(pidfd)
     except BaseException:
