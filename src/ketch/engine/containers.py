@@ -634,7 +634,7 @@ def _monitor(params, status_fd):
     rs = store._runtime_store()
     rec = store._load(cid)
     tty = rec["Config"].get("Tty")
-    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the init is re-parented to us
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
     me = os.getpid()
     store._update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
     # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2

@@ -202,6 +202,10 @@ def setns(fd, nstype=0):
 
 _libc.prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
 
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
 
 def prctl(option, a2=0, a3=0, a4=0, a5=0):
     return check(_retry(_libc.prctl, option, a2, a3, a4, a5), "prctl")

@@ -20,6 +20,7 @@ import os
 import stat as _stat
 
 from ketch.linux import libc as _libc
+from ketch.linux.mountopts import MNT_DETACH, MS
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 _DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -468,12 +469,13 @@ class PlanningSyscalls(Syscalls):
             parts.append(f"data {data}")
         extra = f" ({', '.join(parts)})" if parts else ""
         self.record(f"mount {self.show(source) or 'none'} on {self.show(target)}{extra}")
-        if flags & 0x2020 or (flags & 0x1c0000 and not fstype) or not isinstance(target, (str, Handle)):
+        if flags & (MS.REMOUNT | MS.MOVE) or (flags & MS.PROPAGATION and not fstype) \
+                or not isinstance(target, (str, Handle)):
             return  # remount, move, propagation change: no new filesystem at target
         hp = self._h(target)
         if hp == "." or hp == self.root and source == self.root:
             return
-        if flags & 0x1000:
+        if flags & MS.BIND:
             src = self._h(source) if self._chroot else source
             try:
                 src = self._real(src, source)
@@ -485,7 +487,7 @@ class PlanningSyscalls(Syscalls):
         self._created = {k: v for k, v in self._created.items() if not k.startswith(hp + "/")}
 
     def umount2(self, target, flags=0):
-        self.record(f"umount {self.show(target)}" + (" (detach)" if flags & 2 else ""))
+        self.record(f"umount {self.show(target)}" + (" (detach)" if flags & MNT_DETACH else ""))
 
     def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
         self.record(f"mount_setattr {self.show(target)} (set {attr_set:#x}, clear {attr_clr:#x}"

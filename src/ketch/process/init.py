@@ -257,7 +257,7 @@ def apply_process_attrs(ctx, proc):
             # reopened through it.  A process that is not host root can't
             # write the host's interpreter, so being dumpable exposes nothing
             # (CVE-2019-5736 needs host root): host-root inits stay non-dumpable.
-            _libc.prctl(4, 1)  # PR_SET_DUMPABLE
+            _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
 
     with Step("chdir after setuid"):
         # The directory may only be reachable as the container user (root
@@ -269,7 +269,7 @@ def apply_process_attrs(ctx, proc):
 
     if proc.get("noNewPrivileges"):
         with Step("set no_new_privs"):
-            _libc.prctl(38, 1)  # PR_SET_NO_NEW_PRIVS
+            _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
 
     if proc.get("apparmorProfile"):
         with Step(f"apply AppArmor profile {proc['apparmorProfile']!r}"):

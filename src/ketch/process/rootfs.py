@@ -22,7 +22,7 @@ import stat as _stat
 
 from ketch.errors import ConfigError, SecurityError, SetupError, describe_oserror
 from ketch.linux import paths
-from ketch.linux.mountopts import MS, parse_options
+from ketch.linux.mountopts import MNT_DETACH, MS, parse_options
 from ketch.linux.mounts import describe, ms_from_statvfs
 from ketch.trace import trace as _trace
 
@@ -41,7 +41,6 @@ _ROOT_PROPAGATION = {
 # Flags the kernel locks on a mount made in a less privileged user namespace;
 # a bind remount that would drop one of them fails with EPERM.
 _LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIRATIME | MS.RELATIME
-_MNT_DETACH = 2
 
 
 def _default_sys(sys):
@@ -349,7 +348,7 @@ def _tmpcopyup(eng, m, host, flags, data):
             eng.on_mount(host, lambda h: sys.copy_tree(old.proc, h.proc), f"tmpcopyup: copy {m.dest}")
         except SetupError as e:
             try:
-                eng.on_mount(host, lambda h: sys.umount2(h, _MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
+                eng.on_mount(host, lambda h: sys.umount2(h, MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
             except SetupError as e2:
                 raise SetupError(e.step, f"{e.reason}; and then {e2}") from e
             raise
@@ -642,7 +641,7 @@ def _pivot(eng, no_pivot):
             sys.fchdir(oldfd)
             # slave first, so unmounting the old root does not propagate to the host
             eng.step("make the old root a slave", sys.mount, None, ".", None, MS.SLAVE | MS.REC, None)
-            eng.step("unmount the old root", sys.umount2, ".", _MNT_DETACH)
+            eng.step("unmount the old root", sys.umount2, ".", MNT_DETACH)
         finally:
             sys.close(oldfd)
             sys.close(newfd)

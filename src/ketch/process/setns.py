@@ -208,7 +208,7 @@ def _intermediate(ctx, sock):
     from ..linux import namespaces as ns
 
     # First of all: see the module docstring (CVE-2019-5736).
-    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
     if ctx.sigmask is not None:
         import _signal
 

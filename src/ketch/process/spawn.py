@@ -298,7 +298,7 @@ def _stage1(ctx, sock):
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
     # the CVE-2019-5736 class) while we are still the runtime.
-    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
     fds = ns.open_paths(nsmap)
     try:
         ns.join([(t, fd) for t, fd in fds if t == "user"])

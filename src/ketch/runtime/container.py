@@ -589,6 +589,7 @@ def _unmount_under(root):
     """Undo the mounts a container without its own mount namespace made in
     ours: everything at or below its rootfs, deepest (latest) first."""
     from ..linux import libc as _libc
+    from ..linux.mountopts import MNT_DETACH
     from ..linux.mounts import unescape_mountinfo
 
     root = root.rstrip("/")
@@ -597,7 +598,7 @@ def _unmount_under(root):
     for mp in reversed(points):
         if mp == root or mp.startswith(root + "/"):
             try:
-                _libc.umount2(mp, 2)  # MNT_DETACH
+                _libc.umount2(mp, MNT_DETACH)
             except OSError:
                 pass
 
@@ -644,7 +645,7 @@ def run(store, cid, opts):
 
     # Become the subreaper: when stage-1 exits, the init is re-parented to us
     # so that we can wait for it and return its exit status.
-    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
     tty = None
     from .. import spec
 

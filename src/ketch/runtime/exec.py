@@ -264,7 +264,7 @@ def exec_process(store, cid, opts):
             if not opts.detach:
                 # The process is our grandchild: when the intermediate exits it
                 # is re-parented to us, so we can wait for it.
-                _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+                _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
                 # A signal that arrives between the fork and the forwarding
                 # handlers must reach the process, not kill us: hold them
                 # pending; the children restore the mask at once.
