@@ -389,6 +389,7 @@ class _Label:
         self.module.format_mount_label = lambda data, label: ",".join(x for x in (data, f'context="{label}"') if x)
         self.module.relabel = lambda *a: None
         self.module.set_file_label = lambda *a: None
+        self.module.enabled = lambda: True
 
 
 @pytest.fixture

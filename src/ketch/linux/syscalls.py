@@ -292,25 +292,19 @@ class Syscalls:
     # ---- labels --------------------------------------------------------------
 
     def set_file_label(self, path, label):
-        fn = getattr(_label_module(), "set_file_label", None) if label else None
-        if fn is not None:
-            fn(_target(path), label)
+        if label:
+            from ketch.linux import label as lab
+
+            lab.set_file_label(_target(path), label)
 
     def relabel(self, path, label, shared):
-        fn = getattr(_label_module(), "relabel", None)
-        if fn is not None:
-            fn(path, label, shared)
+        from ketch.linux import label as lab
+
+        lab.relabel(path, label, shared)
 
     def note(self, text):
         pass
 
-
-def _label_module():
-    try:
-        from ketch.linux import label
-    except ImportError:
-        return None
-    return label
 
 
 def _copy_tree(src, dst):

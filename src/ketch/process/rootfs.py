@@ -70,20 +70,16 @@ def _labeling(label):
     """True when files are to be labeled: a label given and SELinux on (so plan shows only real steps)."""
     if not label:
         return False
-    try:
-        from ketch.linux import label as lab
-    except ImportError:
-        return False
-    return getattr(lab, "enabled", lambda: True)()
+    from ketch.linux import label as lab
+
+    return lab.enabled()
 
 
 def _label_data(data, label):
     if not label:
         return data
-    try:
-        from ketch.linux.label import format_mount_label
-    except ImportError:
-        return data
+    from ketch.linux.label import format_mount_label
+
     return format_mount_label(data, label)
 
 

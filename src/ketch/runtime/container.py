@@ -106,10 +106,8 @@ class CreateContext:
     # -- cgroups ---------------------------------------------------------------
     def plan_cgroups(self):
         """Where the container's cgroups go (no change to them yet)."""
-        try:
-            from ..linux import cgroups
-        except ImportError:  # pragma: no cover
-            return None
+        from ..linux import cgroups
+
         try:
             self.cgroups = cgroups.Manager.from_spec(self.id, self.config.get("linux") or {})
         except OSError as e:

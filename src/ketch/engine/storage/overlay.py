@@ -155,11 +155,8 @@ class OverlayDriver(Driver):
             return merged
         data = f"lowerdir={lower},upperdir={layer_id}/diff,workdir={layer_id}/work"
         if mount_label:
-            try:
-                from ketch.linux.label import format_mount_label
-                data = format_mount_label(data, mount_label)
-            except ImportError:
-                pass
+            from ketch.linux.label import format_mount_label
+            data = format_mount_label(data, mount_label)
         from ketch.linux import libc as _libc
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
