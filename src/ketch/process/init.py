@@ -251,7 +251,7 @@ def apply_process_attrs(ctx, proc):
             _libc.setgroups(list(user.get("additionalGids") or []))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-        if (uid != 0 or "user" in ctx.nsmap) and not getattr(ctx, "keep_undumpable", False):
+        if (uid != 0 or "user" in ctx.nsmap) and not ctx.keep_undumpable:
             # Non-dumpable (set in stage-1, and again by setuid) makes
             # /proc/self/fd belong to host root: the exec fifo could not be
             # reopened through it.  A process that is not host root can't
@@ -285,7 +285,7 @@ def apply_process_attrs(ctx, proc):
                 # Running unconfined when confinement was asked for is refused (runc too).
                 raise errors.ConfigError("selinux label is specified in config, "
                                          "but selinux is disabled or not supported")
-            label.set_exec_label(proc["selinuxLabel"], fd=getattr(ctx, "selinux_exec_fd", None))
+            label.set_exec_label(proc["selinuxLabel"], fd=ctx.selinux_exec_fd)
 
     # With no_new_privs: as late as we can while the parent is still there
     # to pass a notify listener fd on (listenerPath is a host path).
@@ -304,12 +304,12 @@ _apply_process_attrs = apply_process_attrs
 
 
 def _load_seccomp(ctx):
-    if getattr(ctx, "seccomp_filter", None) is None:
+    if ctx.seccomp_filter is None:
         return
     from ..linux import seccomp as sc
 
     with Step("load seccomp filter"):
-        sock = getattr(ctx, "sync_sock", None)
+        sock = ctx.sync_sock
 
         def to_parent(fd):
             sync.send_fd(sock, fd, sync.SECCOMP_FD, listenerPath=ctx.seccomp_filter.listener_path,

@@ -72,6 +72,8 @@ class ExecContext:
         self.cgroup_v2 = ""            # which of them is on the unified hierarchy
         self.exec_path = None
         self.seccomp_filter = None
+        self.selinux_exec_fd = None
+        self.sync_sock = None
         self.root_fd = -1
         self.bundle = ""
         self.sigmask = None            # the mask to restore in the children
@@ -223,7 +225,7 @@ def _intermediate(ctx, sock):
         raise _step(e, "load runtime modules")
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
                           ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
-                          getattr(ctx, "selinux_exec_fd", None) or -1})
+                          ctx.selinux_exec_fd or -1})
     sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)

@@ -80,7 +80,7 @@ def spawn(ctx):
         # _drive raised before returning the pid (a failing createRuntime
         # hook): the init must die before it sees the socket close, or it
         # reports that EOF as an error of its own in front of the real one.
-        init_pid = init_pid or getattr(ctx, "init_pid", 0)
+        init_pid = init_pid or ctx.init_pid
         if init_pid:
             _kill_and_reap(init_pid)
         parent_sock.close()

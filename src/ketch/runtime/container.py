@@ -64,6 +64,9 @@ class CreateContext:
         self.init_pid = 0
         self.exec_path = None
         self.seccomp_filter = None
+        self.selinux_exec_fd = None
+        self.sync_sock = None  # the init's end of the socket to the parent
+        self.keep_undumpable = False
         # ketch writes the id maps as real root, so setgroups stays allowed in
         # a new user namespace (an unprivileged writer would have to deny it).
         self.setgroups_denied = False
