@@ -7,7 +7,8 @@ here with the reason it is harmless."""
 import os
 
 from ketch.linux.mountopts import MS
-from ketch.linux.syscalls import PlanningSyscalls, Syscalls
+from ketch.linux.planning import PlanningSyscalls
+from ketch.linux.syscalls import Syscalls
 
 HARMLESS = {
     "forget_root": "closes the layer's own cached root fd, which the planning layer never opens",

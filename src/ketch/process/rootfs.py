@@ -768,7 +768,7 @@ def rootfs_of(config, bundle):
 
 def plan(config, bundle):
     """The ordered steps prepare/mount_console/finalize would carry out, changing nothing."""
-    from ketch.linux.syscalls import PlanningSyscalls
+    from ketch.linux.planning import PlanningSyscalls
 
     bundle = os.path.abspath(bundle)
     root = rootfs_of(config, bundle)
