@@ -55,10 +55,7 @@ class SetupError(KetchError):
 
     def __init__(self, step, why=None):
         if isinstance(why, BaseException):
-            self.cause, self.reason = why, describe_oserror(why)
-            name = why.filename if isinstance(why, OSError) else None
-            if name is not None and str(name) not in step:
-                self.reason = f"{name}: {self.reason}"
+            self.cause, self.reason = why, describe_oserror(why, step)
         else:
             self.cause, self.reason = None, why or ""
         super().__init__(f"{step}: {self.reason}" if self.reason else step)
@@ -108,15 +105,24 @@ def syscall_error(op, err, path=None, path2=None):
     return cls(op, err, path, path2)
 
 
-def describe_oserror(err):
+def describe_oserror(err, context=None):
     """`permission denied`-style text for an OSError, runc's lower-case wording;
     the error's own message when it has one (OSError(EXDEV, "resolves to /etc,
-    outside the root") says that, not "invalid cross-device link")."""
+    outside the root") says that, not "invalid cross-device link").
+
+    With ``context``, the text it will follow (a step: "join namespaces"),
+    the call a SyscallError names and the OSError's file are put in front
+    unless the context already shows them: "setns /proc/9/ns/ipc: invalid
+    argument"."""
     import os
 
-    if isinstance(err, OSError) and err.errno:
-        std = os.strerror(err.errno)
-        if err.strerror and err.strerror != std:
-            return err.strerror
-        return std.lower()
-    return str(err)
+    if not (isinstance(err, OSError) and err.errno):
+        return str(err)
+    std = os.strerror(err.errno)
+    text = err.strerror if err.strerror and err.strerror != std else std.lower()
+    if context is None:
+        return text
+    name = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes)) and err.filename else ""
+    op = err.op if isinstance(err, SyscallError) and err.op not in context else ""
+    where = " ".join(w for w in (op, name if name not in context else "") if w)
+    return f"{where}: {text}" if where else text

@@ -73,3 +73,14 @@ def test_a_step_wraps_what_fails_innermost_first():
     with pytest.raises(KeyboardInterrupt):
         with Step("wait for start"):
             raise KeyboardInterrupt
+
+
+def test_in_context_the_call_and_the_file_are_named_once():
+    e = syscall_error("setns", errno.EINVAL, "/proc/9/ns/ipc")
+    assert describe_oserror(e) == "invalid argument"
+    assert describe_oserror(e, "join namespaces") == "setns /proc/9/ns/ipc: invalid argument"
+    assert describe_oserror(e, "setns /proc/9/ns/ipc") == "invalid argument"
+    m = syscall_error("mount", errno.EPERM, "/r/dev")
+    assert str(SetupError("mount tmpfs on /r/dev", m)) == "mount tmpfs on /r/dev: operation not permitted"
+    assert describe_oserror(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)), "x") == \
+        "no such file or directory"

@@ -103,9 +103,7 @@ def report_error(sock, step, exc):
     if isinstance(exc, SetupError):
         step, text = exc.step, exc.reason
     elif isinstance(exc, OSError):
-        text = describe_oserror(exc)
-        if exc.filename and str(exc.filename) not in step:
-            text = f"{exc.filename}: {text}"
+        text = describe_oserror(exc, step)
     else:
         text = str(exc)
     try:
