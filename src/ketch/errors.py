@@ -91,6 +91,9 @@ class SyscallError(OSError):
     def __str__(self):
         return f"{self.op}: {OSError.__str__(self)}"
 
+    def __reduce__(self):
+        return syscall_error, (self.op, self.errno, self.filename, self.filename2)
+
 
 _SYSCALL_ERRORS = {}
 

@@ -84,3 +84,10 @@ def test_in_context_the_call_and_the_file_are_named_once():
     assert str(SetupError("mount tmpfs on /r/dev", m)) == "mount tmpfs on /r/dev: operation not permitted"
     assert describe_oserror(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)), "x") == \
         "no such file or directory"
+
+
+def test_a_syscall_error_survives_pickling():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(syscall_error("open_tree", errno.ENOENT, "/a")))
+    assert isinstance(e, FileNotFoundError) and (e.op, e.errno, e.filename) == ("open_tree", errno.ENOENT, "/a")
