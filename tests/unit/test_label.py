@@ -289,7 +289,7 @@ def _worker(args):
 
 def test_parallel_processes_never_collide(fakefs, state, monkeypatch):
     # 32 categories give 496 pairs: 480 picks without a working lock collide.
-    monkeypatch.setattr(L, "_MCS_MAX", 32)
+    monkeypatch.setattr(L, "MCS_MAX", 32)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(8) as pool:
         results = pool.map(_worker, [(str(fakefs), state, 60)] * 8)

@@ -125,8 +125,8 @@ XATTR_NAME = "security.selinux"
 
 _SELINUXFS_DEFAULT = "/sys/fs/selinux"
 _PROC_SUPER_MAGIC = 0x9FA0
-_MCS_MAX = 1024  # c0..c1023, the categories of the standard MCS policy
-_OPTION_KEYS = ("user", "role", "type", "level", "filetype")
+MCS_MAX = 1024  # c0..c1023, the categories of the standard MCS policy
+OPTION_KEYS = ("user", "role", "type", "level", "filetype")
 _CONTEXT_OPTIONS = ("context", "fscontext", "defcontext", "rootcontext")
 # SELinux refuses context= together with fscontext= or defcontext=, and any
 # option given twice.
@@ -225,7 +225,7 @@ def enabled():
 
 # ---- label strings ------------------------------------------------------------
 
-def _split(label):
+def split_label(label):
     """[user, role, type, level] ('' level for a 3-field label)."""
     parts = label.split(":", 3)
     if len(parts) < 3 or not all(parts[:3]):
@@ -236,11 +236,11 @@ def _split(label):
     return parts
 
 
-def _join(parts):
+def join_label(parts):
     return ":".join(parts) if parts[3] else ":".join(parts[:3])
 
 
-def _check_field(key, value):
+def check_option(key, value):
     allowed = _LEVEL_CHARS if key == "level" else _NAME_CHARS
     if not value or not set(value) <= allowed:
         from ketch.errors import ConfigError
@@ -256,7 +256,7 @@ def _check_label_text(label, what):
         raise ConfigError(f"bad SELinux {what} {label!r}: contains a quote, newline or NUL")
 
 
-def _mcs_pair(level):
+def mcs_pair(level):
     """(x, y) when level is exactly s0:cX,cY with X != Y, both in range; else None."""
     if not level.startswith("s0:c"):
         return None
@@ -264,18 +264,18 @@ def _mcs_pair(level):
     if not sep or not a.isdigit() or not b.isdigit() or len(a) > 4 or len(b) > 4:
         return None
     x, y = int(a), int(b)
-    if x == y or x >= _MCS_MAX or y >= _MCS_MAX:
+    if x == y or x >= MCS_MAX or y >= MCS_MAX:
         return None
     return (x, y) if x < y else (y, x)
 
 
-def _level_key(pair):
+def level_key(pair):
     return f"s0:c{pair[0]},c{pair[1]}"
 
 
 # ---- configuration ------------------------------------------------------------
 
-def _contexts_path(fsdir):
+def contexts_path(fsdir):
     if _fake_mode() is not None:
         p = os.environ.get("KETCH_SELINUX_CONTEXTS")
         if p is not None:
@@ -310,7 +310,7 @@ def read_contexts(path):
     return out
 
 
-def _mls_enabled(fsdir):
+def mls_enabled(fsdir):
     try:
         with open(os.path.join(fsdir, "mls"), "rb") as f:
             return f.read().strip() != b"0"
@@ -359,7 +359,7 @@ def _read_levels(path):
 
 def _random_pair():
     n = int.from_bytes(os.urandom(4), "little")
-    x, y = (n & 0xFFFF) % _MCS_MAX, (n >> 16) % _MCS_MAX
+    x, y = (n & 0xFFFF) % MCS_MAX, (n >> 16) % MCS_MAX
     if x == y:
         return None
     return (x, y) if x < y else (y, x)
@@ -375,26 +375,26 @@ def _reserve(state_root, pair=None):
         if pair is None:
             for _ in range(200):
                 p = _random_pair()
-                if p is not None and _level_key(p) not in used:
+                if p is not None and level_key(p) not in used:
                     pair = p
                     break
             else:
-                pair = next((p for p in ((x, y) for x in range(_MCS_MAX) for y in range(x + 1, _MCS_MAX))
-                             if _level_key(p) not in used), None)
+                pair = next((p for p in ((x, y) for x in range(MCS_MAX) for y in range(x + 1, MCS_MAX))
+                             if level_key(p) not in used), None)
                 if pair is None:
                     from ketch.errors import SetupError
                     raise SetupError("reserve SELinux MCS level",
-                                     f"all {_MCS_MAX * (_MCS_MAX - 1) // 2} category pairs in use ({data})")
+                                     f"all {MCS_MAX * (MCS_MAX - 1) // 2} category pairs in use ({data})")
         # O_APPEND of one short line: readers under the lock see it whole.  No
         # fsync: reservations only need to outlive ketch, not the host.
         fd = os.open(data, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if torn is not None:
                 os.ftruncate(fd, torn)
-            os.write(fd, (_level_key(pair) + "\n").encode())
+            os.write(fd, (level_key(pair) + "\n").encode())
         finally:
             os.close(fd)
-    return _level_key(pair)
+    return level_key(pair)
 
 
 def _release(state_root, pair):
@@ -403,7 +403,7 @@ def _release(state_root, pair):
         return
     with _Locked(lock, False):
         levels, _ = _read_levels(data)
-        key = _level_key(pair)
+        key = level_key(pair)
         if key not in levels:
             return
         levels.remove(key)
@@ -419,7 +419,7 @@ def reserved_levels(state_root=None):
     if not os.path.exists(lock):
         return []
     with _Locked(lock, False):
-        return [lv for lv in _read_levels(data)[0] if _mcs_pair(lv) is not None]
+        return [lv for lv in _read_levels(data)[0] if mcs_pair(lv) is not None]
 
 
 # ---- public API ---------------------------------------------------------------
@@ -434,19 +434,19 @@ def init_labels(options=(), state_root=None):
             disable = True
             continue
         key, sep, value = opt.partition(":")
-        if not sep or key not in _OPTION_KEYS:
+        if not sep or key not in OPTION_KEYS:
             from ketch.errors import ConfigError
             raise ConfigError(f"bad SELinux label option {opt!r}: want disable, "
-                              + ", ".join(k + ":VALUE" for k in _OPTION_KEYS))
-        _check_field(key, value)
+                              + ", ".join(k + ":VALUE" for k in OPTION_KEYS))
+        check_option(key, value)
         wanted[key] = value
     fsdir = selinuxfs()
     if not fsdir or disable:
         return "", ""
 
-    ctx = read_contexts(_contexts_path(fsdir))
-    proc = _split(ctx.get("process") or DEFAULT_PROCESS_LABEL)
-    mnt = _split(ctx.get("file") or DEFAULT_FILE_LABEL)
+    ctx = read_contexts(contexts_path(fsdir))
+    proc = split_label(ctx.get("process") or DEFAULT_PROCESS_LABEL)
+    mnt = split_label(ctx.get("file") or DEFAULT_FILE_LABEL)
 
     if "user" in wanted:
         proc[0] = mnt[0] = wanted["user"]
@@ -459,13 +459,13 @@ def init_labels(options=(), state_root=None):
 
     if "level" in wanted:
         level = wanted["level"]
-        pair = _mcs_pair(level)
+        pair = mcs_pair(level)
         if pair is not None:
             level = _reserve_or_fail(state_root, pair)
         proc[3] = mnt[3] = level
-    elif proc[3] and _mls_enabled(fsdir):
+    elif proc[3] and mls_enabled(fsdir):
         proc[3] = mnt[3] = _reserve_or_fail(state_root, None)
-    return _join(proc), _join(mnt)
+    return join_label(proc), join_label(mnt)
 
 
 def _reserve_or_fail(state_root, pair):
@@ -480,7 +480,7 @@ def _reserve_or_fail(state_root, pair):
 def release_labels(label, state_root=None):
     if not label:
         return
-    pair = _mcs_pair(label.split(":", 3)[3] if label.count(":") >= 3 else "")
+    pair = mcs_pair(label.split(":", 3)[3] if label.count(":") >= 3 else "")
     if pair is not None:
         _release(state_root, pair)
 
@@ -667,10 +667,10 @@ def relabel(path, label, shared):
     check_relabel_path(path)
     _check_label_text(label, "file label")
     if shared:
-        parts = _split(label)
+        parts = split_label(label)
         if parts[3]:
             parts[3] = "s0"
-        label = _join(parts)
+        label = join_label(parts)
     value = label.encode() + b"\0"
     # A bind mount follows a symlinked source, so the tree to label is its target.
     top = os.path.realpath(_normalize(path))
