@@ -164,7 +164,7 @@ class ContainerStore:
     def create(self, image, **opts):
         """Make a container of `image` (not started).  `opts`: see RUN_DEFAULTS.  Returns its id."""
         from ketch.engine import bundle, defaults, idmap
-        from ketch.linux import label
+        from ketch.runtime import mcs
         unknown = set(opts) - set(RUN_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown container option(s): {', '.join(sorted(unknown))}")
@@ -197,7 +197,7 @@ class ContainerStore:
                 # uid) must be able to reach the files bind-mounted from here.
                 os.mkdir(cdir, 0o711)
                 os.chmod(cdir, 0o711)
-            labels = label.init_labels(state_root=self.runtime_root)
+            labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)
             made_layer = True
@@ -265,7 +265,7 @@ class ContainerStore:
                 except FileNotFoundError:
                     pass
             if labels[1] or labels[0]:
-                label.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
+                mcs.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
             raise
         return cid
 
@@ -426,7 +426,7 @@ class ContainerStore:
     # -- removal --
 
     def remove(self, ref, force=False):
-        from ketch.linux import label
+        from ketch.runtime import mcs
         cid = self.resolve(ref)
         rec = self.state(cid)
         if rec["State"]["Status"] in ("running", "starting"):
@@ -451,7 +451,7 @@ class ContainerStore:
             remove_tree(gone)
             lab = rec.get("MountLabel") or rec.get("ProcessLabel")
             if lab:
-                label.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
+                mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
         return cid
 
     def _cleanup_runtime(self, cid):
