@@ -334,6 +334,92 @@ def profile_steps(ketch_c, n, python):
     return [(statistics.median(v), k) for k, v in res.items()]
 
 
+INPROC = "KETCH_BENCH_ENGINE_INPROC"
+
+
+def profile_inproc(store, state, n):
+    """The engine's steps timed inside one process (a child: the monitor makes
+    its process a subreaper and takes signals): ``create`` and ``remove`` of a
+    container, and the monitor's ``_monitor`` for ``run --rm``, with the
+    functions they call wrapped in timers.  Modules are imported beforehand,
+    so these are the work without the interpreters and imports."""
+    env = dict(os.environ, **{INPROC: "1"})
+    p = subprocess.run([sys.executable, "-I", "-S", os.path.abspath(__file__), store, state, IMAGE, str(n)],
+                       env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"in-process profile: {p.stderr}")
+    return [(float(t), k) for t, k in (ln.split(" ", 1) for ln in p.stdout.splitlines())]
+
+
+def _inproc_main(store, state, image, n):
+    from ketch.engine import bundle, defaults
+    from ketch.engine import containers as C
+    from ketch.engine.api import Engine
+    from ketch.runtime import container as rt
+    from ketch.runtime import mcs
+
+    st = Engine(store, state).containers.store
+    acc = {}
+
+    def wrap(obj, name, label):
+        f = getattr(obj, name)
+
+        def w(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                acc.setdefault(label, []).append((time.perf_counter() - t) * 1000)
+        setattr(obj, name, w)
+
+    # the monitor makes its own stores: wrap the classes
+    im, drv = st.images, st.driver
+    im_c, drv_c, st_c = type(im), type(drv), type(st)
+    for obj, name, label in ((im_c, "runtime_config", "create: image config"), (drv_c, "create", "create: layer"),
+                             (drv_c, "get", "layer mount"), (drv_c, "put", "layer unmount"),
+                             (drv_c, "remove", "remove: layer"), (st_c, "remove", "remove (all)"), (mcs, "init_labels", "create: labels"),
+                             (defaults, "write_network_files", "create: network files"),
+                             (bundle, "build_config", "create: bundle config"),
+                             (bundle, "write", "create: bundle write"), (st_c, "_save", "record save (fsync'd)"),
+                             (rt, "create", "monitor: runtime create"), (rt, "start", "monitor: runtime start"),
+                             (st_c, "_cleanup_runtime", "leftover check / runtime delete + unmount"),
+                             (C, "_pump", "monitor: wait for the payload")):
+        wrap(obj, name, label)
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        t = time.perf_counter()
+        real_fsync(fd)
+        fsyncs.append((time.perf_counter() - t) * 1000)
+    os.fsync = fsync
+    tot = {}
+    null = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1)
+    for _ in range(n):
+        k0 = len(fsyncs)
+        t = time.perf_counter()
+        cid = st.create(image, cmd=["/bin/true"], auto_remove=True)
+        tot.setdefault("create (all)", []).append((time.perf_counter() - t) * 1000)
+        tot.setdefault("create: fsyncs", []).append(sum(fsyncs[k0:]))
+        params = {"root": st.root, "runtime_root": st.runtime_root, "id": cid, "attach": True,
+                  "driver": im.driver_name, "uid_map": im.uid_map, "gid_map": im.gid_map}
+        r, w = os.pipe()
+        k0 = len(fsyncs)
+        os.dup2(null, 1)
+        t = time.perf_counter()
+        try:
+            C._monitor(params, w)
+        finally:
+            os.dup2(saved, 1)
+        tot.setdefault("monitor (all, --rm included)", []).append((time.perf_counter() - t) * 1000)
+        tot.setdefault("monitor: fsyncs", []).append(sum(fsyncs[k0:]))
+        os.close(r)
+    for k, v in list(acc.items()) + list(tot.items()):
+        per = len(v) / n
+        sys.stdout.write(f"{statistics.median(v) * per:.2f} {k}" + (f" (×{per:g})" if per != 1 else "") + "\n")
+
+
 def _strace_events(lines, re):
     """(time, label) of the process boundaries: CLI, monitor, runtime forks, payload."""
     role = {}
@@ -447,7 +533,7 @@ def main():
     results = {}
     load_before = loadavg()
     t_start = time.time()
-    profile = plain = imports = steps = None
+    profile = plain = imports = steps = inproc = None
     failures = []
     try:
         from ketch import busybox
@@ -476,6 +562,7 @@ def main():
         if args.profile:
             profile, plain = profile_run(kc, args.profile, args.profile_opens)
             steps = profile_steps(kc, args.profile, _launcher_python(args.ketch))
+            inproc = profile_inproc(os.path.join(tmp, "ketch-store"), state, args.profile)
             imports = import_profile(args.ketch, None)
     finally:
         load_after = loadavg()
@@ -520,6 +607,10 @@ def main():
     if steps:
         out += ["", f"The same as separate engine commands (median ms, {args.profile} runs, untraced):", "",
                 "| command | ms |", "|---|---:|"] + [f"| {k} | {t:.1f} |" for t, k in steps]
+    if inproc:
+        out += ["", f"Inside the engine's steps (one process, modules already imported; median ms × calls "
+                f"per run, {args.profile} runs; the rows overlap: a record save is inside create):", "",
+                "| ms | step |", "|---:|---|"] + [f"| {t:.2f} | {k} |" for t, k in sorted(inproc, reverse=True)]
     if imports:
         out += ["", "Largest imports of the CLI + monitor path (python -X importtime, cumulative µs):", "",
                 "| cumulative µs | self µs | module |", "|---:|---:|---|"]
@@ -540,4 +631,7 @@ def _remove_tree(base):
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get(INPROC):
+        _inproc_main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
