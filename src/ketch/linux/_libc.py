@@ -187,6 +187,18 @@ def mount_setattr(dirfd, path, flags, attr_set=0, attr_clr=0, propagation=0, use
     return _check(ret, "mount_setattr", path)
 
 
+class _StatFs(Structure):
+    # struct statfs: f_type first, 120 bytes in all on 64-bit
+    _fields_ = [("f_type", c_long), ("_rest", c_long * 15)]
+
+
+def fstatfs_type(fd):
+    """The filesystem magic of the filesystem ``fd`` is on (``statfs.f_type``)."""
+    buf = _StatFs()
+    _check(_retry(_libc.fstatfs, c_int(fd), byref(buf)), "fstatfs")
+    return buf.f_type & 0xFFFFFFFF
+
+
 # ---- namespaces and processes ----------------------------------------------
 
 def unshare(flags):

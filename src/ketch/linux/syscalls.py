@@ -137,10 +137,12 @@ class Syscalls:
             procpid = os.read(r2, 32).decode()
             if not procpid:
                 raise OSError(errno.ECHILD, "the user namespace helper exited early")
-            for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
-                text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
-                with open(f"/proc/{procpid}/{name}", "w") as f:
-                    f.write(text)
+            from ketch.linux import procfs
+
+            with procfs.ProcFS() as proc:
+                for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
+                    proc.write(f"{procpid}/{name}",
+                               "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps))
             return os.open(f"/proc/{procpid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(w)

@@ -67,7 +67,7 @@ def import_modules(cfg):
     import fcntl  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import _libc, capabilities, devices, mounts, syscalls  # noqa: F401
+    from ..linux import _libc, capabilities, devices, mounts, procfs, syscalls  # noqa: F401
     from ..runtime import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
@@ -95,14 +95,20 @@ def _preload(ctx, cfg):
         from ..linux import seccomp
 
         ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=_warn)
+    from ..linux import procfs
+
+    if procfs.needed(cfg):
+        # Every later write under /proc goes through this handle on the
+        # host's procfs, opened before the container's mounts can change
+        # what /proc is (CVE-2019-16884, CVE-2025-52881).
+        ctx.proc = procfs.ProcFS()
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
         # Detection reads host paths that pivot_root takes away.
         label.freeze()
         if proc.get("selinuxLabel"):
-            # Opened on the host's procfs, not one the container's mounts could fake.
-            ctx.selinux_exec_fd = label.open_exec_attr()
+            ctx.selinux_exec_fd = label.open_exec_attr(proc=getattr(ctx, "proc", None))
     if hooks.get("createContainer") or hooks.get("startContainer"):
         from ..runtime import hooks as hk
 
@@ -162,7 +168,7 @@ def _setup(ctx, sock):
         with Step("apply sysctl"):
             from ..linux import sysctl
 
-            sysctl.apply(linux["sysctl"], nsmap)
+            sysctl.apply(linux["sysctl"], nsmap, proc=getattr(ctx, "proc", None))
 
     with Step("finalize rootfs"):
         rootfs.finalize(cfg)
@@ -202,10 +208,12 @@ def apply_process_attrs(ctx, proc):
         if home:
             proc["env"] = list(proc.get("env") or []) + [home]
 
+    procfd = getattr(ctx, "proc", None)
     if "oomScoreAdj" in proc:
         with Step("set oom_score_adj"):
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(proc["oomScoreAdj"]))
+            from ..linux import procfs
+
+            procfs.write("self/oom_score_adj", str(proc["oomScoreAdj"]), procfd)
 
     for key, mod, what in (("personality", "procattr", "set personality"),
                            ("scheduler", "procattr", "set scheduler"),
@@ -280,7 +288,7 @@ def apply_process_attrs(ctx, proc):
         with Step(f"apply AppArmor profile {proc['apparmorProfile']!r}"):
             from ..linux import procattr
 
-            procattr.set_apparmor(proc["apparmorProfile"])
+            procattr.set_apparmor(proc["apparmorProfile"], proc=procfd)
 
     if proc.get("selinuxLabel"):
         with Step(f"set SELinux exec label {proc['selinuxLabel']!r}"):
@@ -290,7 +298,11 @@ def apply_process_attrs(ctx, proc):
                 # Running unconfined when confinement was asked for is refused (runc too).
                 raise errors.ConfigError("selinux label is specified in config, "
                                          "but selinux is disabled or not supported")
-            label.set_exec_label(proc["selinuxLabel"], fd=getattr(ctx, "selinux_exec_fd", None))
+            label.set_exec_label(proc["selinuxLabel"], fd=getattr(ctx, "selinux_exec_fd", None), proc=procfd)
+
+    if procfd is not None:
+        procfd.close()  # nothing is written under /proc after this
+        ctx.proc = None
 
     # With no_new_privs: as late as we can while the parent is still there
     # to pass a notify listener fd on (listenerPath is a host path).

@@ -75,6 +75,7 @@ class ExecContext:
         self.root_fd = -1
         self.bundle = ""
         self.sigmask = None            # the mask to restore in the children
+        self.proc = None               # procfs.ProcFS for /proc writes, opened before the chroot
 
     def hook_state(self, pid, status):
         return {"ociVersion": self.config.get("ociVersion"), "id": self.id, "status": status,
@@ -226,6 +227,15 @@ def _intermediate(ctx, sock):
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
                           ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
                           getattr(ctx, "selinux_exec_fd", None) or -1})
+    from ..linux import procfs
+
+    if procfs.needed(ctx.config, ctx.process):
+        # The host's procfs, for the process's /proc writes: after the chroot
+        # /proc is whatever the container made it (CVE-2019-16884, CVE-2025-52881).
+        try:
+            ctx.proc = procfs.ProcFS()
+        except OSError as e:
+            raise _step(e, "open /proc")
     sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)
@@ -322,7 +332,7 @@ def _preload(ctx):
     import struct  # noqa: F401
 
     from .. import _json  # noqa: F401
-    from ..linux import _libc, capabilities, fdpass, namespaces  # noqa: F401
+    from ..linux import _libc, capabilities, fdpass, namespaces, procfs  # noqa: F401
     from . import init  # noqa: F401
 
     proc = ctx.process

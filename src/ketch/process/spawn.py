@@ -343,9 +343,10 @@ def _write_time_offsets(offsets):
         if o:
             lines.append(f"{clock} {int(o.get('secs', 0))} {int(o.get('nanosecs', 0))}\n")
     if lines:
+        from ..linux import procfs
+
         try:
-            with open("/proc/self/timens_offsets", "w") as f:
-                f.write("".join(lines))
+            procfs.write("self/timens_offsets", "".join(lines))
         except OSError as e:
             e._ketch_step = "write time namespace offsets"
             raise
