@@ -83,3 +83,15 @@ with procfs.ProcFS() as p:
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"refused {errno.EXDEV}"), p.stdout
     assert "something is mounted over it" in p.stdout
+
+
+def test_a_handle_whose_fd_was_closed_under_it_fails():
+    p = procfs.ProcFS()
+    os.close(p.fd)
+    other = os.open("/", os.O_RDONLY)  # likely the same number
+    try:
+        with pytest.raises(OSError) as ei:
+            p.open("self/oom_score_adj", os.O_RDONLY)
+        assert ei.value.errno == errno.EBADF
+    finally:
+        os.close(other)

@@ -37,18 +37,30 @@ def _not_procfs(what):
 class ProcFS:
     """A verified handle on a procfs root (default: this process's /proc)."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "path", "_id")
 
     def __init__(self, path="/proc"):
         self.path = path
         fd = os.open(path, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if _libc.fstatfs_type(fd) != PROC_SUPER_MAGIC or os.fstat(fd).st_ino != PROC_ROOT_INO:
+            st = os.fstat(fd)
+            if _libc.fstatfs_type(fd) != PROC_SUPER_MAGIC or st.st_ino != PROC_ROOT_INO:
                 raise _not_procfs(path)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
+        self._id = (st.st_dev, st.st_ino)
+
+    def _check(self):
+        # Every fd not on an allow-list is closed after a fork: a handle
+        # closed that way must fail, not use whatever got its number since.
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._id:
+            raise OSError(errno.EBADF, "the procfs handle was closed", self.path)
 
     def resolve(self, rel):
         """`rel` with a leading ``self``/``thread-self`` replaced by what it names."""
@@ -59,6 +71,7 @@ class ProcFS:
 
     def open(self, rel, flags=os.O_WRONLY):
         """fd of ``<proc>/rel``: no symlink, no magic link, no mount crossed, on procfs."""
+        self._check()
         rel = self.resolve(rel.lstrip("/"))
         shown = f"{self.path}/{rel}"
         flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
