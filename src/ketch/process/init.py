@@ -153,10 +153,15 @@ def _setup(ctx, sock):
 
     from ..runtime import rootfs
 
+    sources = None
+    if "user" in nsmap:
+        with Step("open bind mount sources"):
+            sources = _mount_sources(sock, rootfs.bind_sources(cfg, ctx.bundle))
+
     with Step("prepare rootfs"):
         rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
                        cgroup_paths=ctx.cgroup_paths, before_pivot=before_pivot,
-                       no_pivot=ctx.no_pivot)
+                       no_pivot=ctx.no_pivot, sources=sources)
 
     if proc.get("terminal"):
         with Step("set up console"):
@@ -192,6 +197,25 @@ def _setup(ctx, sock):
         sync.send(sock, sync.READY)
         sock.close()
     return True
+
+
+def _mount_sources(sock, wanted):
+    """{mount index: fd of a detached tree} from the parent (spawn.send_mount_sources)."""
+    if not wanted:
+        return None
+    sync.send(sock, sync.MOUNT_SOURCES, mounts=wanted)
+    got = {}
+    while True:
+        msg = sync.recv(sock)
+        if msg is None:
+            raise errors.SetupError("open bind mount sources", "the runtime exited")
+        if msg["t"] == sync.CONTINUE:
+            return got
+        if msg["t"] != sync.MOUNT_FD:
+            raise sync.ProtocolError(f"unexpected {msg['t']!r} message while waiting for mount sources")
+        err = msg.get("errno")
+        # an error the runtime met opening it (as host root) is the mount's error
+        got[msg["i"]] = msg["fd"] if "fd" in msg else OSError(err, os.strerror(err))
 
 
 def apply_process_attrs(ctx, proc):
@@ -477,8 +501,9 @@ def _setup_console(ctx, proc, mount_label):
     size = proc.get("consoleSize") or {}
     if size:
         console.set_size(master, size.get("height", 0), size.get("width", 0))
-    rootfs.mount_console(slave_path, mount_label)
-    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    rootfs.mount_console(slave_path, mount_label,
+                         fd=console.open_peer(master, slave_path, getattr(os, "O_PATH", 0o10000000)))
+    slave = console.open_peer(master, slave_path, os.O_RDWR | os.O_NOCTTY)
     if ctx.console_sock is not None:
         console.send_fd(ctx.console_sock, master, "/dev/ptmx")
         ctx.console_sock.close()

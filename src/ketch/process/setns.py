@@ -407,7 +407,7 @@ def _setup_terminal(ctx, proc):
         size = proc.get("consoleSize") or {}
         if size:
             console.set_size(master, size.get("height", 0), size.get("width", 0))
-        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+        slave = console.open_peer(master, slave_path, os.O_RDWR | os.O_NOCTTY)
         user = proc.get("user") or {}
         if user.get("uid", 0):
             # The process must own its terminal (it is not root after setuid).
