@@ -214,3 +214,18 @@ def test_a_runtime_opened_source_is_attached_by_fd_never_by_path(root, tmp_path)
     assert data[1] == ("attach_tree", "/data", f"/proc/self/fd/{fd}")
     assert not [c for c in data if c[0] == "mount" and c[2] == str(src)]  # never mounted by its path
     assert data[2][:2] == ("mount", "/data") and data[2][4] & MS.REMOUNT and data[2][4] & MS.RDONLY
+
+
+def test_plan_of_a_user_namespace_container_masks_with_the_bound_dev_null(tmp_path):
+    # With a user namespace the devices are host nodes bound over placeholder
+    # files: the plan's /dev/null check must see the bound node, not the placeholder.
+    from ketch.spec.default import default_spec
+
+    root = rootfs_util.make_rootfs(str(tmp_path / "rootfs"), busybox=False)
+    config = default_spec(terminal=False)
+    config["root"] = {"path": root}
+    config["linux"]["namespaces"].append({"type": "user"})
+    config["mounts"] = [m for m in config["mounts"] if m["type"] != "cgroup"]
+    steps = rootfs.plan(config, str(tmp_path))
+    assert "mount /dev/null on /dev/null (type bind, flags bind)" in steps
+    assert any(s.startswith("mount /dev/null on /proc/") for s in steps)

@@ -558,6 +558,8 @@ class PlanningSyscalls(Syscalls):
             except OSError:
                 pass
             self._vmounts.append((hp, "bind", src))
+            if os.path.lexists(src):
+                self._created.pop(hp, None)  # the placeholder file is covered: lookups see the source
         else:
             self._vmounts.append((hp, fstype, source))
         self._created = {k: v for k, v in self._created.items() if not k.startswith(hp + "/")}
