@@ -21,8 +21,9 @@ from fakes import FakeSyscalls  # noqa: E402
 from ketch.errors import SecurityError  # noqa: E402
 from ketch.linux import console  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.linux.syscalls import Handle, Syscalls, _VStat  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.linux.planning import _VStat  # noqa: E402
+from ketch.linux.syscalls import Handle, Syscalls  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 
 @pytest.fixture

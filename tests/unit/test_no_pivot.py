@@ -16,7 +16,7 @@ import rootfs_util  # noqa: E402
 from fakes import FakeSyscalls  # noqa: E402
 
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from fakes import FakeSyscalls  # noqa: E402
 from ketch.errors import SecurityError, SetupError  # noqa: E402
 from ketch.linux import paths  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 HYBRID = [
     {"version": 1, "mountpoint": "/sys/fs/cgroup/cpu,cpuacct", "root": "/", "subsystems": ["cpu", "cpuacct"],
@@ -389,6 +389,7 @@ class _Label:
         self.module.format_mount_label = lambda data, label: ",".join(x for x in (data, f'context="{label}"') if x)
         self.module.relabel = lambda *a: None
         self.module.set_file_label = lambda *a: None
+        self.module.enabled = lambda: True
 
 
 @pytest.fixture
@@ -454,7 +455,7 @@ def test_finalize_masked_readonly_and_root_ro(root):
 
 def _dev_null(fake, rdev=os.makedev(1, 3), mode=stat.S_IFCHR | 0o666):
     """A /dev/null in the fake's view, as the devices step would have made it."""
-    from ketch.linux.syscalls import _VStat
+    from ketch.linux.planning import _VStat
 
     os.makedirs(os.path.join(fake.root, "dev"), exist_ok=True)
     fake._created[fake._h("/dev/null")] = _VStat(mode, rdev)

@@ -1,4 +1,6 @@
-"""Everything the runtime writes under /proc goes through here.
+"""/proc: the verified handle every runtime write goes through, and shared readers.
+
+Everything the runtime writes under /proc goes through a ``ProcFS`` handle.
 
 A container controls what its /proc is: it can mount a tmpfs there, or bind
 one procfs file over another (``/proc/self/attr/exec`` over
@@ -12,12 +14,16 @@ with ``openat2`` refusing symlinks, magic links and mount crossings, so an
 overmount anywhere on the way is an error, and the opened file is checked
 to be procfs again.  ``self`` and ``thread-self`` are read through the
 handle itself.
+
+``proc_start_time`` is a small reader the runtime's state and the engine's
+monitor share: it only reads, by pid, from the host's own /proc, never from
+a /proc a container controls.
 """
 
 import errno
 import os
 
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 PROC_SUPER_MAGIC = 0x9FA0
 PROC_ROOT_INO = 1
@@ -125,3 +131,18 @@ def needed(config, process=None):
     linux = config.get("linux") or {}
     return bool("oomScoreAdj" in proc or proc.get("apparmorProfile") or proc.get("selinuxLabel")
                 or (process is None and linux.get("sysctl")))
+
+
+def proc_start_time(pid):
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), and the state letter.
+
+    Returns (None, None) when the pid does not exist.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None, None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[19]), rest[0].decode()
