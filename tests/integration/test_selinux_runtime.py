@@ -198,13 +198,17 @@ def test_console_pty_labeled_before_it_becomes_dev_console(ketch, bundle, tmp_pa
     out = str(tmp_path / "strace.out")
     assert b"on-the-pty" in run_on_console(ketch, bundle, tmp_path, asif, cid, trace=out)
     calls = traced(out)
+    # The pty is labeled and bound through one fd checked to be the pty
+    # (CVE-2025-52565), never by its path.
     label_call = [i for i, c in enumerate(calls)
-                  if c.startswith('setxattr("/dev/pts/0", "security.selinux", "' + MLABEL)]
+                  if c.startswith('setxattr("/proc/self/fd/') and '"security.selinux", "' + MLABEL in c]
     assert len(label_call) == 1, calls
     # devpts keeps no labels without an LSM: refused, and the container carries on
     assert calls[label_call[0]].endswith("EOPNOTSUPP (Operation not supported)")
-    bind = [i for i, c in enumerate(calls) if c.startswith('mount("/dev/pts/0", ')]
+    pty = calls[label_call[0]].split('"')[1]
+    bind = [i for i, c in enumerate(calls) if c.startswith(f'mount("{pty}", ')]
     assert len(bind) == 1 and label_call[0] < bind[0], calls
+    assert not [c for c in calls if c.startswith('mount("/dev/pts/')], calls
 
 
 # ---- mqueue: context= refused, mounted plain, the mountpoint labeled ------------------------------

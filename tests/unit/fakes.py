@@ -54,9 +54,16 @@ class FakeSyscalls(PlanningSyscalls):
     def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
         self._call("mount_idmapped", target, source, recursive, userns_fd)
 
+    def attach_tree(self, tree, target):
+        self._call("attach_tree", target, self.show(tree))
+
     def userns_fd(self, uid_mappings, gid_mappings):
         self._call("userns_fd", None, tuple((m["containerID"], m["hostID"], m["size"]) for m in uid_mappings))
         return 99
+
+    def open_source(self, path, kind, fd=None):
+        self._call("open_source", path, kind)
+        return super().open_source(path, kind, fd)
 
     def pivot_root(self, new_root, put_old):
         self._call("pivot_root", new_root)

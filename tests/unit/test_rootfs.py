@@ -440,7 +440,9 @@ def test_finalize_masked_readonly_and_root_ro(root):
     os.makedirs(os.path.join(root, "sys", "firmware"))
     config = rootfs_util.make_config(readonly=True, maskedPaths=["/proc/kcore", "/sys/firmware", "/nope"],
                                      readonlyPaths=["/proc/sys", "/nope2"])
+    _dev_null(fake)
     rootfs.finalize(config, sys=fake)
+    assert ("open_source", "/dev/null", "devnull") in fake.calls
     assert mounts_of(fake) == [
         ("mount", "/proc/sys", "/proc/sys", "bind", int(MS.BIND | MS.REC), None),
         ("mount", "/proc/sys", None, None, int(MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.REMOUNT | MS.BIND),
@@ -451,11 +453,19 @@ def test_finalize_masked_readonly_and_root_ro(root):
     ]
 
 
+def _dev_null(fake, rdev=os.makedev(1, 3), mode=stat.S_IFCHR | 0o666):
+    """A /dev/null in the fake's view, as the devices step would have made it."""
+    from ketch.linux.planning import _VStat
+
+    os.makedirs(os.path.join(fake.root, "dev"), exist_ok=True)
+    fake._created[fake._h("/dev/null")] = _VStat(mode, rdev)
+
+
 def test_mount_console(root):
     fake = FakeSyscalls(root)
     fake._chroot = root
     rootfs.mount_console("/dev/pts/3", sys=fake)
-    assert fake.calls == [("umask", 0), ("create_file", "/dev/console", 0o666),
+    assert fake.calls == [("open_source", "/dev/pts/3", "pty"), ("umask", 0), ("create_file", "/dev/console", 0o666),
                           ("mount", "/dev/console", "/dev/pts/3", "bind", int(MS.BIND), None), ("umask", 0o022)]
 
 

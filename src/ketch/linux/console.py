@@ -35,6 +35,26 @@ def open_pty(ptmx="/dev/ptmx"):
     return master, os.path.join(base, str(n))
 
 
+TIOCGPTPEER = 0x5441
+
+
+def open_peer(master, slave_path, flags):
+    """An fd of the master's slave with `flags` (O_PATH for a bind source,
+    O_RDWR|O_NOCTTY for stdio), got from the master itself (TIOCGPTPEER,
+    Linux 4.13): no path lookup in a /dev/pts the container may have
+    changed (CVE-2025-52565).  Before 4.13: `slave_path`, not followed if a
+    symlink; the caller checks what it is."""
+    flags |= os.O_CLOEXEC
+    try:
+        return fcntl.ioctl(master, TIOCGPTPEER, flags)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.EINVAL, errno.ENOTTY):
+            raise
+    return os.open(slave_path, flags | os.O_NOFOLLOW)
+
+
 def set_size(fd, rows, cols):
     fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 

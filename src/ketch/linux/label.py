@@ -361,35 +361,46 @@ def file_label(path, follow_symlinks=True):
 
 
 def _fstatfs_type(fd):
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
-    if libc.fstatfs(ctypes.c_int(fd), buf) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], "little", signed=True)
+    from ketch.linux import libc as _libc
+    return _libc.fstatfs_type(fd)
 
 
-def open_exec_attr():
-    """An fd on this thread's exec attribute, checked to be procfs; None when off."""
+def open_exec_attr(proc=None):
+    """An fd on this thread's exec attribute, checked to be procfs; None when off.
+
+    Opened through `proc` (a ``procfs.ProcFS`` opened before the container
+    could change /proc), or a handle on /proc opened now: either way no
+    symlink, magic link or mount is crossed on the way (CVE-2019-16884,
+    CVE-2025-52881)."""
     if not enabled():
         return None
     fake = _fake_mode() is not None and os.environ.get("KETCH_SELINUX_EXEC_ATTR")
     path = fake or "/proc/thread-self/attr/exec"
+    if fake:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            from ketch.errors import SetupError, describe_oserror
+            raise SetupError(f"open {path}", describe_oserror(e)) from e
+    from ketch.linux import procfs
+
+    own = proc is None
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (0 if not fake else os.O_CREAT | os.O_TRUNC), 0o600)
+        if own:
+            proc = procfs.ProcFS()
+        fd = proc.open("thread-self/attr/exec", os.O_WRONLY)
+        if _fstatfs_type(fd) != _PROC_SUPER_MAGIC:
+            os.close(fd)
+            raise procfs.NotProcfs(0, "not procfs")
+    except procfs.NotProcfs:
+        from ketch.errors import SecurityError
+        raise SecurityError(f"{path} is not on procfs: refusing to write the SELinux exec label there") from None
     except OSError as e:
         from ketch.errors import SetupError, describe_oserror
         raise SetupError(f"open {path}", describe_oserror(e)) from e
-    if not fake:
-        try:
-            magic = _fstatfs_type(fd)
-        except OSError:
-            magic = None
-        if magic != _PROC_SUPER_MAGIC:
-            os.close(fd)
-            from ketch.errors import SecurityError
-            raise SecurityError(f"{path} is not on procfs: refusing to write the SELinux exec label there")
+    finally:
+        if own and proc is not None:
+            proc.close()
     return fd
 
 
@@ -407,13 +418,13 @@ def open_exec_attr_for_child():
     return open_exec_attr()
 
 
-def set_exec_label(label, fd=None):
+def set_exec_label(label, fd=None, proc=None):
     if not label or not enabled():
         return
     _check_label_text(label, "process label")
     own = fd is None
     if own:
-        fd = open_exec_attr()
+        fd = open_exec_attr(proc)
     try:
         os.write(fd, label.encode())
     except OSError as e:

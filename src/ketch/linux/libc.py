@@ -166,6 +166,7 @@ def openat2(dirfd, path, flags, mode=0, resolve=0):
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
 def open_tree(dirfd, path, flags):
@@ -188,6 +189,18 @@ def mount_setattr(dirfd, path, flags, attr_set=0, attr_clr=0, propagation=0, use
     ret = raw_syscall("mount_setattr", c_int(dirfd), _b(path), c_uint(flags),
                       byref(attr), c_size_t(sizeof(attr)))
     return check(ret, "mount_setattr", path)
+
+
+class _StatFs(Structure):
+    # struct statfs: f_type first, 120 bytes in all on 64-bit
+    _fields_ = [("f_type", c_long), ("_rest", c_long * 15)]
+
+
+def fstatfs_type(fd):
+    """The filesystem magic of the filesystem ``fd`` is on (``statfs.f_type``)."""
+    buf = _StatFs()
+    check(_retry(_libc.fstatfs, c_int(fd), byref(buf)), "fstatfs")
+    return buf.f_type & 0xFFFFFFFF
 
 
 # ---- namespaces and processes ----------------------------------------------

@@ -75,15 +75,20 @@ def write_id_maps(pid, uid_maps, gid_maps, deny_setgroups=False):
     def fmt(maps):
         return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps).encode()
 
+    from .procfs import ProcFS
+
+    with ProcFS() as proc:
+        _write_id_maps(proc, pid, uid_maps, gid_maps, deny_setgroups, fmt)
+
+
+def _write_id_maps(proc, pid, uid_maps, gid_maps, deny_setgroups, fmt):
     if deny_setgroups:
-        with open(f"/proc/{pid}/setgroups", "wb") as f:
-            f.write(b"deny")
+        proc.write(f"{pid}/setgroups", b"deny")
     for name, maps in (("uid_map", uid_maps), ("gid_map", gid_maps)):
         if not maps:
             continue
         try:
-            with open(f"/proc/{pid}/{name}", "wb") as f:
-                f.write(fmt(maps))
+            proc.write(f"{pid}/{name}", fmt(maps))
         except OSError as e:
             raise OSError(e.errno, f"write {name} {fmt(maps).decode().strip()!r}: "
                                    f"{os.strerror(e.errno).lower()}") from None

@@ -12,7 +12,7 @@ import os
 import stat as _stat
 
 from ketch.linux.mountopts import MNT_DETACH, MS
-from ketch.linux.syscalls import Handle, Syscalls, kernel_path
+from ketch.linux.syscalls import Handle, Syscalls, check_source, kernel_path
 
 
 class _VStat:
@@ -119,6 +119,18 @@ class PlanningSyscalls(Syscalls):
     def release(self, handle):
         pass
 
+    def open_source(self, path, kind, fd=None):
+        try:
+            st = self.lstat(path)
+        except FileNotFoundError:
+            if kind != "pty":
+                raise
+            st = None  # the container's devpts: nothing of it exists before the run
+        why = st is not None and check_source(kind, st)
+        if why:
+            raise OSError(errno.EXDEV, why, path)
+        return Handle(None, path)
+
     def open(self, path, flags, mode=0o777):
         self._fd += 1
         return self._fd
@@ -143,6 +155,7 @@ class PlanningSyscalls(Syscalls):
                 or not isinstance(target, (str, Handle)):
             return  # remount, move, propagation change: no new filesystem at target
         hp = self._h(target)
+        source = kernel_path(source)
         if hp == "." or hp == self.root and source == self.root:
             return
         if flags & MS.BIND:
@@ -152,6 +165,8 @@ class PlanningSyscalls(Syscalls):
             except OSError:
                 pass
             self._vmounts.append((hp, "bind", src))
+            if os.path.lexists(src):
+                self._created.pop(hp, None)  # the placeholder file is covered: lookups see the source
         else:
             self._vmounts.append((hp, fstype, source))
         self._created = {k: v for k, v in self._created.items() if not k.startswith(hp + "/")}
@@ -165,6 +180,9 @@ class PlanningSyscalls(Syscalls):
 
     def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
         self.record(f"mount idmapped {'r' if recursive else ''}bind {self.show(source)} on {self.show(target)}")
+
+    def attach_tree(self, tree, target):
+        self.record(f"mount the runtime's copy of {self.show(tree)} on {self.show(target)}")
 
     def userns_fd(self, uid_mappings, gid_mappings):
         self.record("create a user namespace for the idmapped mount")

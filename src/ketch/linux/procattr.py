@@ -26,12 +26,14 @@ def _int(v, what, lo, hi):
 
 # ---- oom_score_adj ------------------------------------------------------------
 
-def set_oom_score_adj(value, pid="self"):
+def set_oom_score_adj(value, pid="self", proc=None):
+    """Through `proc` (a ``procfs.ProcFS`` opened before pivot_root), or a handle opened now."""
+    from ketch.linux import procfs
+
     _int(value, "process.oomScoreAdj", -1000, 1000)
     path = f"/proc/{pid}/oom_score_adj"
     try:
-        with open(path, "w") as f:
-            f.write(str(value))
+        procfs.write(f"{pid}/oom_score_adj", str(value), proc)
     except OSError as e:
         raise _err(f"write oom_score_adj {value} to {path}", e) from e
 
@@ -179,7 +181,7 @@ def apparmor_enabled():
         return False
 
 
-def set_apparmor_profile(profile):
+def set_apparmor_profile(profile, proc=None):
     """Ask the kernel to switch to `profile` at the next execve.
 
     runc 1.1.5 does not consult apparmor_enabled() here: with a profile set on
@@ -189,13 +191,31 @@ def set_apparmor_profile(profile):
     """
     if not profile:
         return
+    from ketch.linux import procfs
+
     data = f"exec {profile}".encode()
+    own = proc is None
+    if own:
+        try:
+            proc = procfs.ProcFS()
+        except OSError as e:
+            raise _err(f"apply apparmor profile {profile!r}: open /proc", e) from e
+    try:
+        _write_apparmor(proc, profile, data)
+    finally:
+        if own:
+            proc.close()
+
+
+def _write_apparmor(proc, profile, data):
     # attr/apparmor/exec is the LSM-specific file (kernel ≥ 5.8, stacking);
     # attr/exec is whichever LSM owns the legacy interface.
     last = None
+    # Written through a procfs handle opened before the container could
+    # change /proc (CVE-2019-16884, CVE-2025-52881).
     for path in ("/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = proc.open(path[6:], os.O_WRONLY)
         except FileNotFoundError as e:
             last = (path, e)
             continue

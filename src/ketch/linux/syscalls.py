@@ -65,6 +65,32 @@ def _relative(root, path):
     return os.path.relpath(path, root)
 
 
+DEV_NULL = os.makedev(1, 3)
+DEVPTS_SUPER_MAGIC = 0x1CD1
+
+
+def check_source(kind, st, fstype=None):
+    """Why the object with stat `st` (on a filesystem of magic `fstype`) is
+    not what a bind source of `kind` must be; None when it is.
+
+    ``devnull``: the character device 1:3 (masked paths).  ``pty``: a pty
+    slave, major 136-143, on a devpts filesystem (/dev/console).  Anything
+    else in their place (a symlink, a procfs file bound there by a racing
+    container) would be mounted over the container's files instead
+    (CVE-2025-31133, CVE-2025-52565)."""
+    if kind == "devnull":
+        if not _stat.S_ISCHR(st.st_mode) or st.st_rdev != DEV_NULL:
+            return "is not the null device (a character device 1:3)"
+    elif kind == "pty":
+        if not _stat.S_ISCHR(st.st_mode) or not 136 <= os.major(st.st_rdev) <= 143:
+            return "is not a pty (a character device 136-143:N)"
+        if fstype is not None and fstype != DEVPTS_SUPER_MAGIC:
+            return "is not on a devpts filesystem"
+    else:
+        raise ValueError(kind)
+    return None
+
+
 def under(root, path):
     """True when `path` is `root` or below it (both absolute, normalised)."""
     if root == "/":
@@ -83,7 +109,7 @@ class Syscalls:
     def mount(self, source, target, fstype, flags=0, data=None):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
             self.forget_root()  # a mount on the root itself hides what the fd names
-        _libc.mount(source, kernel_path(target), fstype, int(flags), data or None)
+        _libc.mount(kernel_path(source), kernel_path(target), fstype, int(flags), data or None)
 
     def umount2(self, target, flags=0):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
@@ -110,11 +136,16 @@ class Syscalls:
                                 0, userns_fd)
             if isinstance(target, Handle):
                 # move_mount does not follow a /proc/self/fd magic link: attach on the fd itself
-                _libc.move_mount(fd, "", target.fd, "", _libc.MOVE_MOUNT_F_EMPTY_PATH | 0x40)
+                _libc.move_mount(fd, "", target.fd, "", _libc.MOVE_MOUNT_F_EMPTY_PATH | _libc.MOVE_MOUNT_T_EMPTY_PATH)
             else:
                 _libc.move_mount(fd, "", _libc.AT_FDCWD, target, _libc.MOVE_MOUNT_F_EMPTY_PATH)
         finally:
             os.close(fd)
+
+    def attach_tree(self, tree, target):
+        """Attach the detached mount tree `tree` (a Handle on an open_tree fd) on `target`."""
+        # move_mount does not follow a /proc/self/fd magic link: attach on the fd itself
+        _libc.move_mount(tree.fd, "", target.fd, "", _libc.MOVE_MOUNT_F_EMPTY_PATH | _libc.MOVE_MOUNT_T_EMPTY_PATH)
 
     def userns_fd(self, uid_mappings, gid_mappings):
         """An fd of a fresh user namespace with these mappings (for idmapped mounts)."""
@@ -138,10 +169,12 @@ class Syscalls:
             procpid = os.read(r2, 32).decode()
             if not procpid:
                 raise OSError(errno.ECHILD, "the user namespace helper exited early")
-            for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
-                text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
-                with open(f"/proc/{procpid}/{name}", "w") as f:
-                    f.write(text)
+            from ketch.linux import procfs
+
+            with procfs.ProcFS() as proc:
+                for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
+                    proc.write(f"{procpid}/{name}",
+                               "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps))
             return os.open(f"/proc/{procpid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(w)
@@ -201,8 +234,13 @@ class Syscalls:
             return cached[1]
         self.forget_root()
         fd = os.open(root, _DIR_FLAGS)
-        self._rootfd = (root, fd)
+        # where the kernel says the root is (the bundle path may hold symlinks)
+        self._rootfd = (root, fd, os.readlink(f"/proc/self/fd/{fd}"))
         return fd
+
+    def _real_root(self, root):
+        self._root_fd(root)
+        return self._rootfd[2]
 
     def forget_root(self):
         """Close the cached root fd (before the runtime's fds are closed, too)."""
@@ -230,9 +268,19 @@ class Syscalls:
             # the caller resolved symlinks already; refuse one appearing since
             fd = os.open(path, flags | os.O_NOFOLLOW)
         try:
+            # The fd must be exactly the destination that was resolved and
+            # approved, not merely somewhere under the root: a symlink swapped
+            # in after secure_join (a racing container sharing a volume) could
+            # otherwise redirect the mount onto /proc, /dev or another
+            # container path (the CVE-2021-30465 class).
             real = os.readlink(f"/proc/self/fd/{fd}")
-            if not under(os.path.normpath(root), real):
-                raise OSError(errno.EXDEV, f"resolves to {real}, outside the root {root}", path)
+            rel = _relative(root, path)
+            base = self._real_root(root) if Syscalls._openat2 else os.path.realpath(root)
+            want = base if rel == "." else os.path.normpath(os.path.join(base, rel))
+            if real != want:
+                if not under(base, real):
+                    raise OSError(errno.EXDEV, f"resolves to {real}, outside the root {root}", path)
+                raise OSError(errno.EXDEV, f"resolves to {real}, not to {want} as checked", path)
         except BaseException:
             os.close(fd)
             raise
@@ -241,6 +289,23 @@ class Syscalls:
     def release(self, handle):
         if isinstance(handle, Handle) and handle.fd is not None:
             os.close(handle.fd)
+
+    def open_source(self, path, kind, fd=None):
+        """A Handle on the bind source `path` (or on `fd`, an O_PATH fd the
+        caller got without a path lookup, which the Handle then owns),
+        opened ``O_PATH|O_NOFOLLOW`` and checked by fstat to be a `kind`
+        (``check_source``): mounting from its /proc/self/fd/N mounts exactly
+        the checked object, whatever the path names by then."""
+        if fd is None:
+            fd = os.open(path, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            why = check_source(kind, os.fstat(fd), _libc.fstatfs_type(fd))
+            if why:
+                raise OSError(errno.EXDEV, why, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Handle(fd, path)
 
     # ---- creation (relative to a parent opened inside root) ----------------
 

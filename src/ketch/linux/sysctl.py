@@ -79,7 +79,7 @@ def _same_ns(path, other):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def apply(sysctl, namespaces=None, proc_sys="/proc/sys"):
+def apply(sysctl, namespaces=None, proc_sys="/proc/sys", proc=None):
     """Write each value from inside the container's namespaces (after its /proc is mounted).
 
     With `namespaces` (as for validate()) the keys are validated first; a
@@ -87,11 +87,30 @@ def apply(sysctl, namespaces=None, proc_sys="/proc/sys"):
     """
     if namespaces is not None:
         validate(sysctl, namespaces)
+    own = None
+    if proc is None and proc_sys == "/proc/sys":
+        # The values are written through a verified procfs handle: a file
+        # of the container's /proc may have another mounted over it
+        # (CVE-2025-52881).  The init passes one opened before pivot_root.
+        from ketch.linux import procfs
+
+        proc = own = procfs.ProcFS()
+    try:
+        _apply(sysctl, proc_sys, proc)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _apply(sysctl, proc_sys, proc):
     for key, value in (sysctl or {}).items():
         _, rel = _dotted(key)
         path = f"{proc_sys}/{rel}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if proc is not None:
+                fd = proc.open("sys/" + rel, os.O_WRONLY)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.write(fd, value.encode())
             finally:

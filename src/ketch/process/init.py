@@ -62,7 +62,7 @@ def import_modules(cfg):
     import fcntl  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import capabilities, devices, libc, mounts, syscalls  # noqa: F401
+    from ..linux import capabilities, devices, libc, mounts, procfs, syscalls  # noqa: F401
     from . import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
@@ -90,14 +90,20 @@ def _preload(ctx, cfg):
         from ..linux import seccomp
 
         ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=warn)
+    from ..linux import procfs
+
+    if procfs.needed(cfg):
+        # Every later write under /proc goes through this handle on the
+        # host's procfs, opened before the container's mounts can change
+        # what /proc is (CVE-2019-16884, CVE-2025-52881).
+        ctx.proc = procfs.ProcFS()
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
         # Detection reads host paths that pivot_root takes away.
         label.freeze()
         if proc.get("selinuxLabel"):
-            # Opened on the host's procfs, not one the container's mounts could fake.
-            ctx.selinux_exec_fd = label.open_exec_attr()
+            ctx.selinux_exec_fd = label.open_exec_attr(proc=ctx.proc)
     if hooks.get("createContainer") or hooks.get("startContainer"):
         from . import hooks as hk
 
@@ -142,10 +148,15 @@ def _setup(ctx, sock):
 
     from . import rootfs
 
+    sources = None
+    if "user" in nsmap:
+        with Step("open bind mount sources"):
+            sources = _mount_sources(sock, rootfs.bind_sources(cfg, ctx.bundle))
+
     with Step("prepare rootfs"):
         rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
                        cgroup_paths=ctx.cgroup_paths, before_pivot=before_pivot,
-                       no_pivot=ctx.no_pivot)
+                       no_pivot=ctx.no_pivot, sources=sources)
 
     if proc.get("terminal"):
         with Step("set up console"):
@@ -157,7 +168,7 @@ def _setup(ctx, sock):
         with Step("apply sysctl"):
             from ..linux import sysctl
 
-            sysctl.apply(linux["sysctl"], nsmap)
+            sysctl.apply(linux["sysctl"], nsmap, proc=ctx.proc)
 
     with Step("finalize rootfs"):
         rootfs.finalize(cfg)
@@ -183,6 +194,25 @@ def _setup(ctx, sock):
     return True
 
 
+def _mount_sources(sock, wanted):
+    """{mount index: fd of a detached tree} from the parent (spawn.send_mount_sources)."""
+    if not wanted:
+        return None
+    sync.send(sock, sync.MOUNT_SOURCES, mounts=wanted)
+    got = {}
+    while True:
+        msg = sync.recv(sock)
+        if msg is None:
+            raise errors.SetupError("open bind mount sources", "the runtime exited")
+        if msg["t"] == sync.CONTINUE:
+            return got
+        if msg["t"] != sync.MOUNT_FD:
+            raise sync.ProtocolError(f"unexpected {msg['t']!r} message while waiting for mount sources")
+        err = msg.get("errno")
+        # an error the runtime met opening it (as host root) is the mount's error
+        got[msg["i"]] = msg["fd"] if "fd" in msg else OSError(err, os.strerror(err))
+
+
 def apply_process_attrs(ctx, proc):
     """Everything about the process that needs privileges, before READY.
 
@@ -197,10 +227,12 @@ def apply_process_attrs(ctx, proc):
         if home:
             proc["env"] = list(proc.get("env") or []) + [home]
 
+    procfd = ctx.proc
     if "oomScoreAdj" in proc:
         with Step("set oom_score_adj"):
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(proc["oomScoreAdj"]))
+            from ..linux import procfs
+
+            procfs.write("self/oom_score_adj", str(proc["oomScoreAdj"]), procfd)
 
     for key, mod, what in (("personality", "procattr", "set personality"),
                            ("scheduler", "procattr", "set scheduler"),
@@ -275,7 +307,7 @@ def apply_process_attrs(ctx, proc):
         with Step(f"apply AppArmor profile {proc['apparmorProfile']!r}"):
             from ..linux import procattr
 
-            procattr.set_apparmor(proc["apparmorProfile"])
+            procattr.set_apparmor(proc["apparmorProfile"], proc=procfd)
 
     if proc.get("selinuxLabel"):
         with Step(f"set SELinux exec label {proc['selinuxLabel']!r}"):
@@ -285,7 +317,11 @@ def apply_process_attrs(ctx, proc):
                 # Running unconfined when confinement was asked for is refused (runc too).
                 raise errors.ConfigError("selinux label is specified in config, "
                                          "but selinux is disabled or not supported")
-            label.set_exec_label(proc["selinuxLabel"], fd=ctx.selinux_exec_fd)
+            label.set_exec_label(proc["selinuxLabel"], fd=ctx.selinux_exec_fd, proc=procfd)
+
+    if procfd is not None:
+        procfd.close()  # nothing is written under /proc after this
+        ctx.proc = None
 
     # With no_new_privs: as late as we can while the parent is still there
     # to pass a notify listener fd on (listenerPath is a host path).
@@ -460,8 +496,9 @@ def _setup_console(ctx, proc, mount_label):
     size = proc.get("consoleSize") or {}
     if size:
         console.set_size(master, size.get("height", 0), size.get("width", 0))
-    rootfs.mount_console(slave_path, mount_label)
-    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    rootfs.mount_console(slave_path, mount_label,
+                         fd=console.open_peer(master, slave_path, getattr(os, "O_PATH", 0o10000000)))
+    slave = console.open_peer(master, slave_path, os.O_RDWR | os.O_NOCTTY)
     if ctx.console_sock is not None:
         console.send_fd(ctx.console_sock, master, "/dev/ptmx")
         ctx.console_sock.close()

@@ -96,6 +96,9 @@ def _is_procfs(sys, path):
     return any(mi.fstype == "proc" and mi.dev == want for mi in entries)
 
 
+SELF = object()  # as a mount source: the destination's own checked fd
+
+
 class Mount:
     """One config.json mount, parsed: container destination, kind, flags and data."""
 
@@ -218,7 +221,8 @@ class _Engine:
                 raise SecurityError(f"{what}: destination {e.strerror}") from e
             raise SetupError(what, describe_oserror(e)) from e
         try:
-            self.sys.mount(source, h, fstype, flags, data)
+            # SELF: bind the checked fd onto itself, no second lookup of the path
+            self.sys.mount(h if source is SELF else source, h, fstype, flags, data)
         except OSError as e:
             raise SetupError(describe(shown_source or source, shown_dest, fstype, flags, data),
                              describe_oserror(e)) from e
@@ -268,10 +272,17 @@ class _Engine:
             flags &= ~MS.RDONLY
         return flags
 
-    def mount_entry(self, m, cgroup_paths=None, cgroupns=False, userns=False):
+    def mount_entry(self, m, cgroup_paths=None, cgroupns=False, userns=False, tree=None):
         handler = _HANDLERS.get(m.kind, _mount_other)
-        host = self.host(m.dest)
-        self.check_dest(m, host)
+        try:
+            host = self.host(m.dest)
+            self.check_dest(m, host)
+            if tree is not None:
+                _mount_tree(self, m, host, tree)
+                return
+        finally:
+            if tree is not None:
+                self.sys.release(tree)
         handler(self, m, host, cgroup_paths=cgroup_paths, cgroupns=cgroupns, userns=userns)
 
 
@@ -375,6 +386,29 @@ def _mount_bind(eng, m, host, userns=False, **_):
         eng.remount(host, eng.mount_flags(m), m.dest)
     if m.relabel and _labeling(eng.label):
         eng.step(f"relabel {m.source}", sys.relabel, m.source, eng.label, m.relabel == "z")
+    eng.finish(m, host)
+
+
+def _handle(fd, path):
+    from ketch.linux.syscalls import Handle
+
+    return Handle(fd, path)
+
+
+def _mount_tree(eng, m, host, tree):
+    """A bind mount whose source the runtime opened (a detached tree: see
+    ``bind_sources``): attached on the destination's fd, then flags and
+    propagation as for any bind mount."""
+    sys = eng.sys
+    what = f"bind mount {m.source} on {m.dest}"
+    try:
+        st = sys.stat(tree)
+    except OSError as e:
+        raise SetupError(what, f"source: {describe_oserror(e)}") from e
+    eng.step(f"create mount destination {m.dest}", eng.create_target, host, _stat.S_ISDIR(st.st_mode))
+    eng.on_mount(host, lambda h: sys.attach_tree(tree, h), what)
+    if m.opts.flags & ~(MS.REC | MS.REMOUNT | MS.BIND | _PROPAGATION_BITS):
+        eng.remount(host, eng.mount_flags(m), m.dest)
     eng.finish(m, host)
 
 
@@ -619,10 +653,49 @@ def _setup_ptmx(eng):
     eng.step("symlink /dev/ptmx -> pts/ptmx", eng.sys.symlink, "pts/ptmx", host, eng.root)
 
 
+def _hide_host_proc_sys(eng):
+    """Take the host's procfs and sysfs out of the mount namespace before
+    --no-pivot moves the rootfs over "/".
+
+    Without pivot_root the old root stays in the namespace under the
+    rootfs, and with it a complete, unmasked procfs: the kernel then lets a
+    new user namespace in the container mount a fresh procfs (it refuses one
+    only when no full procfs is visible in the mount namespace), with
+    nothing masked (/proc/sysrq-trigger, /proc/kcore...).  runc and crun
+    refuse the same: `mount -t proc` fails with EPERM there.  Each full
+    proc or sysfs mount outside the rootfs is made a slave (so nothing
+    propagates to the host) and detached, or, where that is not allowed,
+    covered with an empty tmpfs."""
+    from ketch.linux.mounts import parse_mountinfo
+
+    sys = eng.sys
+    try:
+        entries = parse_mountinfo(sys.read_text("/proc/self/mountinfo"))
+    except OSError as e:
+        raise SetupError("read /proc/self/mountinfo", describe_oserror(e)) from e
+    for mi in entries:
+        if mi.fstype not in ("proc", "sysfs") or mi.root != "/" or paths.is_under(eng.root, mi.mountpoint):
+            continue
+        mp = mi.mountpoint
+        try:
+            sys.mount(None, mp, None, MS.SLAVE | MS.REC, None)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINVAL):
+                continue  # under a mount detached a moment ago
+            raise SetupError(f"make {mp} a slave", describe_oserror(e)) from e
+        try:
+            sys.umount2(mp, MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise SetupError(f"unmount the host's {mi.fstype} at {mp}", describe_oserror(e)) from e
+            eng.step(f"cover the host's {mi.fstype} at {mp}", sys.mount, "tmpfs", mp, "tmpfs", 0, None)
+
+
 def _pivot(eng, no_pivot):
     sys = eng.sys
     root = eng.root
     if no_pivot:
+        _hide_host_proc_sys(eng)
         eng.step(f"chdir {root}", sys.chdir, root)
         eng.step(f"move {root} to /", sys.mount, root, "/", None, MS.MOVE, None)
         eng.step(f"chroot {root}", sys.chroot, ".")
@@ -644,9 +717,24 @@ def _pivot(eng, no_pivot):
     eng.step("chdir /", sys.chdir, "/")
 
 
+def bind_sources(config, bundle):
+    """[[index, host source, recursive]] of the bind mounts whose sources the
+    runtime opens for an init in a user namespace (``prepare(sources=...)``)."""
+    out = []
+    for i, spec in enumerate(config.get("mounts") or ()):
+        m = Mount(spec, bundle)
+        if m.kind == "bind" and not m.opts.extensions & {"idmap", "ridmap"}:
+            out.append([i, m.source, bool(m.opts.flags & MS.REC)])
+    return out
+
+
 def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, before_pivot=None,
-            no_pivot=False, sys=None):
-    """Lay out the container's root filesystem and pivot into it (in the new mount namespace)."""
+            no_pivot=False, sys=None, sources=None):
+    """Lay out the container's root filesystem and pivot into it (in the new mount namespace).
+
+    `sources`: {index in config.mounts: fd of a detached mount tree} for bind
+    mounts whose source the runtime opened (``bind_sources``); the fds are
+    consumed."""
     _trace("rootfs prepare")
     sys = _default_sys(sys)
     eng = _Engine(rootfs_path, sys, mount_label)
@@ -676,10 +764,14 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     if gate is not None:
         cgroup_paths = None
     _trace("rootfs bound")
-    for m in mounts:
+    for i, m in enumerate(mounts):
         if gate is not None and m.kind == "cgroup":
             gate()
-        eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss)
+        tree = sources.pop(i, None) if sources else None
+        if isinstance(tree, OSError):
+            raise SetupError(f"bind mount {m.source} on {m.dest}", f"source: {describe_oserror(tree)}")
+        eng.mount_entry(m, cgroup_paths=cgroup_paths, cgroupns="cgroup" in nss, userns="user" in nss,
+                        tree=None if tree is None else _handle(tree, m.source))
     _trace("rootfs mounts")
     if gate is not None:
         # device nodes are made under the devices controller's rules
@@ -705,23 +797,42 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         eng.step(f"make / {config['linux']['rootfsPropagation']}", sys.mount, None, "/", None, prop, None)
 
 
-def mount_console(slave_path, mount_label="", sys=None):
-    """Bind the pty slave on /dev/console (after pivot)."""
+def open_source(eng, path, kind, what, fd=None):
+    """A checked handle on a bind source that must be one particular kind of
+    object (``syscalls.check_source``); a SecurityError naming `what` when it is not."""
+    try:
+        return eng.sys.open_source(path, kind, fd)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise SecurityError(f"{what}: {path} {e.strerror}") from e
+        raise SetupError(f"{what}: open {path}", describe_oserror(e)) from e
+
+
+def mount_console(slave_path, mount_label="", sys=None, fd=None):
+    """Bind the pty slave on /dev/console (after pivot).
+
+    `fd` is an O_PATH fd of the slave got from its master (TIOCGPTPEER),
+    no path involved; else `slave_path` is opened O_PATH|O_NOFOLLOW.  Either
+    way it is checked to be a devpts pty and bound from its fd: a
+    /dev/pts/N swapped for a link to a procfs file would otherwise be bound
+    on /dev/console, writable (CVE-2025-52565)."""
     sys = _default_sys(sys)
     eng = _Engine("/", sys, mount_label)
+    pty = open_source(eng, slave_path, "pty", "bind the console", fd)
     old = sys.umask(0)
     try:
         if _labeling(mount_label):
             # before the bind, so /dev/console is never there with the pty's old label
-            eng.step(f"label {slave_path}", _label_inode, sys, slave_path, mount_label)
+            eng.step(f"label {slave_path}", _label_inode, sys, pty, mount_label)
         host = eng.host("/dev/console")
         try:
             sys.lstat(host)
         except FileNotFoundError:
             eng.step("create /dev/console", sys.create_file, host, 0o666, "/")
-        eng.mount(slave_path, host, "bind", MS.BIND, None, "/dev/console")
+        eng.mount(pty, host, "bind", MS.BIND, None, "/dev/console", shown_source=slave_path)
     finally:
         sys.umask(old)
+        sys.release(pty)
 
 
 def finalize(config, sys=None):
@@ -731,6 +842,24 @@ def finalize(config, sys=None):
     label = linux.get("mountLabel") or ""
     eng = _Engine("/", sys, label)
     _trace("rootfs finalize")
+    null_box = []
+    try:
+        _finalize_paths(eng, linux, label, null_box)
+    finally:
+        for h in null_box:
+            sys.release(h)
+    for spec in config.get("mounts") or ():
+        m = Mount(spec)
+        if m.dest == "/dev" and m.opts.flags & MS.RDONLY and m.kind != "bind":
+            eng.remount("/dev", m.opts.flags | MS.RDONLY, "/dev", bind=False)
+    if (config.get("root") or {}).get("readonly"):
+        eng.remount("/", MS.RDONLY, "/")
+    # The runtime's fds are closed next: no cached root fd may outlive that.
+    getattr(sys, "forget_root", lambda: None)()
+
+
+def _finalize_paths(eng, linux, label, null_box):
+    sys = eng.sys
     for p in linux.get("readonlyPaths") or ():
         p = paths.clean(p)
         host = eng.host(p)
@@ -738,7 +867,7 @@ def finalize(config, sys=None):
             sys.lstat(host)
         except FileNotFoundError:
             continue
-        eng.mount(host, host, "bind", MS.BIND | MS.REC, None, p, shown_source=p)
+        eng.mount(SELF, host, "bind", MS.BIND | MS.REC, None, p, shown_source=p)
         eng.remount(host, MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, p)
     for p in linux.get("maskedPaths") or ():
         p = paths.clean(p)
@@ -750,15 +879,12 @@ def finalize(config, sys=None):
         if _stat.S_ISDIR(st.st_mode):
             eng.mount("tmpfs", host, "tmpfs", MS.RDONLY, _label_data("", label), p)
         else:
-            eng.mount("/dev/null", host, "bind", MS.BIND, None, p)
-    for spec in config.get("mounts") or ():
-        m = Mount(spec)
-        if m.dest == "/dev" and m.opts.flags & MS.RDONLY and m.kind != "bind":
-            eng.remount("/dev", m.opts.flags | MS.RDONLY, "/dev", bind=False)
-    if (config.get("root") or {}).get("readonly"):
-        eng.remount("/", MS.RDONLY, "/")
-    # The runtime's fds are closed next: no cached root fd may outlive that.
-    getattr(sys, "forget_root", lambda: None)()
+            if not null_box:
+                # Opened once, checked to be the null device, bound from its
+                # fd: a /dev/null swapped for a link to /proc/sys/kernel/
+                # core_pattern would unmask instead of mask (CVE-2025-31133).
+                null_box.append(open_source(eng, "/dev/null", "devnull", f"mask {p}"))
+            eng.mount(null_box[0], host, "bind", MS.BIND, None, p, shown_source="/dev/null")
 
 
 def rootfs_of(config, bundle):

@@ -77,6 +77,7 @@ class ExecContext:
         self.root_fd = -1
         self.bundle = ""
         self.sigmask = None            # the mask to restore in the children
+        self.proc = None               # procfs.ProcFS for /proc writes, opened before the chroot
 
     def hook_state(self, pid, status):
         return {"ociVersion": self.config.get("ociVersion"), "id": self.id, "status": status,
@@ -226,6 +227,15 @@ def _intermediate(ctx, sock):
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
                           ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
                           ctx.selinux_exec_fd or -1})
+    from ..linux import procfs
+
+    if procfs.needed(ctx.config, ctx.process):
+        # The host's procfs, for the process's /proc writes: after the chroot
+        # /proc is whatever the container made it (CVE-2019-16884, CVE-2025-52881).
+        try:
+            ctx.proc = procfs.ProcFS()
+        except OSError as e:
+            raise _step(e, "open /proc")
     sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)
@@ -322,7 +332,7 @@ def _preload(ctx):
     import struct  # noqa: F401
 
     from .. import _json  # noqa: F401
-    from ..linux import capabilities, fdpass, libc, namespaces  # noqa: F401
+    from ..linux import capabilities, fdpass, libc, namespaces, procfs  # noqa: F401
     from . import init  # noqa: F401
 
     proc = ctx.process
@@ -396,7 +406,7 @@ def _setup_terminal(ctx, proc):
         size = proc.get("consoleSize") or {}
         if size:
             console.set_size(master, size.get("height", 0), size.get("width", 0))
-        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+        slave = console.open_peer(master, slave_path, os.O_RDWR | os.O_NOCTTY)
         user = proc.get("user") or {}
         if user.get("uid", 0):
             # The process must own its terminal (it is not root after setuid).

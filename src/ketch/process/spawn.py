@@ -218,6 +218,8 @@ def _drive(ctx, sock, stage1, gate=None):
                 gate.open()
             _reap(stage1)
             ctx.on_init_pid(init_pid)
+        elif t == sync.MOUNT_SOURCES:
+            send_mount_sources(sock, msg.get("mounts") or ())
         elif t == sync.HOOKS:
             ctx.run_create_runtime_hooks(init_pid)
             sync.send(sock, sync.CONTINUE)
@@ -241,6 +243,36 @@ def _drive(ctx, sock, stage1, gate=None):
             raise errors.SetupError(msg["step"], msg["msg"] or None)
         else:
             raise errors.KetchError(f"internal error: unexpected {t!r} from container init")
+
+
+def send_mount_sources(sock, mounts):
+    """Open each bind source [index, path, recursive] as host root, as a
+    detached copy of its mount (open_tree), and send it to the init.
+
+    An init in a user namespace is root only there: a source below a
+    directory host root keeps to itself (0700) is out of its reach by
+    path, though the config asks for it (runc and crun open sources in the
+    runtime too).  The detached tree is attached on the destination by fd.
+    A source that cannot be opened is reported with its errno (the init
+    fails the mount with it); on a kernel without open_tree the init
+    mounts by path."""
+    import errno
+
+    from ..linux import libc as _libc
+
+    for i, path, recursive in mounts:
+        flags = _libc.OPEN_TREE_CLONE | _libc.OPEN_TREE_CLOEXEC | (_libc.AT_RECURSIVE if recursive else 0)
+        try:
+            fd = _libc.open_tree(_libc.AT_FDCWD, path, flags)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                sync.send(sock, sync.MOUNT_FD, i=i, errno=e.errno)
+            continue
+        try:
+            sync.send_fd(sock, fd, sync.MOUNT_FD, i=i)
+        finally:
+            os.close(fd)
+    sync.send(sock, sync.CONTINUE)
 
 
 def _raise_died(stage1, init_pid):
@@ -341,8 +373,9 @@ def _write_time_offsets(offsets):
         if o:
             lines.append(f"{clock} {int(o.get('secs', 0))} {int(o.get('nanosecs', 0))}\n")
     if lines:
+        from ..linux import procfs
+
         try:
-            with open("/proc/self/timens_offsets", "w") as f:
-                f.write("".join(lines))
+            procfs.write("self/timens_offsets", "".join(lines))
         except OSError as e:
             raise errors.SetupError("write time namespace offsets", e) from e

@@ -16,6 +16,8 @@ the container init inherit the other.
  MAPPED ─────────────────────────▶ become root in the userns
                                    unshare(pid, mnt, ...); fork ─▶ (init starts here)
  ◀──────────────────────────────── PID {pid}; exit
+ open_tree each source (host root) ◀──────────────────────────── MOUNT_SOURCES (in a user namespace,
+ MOUNT_FD {i} + fd ... CONTINUE ───────────────────────────────▶  the bind sources it may not reach)
  init → unified cgroup;                                          rootfs.prepare, up to the gate
  gate: "1" + v1 dirs ────────────────────────────────────────────▶ join the v1 cgroups (tasks ← 0);
                                                                  the cgroup mount, devices
@@ -51,6 +53,8 @@ CONTINUE = "continue"
 READY = "ready"
 ERROR = "error"
 SECCOMP_FD = "seccomp-fd"  # init -> parent, with the notify fd (SCM_RIGHTS)
+MOUNT_SOURCES = "mount-sources"  # init -> parent: the bind sources to open (user namespace)
+MOUNT_FD = "mount-fd"  # parent -> init, with one source's detached tree (SCM_RIGHTS); CONTINUE ends them
 
 _MAX = 1 << 16
 
