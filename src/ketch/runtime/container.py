@@ -50,9 +50,16 @@ class CreateContext:
         self.nsmap = spec.namespaces(config)
         self.no_pivot = opts.no_pivot
         self.no_new_keyring = opts.no_new_keyring
-        self.preserve_fds = opts.preserve_fds
+        from ..process import fds
+
+        # The fds the process inherits from 3 up: --preserve-fds, then systemd's LISTEN_FDS.
+        self.preserve_fds = fds.passed(opts.preserve_fds)
+        listen = fds.listen_env()
+        if listen and config.get("process"):
+            config["process"]["env"] = list(config["process"].get("env") or []) + listen
         self.console_socket_path = opts.console_socket
         self.console_sock = None
+        self.sync_sock = None  # stage-1's and the init's end (process/fds.py lists it)
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroup_paths = None

@@ -245,10 +245,10 @@ def exec_process(store, cid, opts):
                 nsmap = spec.namespaces(config)
             ctx = setns.ExecContext(cid, config, proc, nsmap, c.pid, pidfd)
             ctx.bundle = c.state.get("bundle") or ""
-            extra = 0
-            if os.environ.get("LISTEN_FDS", "").isdigit():
-                extra = int(os.environ["LISTEN_FDS"])
-            ctx.preserve_fds = opts.preserve_fds + extra
+            from ..process import fds
+
+            ctx.preserve_fds = fds.passed(opts.preserve_fds)
+            proc["env"] = list(proc.get("env") or []) + fds.listen_env()
             ctx.setgroups_denied = _setgroups_denied(c.pid)
             paths = c.state.get("cgroupPaths") or {}
             ctx.cgroup_dirs = _cgroup_dirs(paths, opts.cgroups)
