@@ -65,6 +65,28 @@ def passed(preserve_fds):
     return preserve_fds + listen_fds()
 
 
+def reserve(count):
+    """Hold fds 3..3+count-1 before the runtime opens anything: a number in
+    that range the caller did not pass would otherwise be the runtime's own
+    next fd (the container's lock on its state directory) and be passed on
+    to the container as if preserved.  Holes get /dev/null."""
+    null = -1
+    try:
+        for fd in range(3, 3 + count):
+            try:
+                os.fstat(fd)
+                continue
+            except OSError:
+                pass
+            if null < 0:
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            if null != fd:
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        if null >= 3 + count or (null >= 0 and null < 3):
+            os.close(null)
+
+
 def _fd_of(v):
     if v is None or isinstance(v, bool):
         return -1

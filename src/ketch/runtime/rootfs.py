@@ -154,6 +154,11 @@ class _Engine:
         return paths.in_root(self.root, host)
 
     def check_dest(self, m, host):
+        if m.dest.startswith("/proc/") and m.dest not in PROC_ALLOWED:
+            # As written, before any link is followed: /proc/self/fd/N and
+            # /proc/<pid>/cwd are magic links whose text names a host path
+            # of the init's (CVE-2024-21626); never follow them to a place.
+            raise SecurityError(f"mount destination {m.dest} is in /proc, which is not allowed")
         cpath = self.container_path(host)
         if cpath == "/proc":
             if m.kind not in ("proc", "bind"):
