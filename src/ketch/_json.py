@@ -50,6 +50,10 @@ def loads(data):
         obj, end = _scan(data, i)
     except StopIteration as e:
         raise JSONDecodeError(_where("expecting a value", data, e.value)) from None
+    except RecursionError:
+        # A document nested deeper than the interpreter's stack: one error
+        # line, not a traceback (the json module would only fail again).
+        raise JSONDecodeError("nested too deeply") from None
     except Exception:  # noqa: BLE001
         # The C scanner builds most syntax errors by importing json.decoder
         # (and can fail doing it with -S); on this error path only, let the

@@ -30,8 +30,23 @@ def _record(level, msg):
         from . import _json as json
 
         return json.dumps({"level": level, "msg": msg, "time": now_rfc3339()}) + "\n"
-    esc = msg.replace("\\", "\\\\").replace('"', '\\"')
-    return f'time="{now_rfc3339()}" level={level} msg="{esc}"\n'
+    return f'time="{now_rfc3339()}" level={level} msg="{_quote(msg)}"\n'
+
+
+_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _quote(msg):
+    """The text format's msg, as Go's %q would write it: one record is one
+    line, whatever the message holds (a newline in a path or an error from a
+    hook must not forge a record of its own)."""
+    out = []
+    for ch in msg:
+        e = _ESC.get(ch)
+        if e is None and (ch < " " or ch == "\x7f"):
+            e = f"\\x{ord(ch):02x}"
+        out.append(e or ch)
+    return "".join(out)
 
 
 def _to_log(level, msg):

@@ -63,7 +63,7 @@ def import_modules(cfg):
     import struct  # noqa: F401
 
     from ..linux import capabilities, devices, libc, mounts, procfs, syscalls  # noqa: F401
-    from . import rootfs  # noqa: F401
+    from . import fds, rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
     linux = cfg.get("linux") or {}
@@ -183,10 +183,11 @@ def _setup(ctx, sock):
             with Step(f"set domainname {cfg['domainname']!r}"):
                 _libc.setdomainname(cfg["domainname"])
 
-    apply_process_attrs(ctx, proc)
-
     with Step("close runtime file descriptors"):
-        _close_fds(ctx, keep={sock.fileno()})
+        # Before the chdir to process.cwd (CVE-2024-21626): see process/fds.py.
+        close_runtime_fds(ctx)
+
+    apply_process_attrs(ctx, proc)
 
     with Step("report ready"):
         sync.send(sock, sync.READY)
@@ -264,8 +265,12 @@ def apply_process_attrs(ctx, proc):
                     raise
 
     env = proc.get("env") or []
-    with Step("change to working directory " + proc.get("cwd", "/")):
-        _chdir(proc.get("cwd") or "/")
+    cwd = proc.get("cwd") or "/"
+    with Step(f"chdir to cwd {cwd}"):
+        # As root first: a directory only root may enter (/root, 0700) is
+        # entered before the user changes, as runc does.  Only a permission
+        # error is tried again as the user, below.
+        entered = _enter_cwd(cwd)
 
     if not proc.get("noNewPrivileges"):
         # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: load
@@ -291,10 +296,14 @@ def apply_process_attrs(ctx, proc):
             # (CVE-2019-5736 needs host root): host-root inits stay non-dumpable.
             _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
 
-    with Step("chdir after setuid"):
-        # The directory may only be reachable as the container user (root
-        # squashing on network filesystems): go there again as that user.
-        _chdir(proc.get("cwd") or "/")
+    if not entered:
+        with Step(f"chdir to cwd {cwd}"):
+            # Only reachable as the container's user (root squashing on
+            # network filesystems, a volume owned by that user).
+            os.chdir(cwd)
+
+    with Step(f"check cwd {cwd}"):
+        check_cwd(cwd)
 
     with Step("set capabilities"):
         capabilities.apply(caps or {}, warn=warn)
@@ -438,8 +447,30 @@ def lookup_executable(name, env):
     raise errors.KetchError(f'exec: "{name}": executable file not found in $PATH')
 
 
-def _chdir(cwd):
-    os.chdir(cwd)
+def _enter_cwd(cwd):
+    """chdir to ``cwd``; False when root was refused (try again as the user)."""
+    try:
+        os.chdir(cwd)
+    except PermissionError:
+        return False
+    return True
+
+
+def check_cwd(cwd):
+    """The working directory must be inside the container's root.
+
+    CVE-2024-21626: a cwd through /proc/self/fd/N of an fd that leaked from
+    the host would be a directory outside it.  The kernel's getcwd(2) then
+    answers with a path starting "(unreachable)", which glibc turns into
+    ENOENT.  The fds are closed by construction (process/fds.py); this
+    catches what a future leak would let through, as runc does."""
+    try:
+        here = os.getcwd()
+    except OSError as e:
+        here = f"(unreachable: {errors.describe_oserror(e)})"
+    if not here.startswith("/") or here.startswith("(unreachable)"):
+        raise errors.SecurityError(f"cwd {cwd}: the working directory is outside the container's "
+                                   f"root ({here}): refusing to run the process there")
 
 
 def warn(msg):
@@ -449,28 +480,14 @@ def warn(msg):
         pass
 
 
-def _close_fds(ctx, keep):
-    """The init's: stdio, --preserve-fds, the sync socket and the exec fifo stay."""
-    close_runtime_fds(set(keep) | {ctx.fifo_fd}, ctx.preserve_fds)
+def close_runtime_fds(ctx):
+    """Last thing before the process's own attributes and its cwd (shared
+    with exec): close every fd not on the allow-list (process/fds.py) and
+    let the --preserve-fds range through execve."""
+    from . import fds
 
-
-def close_runtime_fds(keep, preserve_fds):
-    """Close every fd the runtime opened (shared with exec): only stdio, the
-    --preserve-fds range (made inheritable) and ``keep`` (our own
-    close-on-exec fds) stay."""
-    keep = set(keep) | {0, 1, 2} | set(range(3, 3 + preserve_fds))
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    for fd in range(3, 3 + preserve_fds):
-        try:
-            os.set_inheritable(fd, True)
-        except OSError:
-            pass
+    fds.close_unlisted(ctx)
+    fds.pass_preserved(ctx)
 
 
 def _loopback_up():

@@ -146,6 +146,11 @@ class _Engine:
         return paths.in_root(self.root, host)
 
     def check_dest(self, m, host):
+        if m.dest.startswith("/proc/") and m.dest not in PROC_ALLOWED:
+            # As written, before any link is followed: /proc/self/fd/N and
+            # /proc/<pid>/cwd are magic links whose text names a host path
+            # of the init's (CVE-2024-21626); never follow them to a place.
+            raise SecurityError(f"mount destination {m.dest} is in /proc, which is not allowed")
         cpath = self.container_path(host)
         if cpath == "/proc":
             if m.kind not in ("proc", "bind"):
@@ -783,6 +788,7 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         _setup_ptmx(eng)
 
     _trace("rootfs devices")
+    _make_cwd(eng, config)
     if before_pivot is not None:
         before_pivot()
 
@@ -795,6 +801,40 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     if prop is not None:
         # applied to the container's own "/" again now that it is one (runc does the same)
         eng.step(f"make / {config['linux']['rootfsPropagation']}", sys.mount, None, "/", None, prop, None)
+
+
+class _PseudoFsLink(Exception):
+    pass
+
+
+def _make_cwd(eng, config):
+    """Create a missing process.cwd, resolved inside the root, as runc does.
+
+    Not when it is, or leads through a symlink, in /proc or /sys: nothing
+    there is ours to create, and /proc/self/fd/N names a file of whoever
+    reads it -- the init's host fds before they are closed (CVE-2024-21626).
+    The chdir itself, after the fds are closed, then fails or is checked."""
+    cwd = paths.clean((config.get("process") or {}).get("cwd") or "/")
+    if cwd == "/":
+        return
+
+    def pseudo(cpath):
+        return any(cpath == d or cpath.startswith(d + "/") for d in ("/proc", "/sys"))
+
+    def readlink(host):
+        if pseudo(eng.container_path(host)):
+            raise _PseudoFsLink()
+        return eng.sys.readlink(host)
+
+    if pseudo(cwd):
+        return
+    try:
+        host = paths.secure_join(eng.root, cwd, eng.sys.lstat, readlink)
+    except _PseudoFsLink:
+        return
+    if pseudo(eng.container_path(host)):
+        return
+    eng.step(f"create cwd {cwd}", eng.mkdir_all, host)
 
 
 def open_source(eng, path, kind, what, fd=None):

@@ -34,9 +34,12 @@ CAP_SYS_PTRACE over its mm's user namespace).  Beyond that:
   slipped through must fail, not load a .py or .so from the container's
   image and run it as host root.  The seccomp filter is compiled (libseccomp
   dlopen'ed) on the host side for the same reason.
-* No fd of the runtime reaches the container: everything except stdio,
-  --preserve-fds, the sync socket and the console socket (both
-  close-on-exec) is closed before the first setns.
+* No fd of the runtime reaches the container: right after each fork
+  everything not on the one allow-list (process/fds.py: stdio,
+  --preserve-fds/LISTEN_FDS, the sync and console sockets, the init's root
+  and pidfd until they are used) is closed, and again before the chdir to
+  the process's cwd, which is then checked to be inside the container's
+  root (CVE-2024-21626).
 * The container's root comes from the init's (/proc/<init>/root opened
   before joining), never from a path the container controls; the init is
   pinned by a pidfd so a recycled pid cannot be joined.
@@ -109,6 +112,7 @@ def spawn(ctx):
     from ..linux import fdpass
 
     child_sock = fdpass.wrap(_high(b.detach(), floor))
+    ctx.sync_sock = child_sock
     if ctx.console_sock is not None:
         ctx.console_sock = fdpass.wrap(_high(ctx.console_sock.detach(), floor))
     ctx.root_fd = _high(os.open(f"/proc/{ctx.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
@@ -122,7 +126,8 @@ def spawn(ctx):
     if inter == 0:  # ------------------------------------------ intermediate
         code = 1
         try:
-            parent_sock.close()
+            _first_in_child(ctx)
+            parent_sock.detach()  # closed by _first_in_child: not ours to close again
             _intermediate(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - everything goes to the parent
@@ -206,12 +211,21 @@ def _step(e, name):
     return e
 
 
-def _intermediate(ctx, sock):
+def _first_in_child(ctx):
+    """Before anything else in a child: non-dumpable (see the module
+    docstring, CVE-2019-5736 and CVE-2016-9962), then every fd not on the
+    allow-list closed (process/fds.py, CVE-2024-21626)."""
     from ..linux import libc as _libc
-    from ..linux import namespaces as ns
+    from . import fds
 
-    # First of all: see the module docstring (CVE-2019-5736).
     _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
+    fds.close_unlisted(ctx)
+
+
+def _intermediate(ctx, sock):
+    from ..linux import namespaces as ns
+    from . import fds
+
     if ctx.sigmask is not None:
         import _signal
 
@@ -224,9 +238,6 @@ def _intermediate(ctx, sock):
         _preload(ctx)
     except BaseException as e:
         raise _step(e, "load runtime modules")
-    _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
-                          ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
-                          ctx.selinux_exec_fd or -1})
     from ..linux import procfs
 
     if procfs.needed(ctx.config, ctx.process):
@@ -240,15 +251,16 @@ def _intermediate(ctx, sock):
 
     types = _types_to_join(ctx)
     try:
-        fds = ns.open_paths({t: f"/proc/{ctx.init_pid}/ns/{ns.TYPES[t][1]}" for t in types})
+        nsfds = ns.open_paths({t: f"/proc/{ctx.init_pid}/ns/{ns.TYPES[t][1]}" for t in types})
     except OSError as e:
         raise _step(e, "open container namespaces")
     # The fds are the init's only if it is still the process the pidfd pins.
     if _pidfd_exited(ctx.pidfd):
         raise errors.NotRunning(f"container {ctx.id!r} is not running (its init exited)")
     os.close(ctx.pidfd)
+    ctx.pidfd = -1
     try:
-        ns.join(fds)
+        ns.join(nsfds)
     except OSError as e:
         raise _step(e, "join namespaces")
     try:
@@ -258,6 +270,7 @@ def _intermediate(ctx, sock):
     except OSError as e:
         raise _step(e, "enter the container's root")
     os.close(ctx.root_fd)
+    ctx.root_fd = -1
     # Past this point everything is resolved inside the container: no more imports.
     sys.path[:] = []
     sys.path_importer_cache.clear()
@@ -274,6 +287,7 @@ def _intermediate(ctx, sock):
             raise errors.NotRunning(f"container {ctx.id!r} is not running") from None
         raise _step(e, "fork into the container")
     if pid == 0:  # ----------------------------------------------- process
+        fds.close_unlisted(ctx)  # first: nothing of the intermediate's but the list
         _process(ctx, sock)  # never returns
         os._exit(1)
     sync.send(sock, sync.PID, pid=pid)
@@ -333,7 +347,7 @@ def _preload(ctx):
 
     from .. import _json  # noqa: F401
     from ..linux import capabilities, fdpass, libc, namespaces, procfs  # noqa: F401
-    from . import init  # noqa: F401
+    from . import fds, init  # noqa: F401
 
     proc = ctx.process
     linux = ctx.config.get("linux") or {}
@@ -358,12 +372,6 @@ def _preload(ctx):
     errors.describe_oserror(OSError(2, "x"))
 
 
-def _close_fds(ctx, keep):
-    from .init import close_runtime_fds
-
-    close_runtime_fds(keep, ctx.preserve_fds)
-
-
 # ------------------------------------------------------------------- process
 
 def _process(ctx, sock):
@@ -375,6 +383,9 @@ def _process(ctx, sock):
         if proc.get("terminal"):
             with Step("set up terminal"):
                 _setup_terminal(ctx, proc)
+        with Step("close runtime file descriptors"):
+            # Before the chdir to process.cwd (CVE-2024-21626).
+            init.close_runtime_fds(ctx)
         init.apply_process_attrs(ctx, proc)
         seccomp = (ctx.config.get("linux") or {}).get("seccomp")
         if seccomp and ctx.seccomp_filter is not None:

@@ -38,14 +38,16 @@ def spawn(ctx):
         gate = _GateWriter(ctx._high(w))
         ctx.cgroup_paths = CgroupGate(ctx._high(r))
     ctx.wait_go = not early
+    ctx.sync_sock = child_sock
     trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
-            parent_sock.close()
+            _first_in_child(ctx)
+            parent_sock.detach()  # closed by _first_in_child: not ours to close again
             if gate is not None:
-                os.close(gate.fd)
+                gate.fd = -1
             _stage1(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
@@ -318,6 +320,22 @@ def _preload(ctx):
     init.import_modules(ctx.config)
 
 
+def _first_in_child(ctx):
+    """What every child of the runtime does first (stage-1 and the init):
+    become non-dumpable, then close every fd not on the allow-list
+    (process/fds.py, CVE-2024-21626).
+
+    Non-dumpable: a process in the container's pid namespace (one shared
+    with another container, or the init's own children later) must not
+    open /proc/<pid>/fd, /exe or /mem of the runtime (CVE-2016-9962, and
+    CVE-2019-5736: /exe is the host's interpreter)."""
+    from ..linux import libc as _libc
+    from . import fds
+
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
+    fds.close_unlisted(ctx)
+
+
 def _stage1(ctx, sock):
     from ..linux import libc as _libc
 
@@ -327,10 +345,6 @@ def _stage1(ctx, sock):
         ctx.join_cgroups()
     trace("stage-1 go")
     nsmap = ctx.nsmap
-    # Not dumpable: a process in the container's pid namespace must not be
-    # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
-    # the CVE-2019-5736 class) while we are still the runtime.
-    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
     fds = ns.open_paths(nsmap)
     try:
         ns.join([(t, fd) for t, fd in fds if t == "user"])
@@ -358,6 +372,7 @@ def _stage1(ctx, sock):
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------- init
+        _first_in_child(ctx)
         trace("init forked")
         from . import init
 

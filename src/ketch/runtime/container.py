@@ -52,11 +52,23 @@ class CreateContext:
         from .. import spec
 
         self.nsmap = spec.namespaces(config)
+        # Without a mount namespace the init mounts in ours: what is under
+        # the rootfs already is not the container's to unmount at delete.
+        self.host_mounts = None
+        if "mount" not in self.nsmap and os.path.realpath(self.rootfs) != "/":
+            self.host_mounts = [mid for mid, _ in mounts_under(self.rootfs)]
         self.no_pivot = opts.no_pivot
         self.no_new_keyring = opts.no_new_keyring
-        self.preserve_fds = opts.preserve_fds
+        from ..process import fds
+
+        # The fds the process inherits from 3 up: --preserve-fds, then systemd's LISTEN_FDS.
+        self.preserve_fds = fds.passed(opts.preserve_fds)
+        listen = fds.listen_env()
+        if listen and config.get("process"):
+            config["process"]["env"] = list(config["process"].get("env") or []) + listen
         self.console_socket_path = opts.console_socket
         self.console_sock = None
+        self.sync_sock = None  # stage-1's and the init's end (process/fds.py lists it)
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroup_paths = None
@@ -190,6 +202,8 @@ class CreateContext:
             "hooks": {k: v for k, v in (config.get("hooks") or {}).items() if k in ("poststart", "poststop")},
             "nsmap": self.nsmap,
         }
+        if self.host_mounts is not None:
+            c.state["hostMounts"] = self.host_mounts
         c.save_config(config)
         if self.cgroups is None:  # pragma: no cover - no cgroup support at all
             c.save()
@@ -261,9 +275,10 @@ def create(store, cid, opts, _keep_lock=False, config=None):
 
     Returns the Container (locked only when ``_keep_lock``)."""
     from .. import spec
-    from ..process import spawn
+    from ..process import fds, spawn
 
     store.path(cid)  # validates the id before anything else
+    fds.reserve(fds.passed(opts.preserve_fds))
     _prime_unified()
     bundle = os.path.abspath(opts.bundle)
     if config is None:
@@ -373,9 +388,22 @@ def write_pid_file(path, pid):
     """Atomically: containerd and conmon poll for this file and read it once."""
     path = os.path.abspath(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    # The directory may be writable by others: a symlink (or any file)
+    # planted at the predictable temporary name must not be followed or
+    # truncated -- refuse it instead.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def start(store, cid, c=None):
@@ -568,7 +596,7 @@ def _kill_all_wait(c):
 def _destroy(c):
     """Remove what a stopped container still has; poststop hooks last."""
     if "mount" not in c.state.get("nsmap", {"mount": ""}) and c.state.get("rootfs"):
-        _unmount_under(c.state["rootfs"])
+        _unmount_under(c.state["rootfs"], c.state.get("hostMounts"))
     mgr = _cgroup_manager(c)
     if mgr is not None:
         import time
@@ -591,22 +619,42 @@ def _destroy(c):
     c.remove_dir()
 
 
-def _unmount_under(root):
-    """Undo the mounts a container without its own mount namespace made in
-    ours: everything at or below its rootfs, deepest (latest) first."""
-    from ..linux import libc as _libc
-    from ..linux.mountopts import MNT_DETACH
+def mounts_under(root):
+    """[(mount id, mount point)] at or below ``root`` in our mount namespace,
+    in mountinfo order (parents before what is mounted on them)."""
     from ..linux.mounts import unescape_mountinfo
 
     root = root.rstrip("/")
+    out = []
     with open("/proc/self/mountinfo", "rb") as f:
-        points = [unescape_mountinfo(os.fsdecode(line.split()[4])) for line in f]
-    for mp in reversed(points):
-        if mp == root or mp.startswith(root + "/"):
-            try:
-                _libc.umount2(mp, MNT_DETACH)
-            except OSError:
-                pass
+        for line in f:
+            fields = line.split()
+            mp = unescape_mountinfo(os.fsdecode(fields[4]))
+            if not root or mp == root or mp.startswith(root + "/"):
+                out.append((int(fields[0]), mp))
+    return out
+
+
+def _unmount_under(root, before=None):
+    """Undo the mounts a container without its own mount namespace made in
+    ours: those at or below its rootfs that were not there when it was
+    created (``before``: their mount ids), deepest (latest) first.
+
+    Never for a rootfs that is the host's "/": every mount of the host is
+    under it, and none of them is the container's to take away."""
+    from ..linux import libc as _libc
+    from ..linux.mountopts import MNT_DETACH
+
+    if not root or os.path.realpath(root) == "/":
+        return
+    keep = set(before or ())
+    for mid, mp in reversed(mounts_under(root)):
+        if mid in keep:
+            continue
+        try:
+            _libc.umount2(mp, MNT_DETACH)
+        except OSError:
+            pass
 
 
 def _warn(msg):
@@ -637,6 +685,9 @@ def run(store, cid, opts):
     """`ketch run`: create, start, and (unless detached) wait, forward
     signals, delete.  Returns the exit code for the CLI."""
     store.path(cid)
+    from ..process import fds
+
+    fds.reserve(fds.passed(opts.preserve_fds))
     _prime_unified()
     from ..linux import libc as _libc
 

@@ -84,6 +84,7 @@ def build_process(config, opts):
             raise errors.ConfigError(f"process file {opts.process}: invalid JSON: {e}") from None
         if not isinstance(proc, dict):
             raise errors.ConfigError(f"process file {opts.process}: expected a JSON object")
+        spec.check_depth(proc, f"process file {opts.process}")
         proc.setdefault("noNewPrivileges", False)
         if opts.tty:
             proc["terminal"] = True
@@ -220,6 +221,9 @@ def exec_process(store, cid, opts):
 
     if opts.preserve_fds < 0:
         raise errors.UsageError("--preserve-fds must not be negative")
+    from ..process import fds
+
+    fds.reserve(fds.passed(opts.preserve_fds))
     c = store.get(cid)
     tty = None
     ctx = None
@@ -245,10 +249,8 @@ def exec_process(store, cid, opts):
                 nsmap = spec.namespaces(config)
             ctx = setns.ExecContext(cid, config, proc, nsmap, c.pid, pidfd)
             ctx.bundle = c.state.get("bundle") or ""
-            extra = 0
-            if os.environ.get("LISTEN_FDS", "").isdigit():
-                extra = int(os.environ["LISTEN_FDS"])
-            ctx.preserve_fds = opts.preserve_fds + extra
+            ctx.preserve_fds = fds.passed(opts.preserve_fds)
+            proc["env"] = list(proc.get("env") or []) + fds.listen_env()
             ctx.setgroups_denied = _setgroups_denied(c.pid)
             paths = c.state.get("cgroupPaths") or {}
             ctx.cgroup_dirs = _cgroup_dirs(paths, opts.cgroups)
