@@ -87,6 +87,7 @@ class ContainerStore:
         self.dir = os.path.join(self.root, "containers")
         self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
         self._popen = []
+        self._secured = False
 
     # -- plumbing --
 
@@ -98,10 +99,54 @@ class ContainerStore:
         return os.path.join(self.dir, *parts)
 
     def _lock(self):
+        if not self._secured:
+            self._secure_dirs()
+        return Lock(self._p("lock"))
+
+    def _secure_dirs(self):
+        """Create the store's directories, and take away from other host users what an older
+        ketch left readable: the storage root (0711), and the 0700 directory in front of every
+        volume.  A volume's own directory is the container's to chmod (it is the mount's root),
+        so the barrier is its parent, which the container cannot reach."""
+        from ketch.engine import idmap, storage
+        storage.ensure_root(self.root)
         if not os.path.isdir(self._p("names")):
             os.makedirs(self._p("names"), 0o700, exist_ok=True)
-            os.chmod(self.dir, 0o711)
-        return Lock(self._p("lock"))
+        storage.tighten(self.dir, 0o711)
+        uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
+        vols = os.path.join(self.root, "volumes")
+        storage.tighten(vols, 0o711, os.geteuid(), os.getegid())
+        for n in os.listdir(vols) if os.path.isdir(vols) else ():
+            storage.tighten(os.path.join(vols, n), 0o700, uid, gid)
+        for cid in self.ids():
+            storage.tighten(self._p(cid, "volumes"), 0o700, uid, gid)
+        self._secured = True
+
+    def _volume_dir(self, cdir, vname, uid, gid):
+        """The host directory of named volume `vname` (kept after rm), or of a new anonymous
+        volume of the container in `cdir`: behind a 0700 directory owned by the container's
+        root, so no other host user reaches what the container puts there."""
+        from ketch.engine import storage
+        if vname:
+            vols = os.path.join(self.root, "volumes")
+            if not os.path.isdir(vols):
+                os.makedirs(vols, 0o711, exist_ok=True)
+                storage.tighten(vols, 0o711)
+            barrier, d = os.path.join(vols, vname), os.path.join(vols, vname, "_data")
+        else:
+            barrier = os.path.join(cdir, "volumes")
+            d = os.path.join(barrier, os.urandom(8).hex())
+        for p, mode in ((barrier, 0o700), (d, 0o755)):
+            try:
+                os.mkdir(p, mode)
+            except FileExistsError:
+                if p == barrier:
+                    storage.tighten(p, 0o700, uid, gid)
+                continue
+            os.chmod(p, mode)  # not narrowed by the umask
+            if (uid, gid) != (os.geteuid(), os.getegid()):
+                os.chown(p, uid, gid)
+        return d
 
     def _runtime_store(self):
         from ketch.runtime.store import Store
@@ -217,15 +262,7 @@ class ContainerStore:
                 files = defaults.write_network_files(cdir, hostname, uid, gid, mount_label, o["add_hosts"])
 
                 def volume_dir(vname, dst):
-                    if vname:
-                        d = os.path.join(self.root, "volumes", vname, "_data")
-                    else:
-                        d = os.path.join(cdir, "volumes", os.urandom(8).hex())
-                    if not os.path.isdir(d):
-                        os.makedirs(d, 0o755)
-                        if (uid, gid) != (os.geteuid(), os.getegid()):
-                            os.chown(d, uid, gid)
-                    return d
+                    return self._volume_dir(cdir, vname, uid, gid)
 
                 config = bundle.build_config(
                     image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,

@@ -229,6 +229,8 @@ class ImageStore:
             os.makedirs(self._p(d), 0o700, exist_ok=True)
 
     def _locked(self):
+        from ketch.engine import storage
+        storage.ensure_root(self.root)
         os.makedirs(self.dir, 0o700, exist_ok=True)
         store = self
 
