@@ -585,14 +585,53 @@ class ContainerStore:
         return subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                               stdout=stdout, stderr=stderr)
 
-    def commit(self, ref, name=None, comment="", changes=None):
-        """A new image: the container's image plus its layer's changes; returns the image id."""
+    def commit(self, ref, name=None, comment="", changes=None, pause=True):
+        """A new image: the container's image plus its layer's changes; returns the image id.
+
+        A running container is frozen while its layer is read (Docker's --pause
+        default): it can neither change what is committed half-way nor swap a
+        directory for a symlink under the walk.  The walk itself goes through
+        directory fds and never follows a symlink, paused or not."""
         cid = self.resolve(ref)
         rec = self._load(cid)
         cfg = {k: rec["Config"].get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")
                if rec["Config"].get(k) is not None}
         cfg.update(changes or {})
-        return self.images.commit(cid, rec["Image"], name=name, config=cfg, comment=comment)
+        frozen = self._freeze(cid) if pause else False
+        try:
+            return self.images.commit(cid, rec["Image"], name=name, config=cfg, comment=comment)
+        finally:
+            if frozen:
+                self._thaw(cid)
+
+    def _freeze(self, cid):
+        """Pause the running container `cid`; False when it does not run or is paused already."""
+        from ketch.runtime import cgroupverbs, status
+        rs = self._runtime_store()
+        if self.state(cid)["State"]["Status"] != "running":
+            return False
+        try:
+            c = rs.get(cid)
+        except ContainerNotFound:
+            return False
+        try:
+            st = c.status()
+        finally:
+            c.unlock()
+        if st != status.RUNNING:
+            return False  # paused by someone else: left as it is
+        try:
+            cgroupverbs.pause(rs, cid)
+        except (ContainerNotFound, InvalidState):
+            return False  # it exited meanwhile
+        return True
+
+    def _thaw(self, cid):
+        from ketch.runtime import cgroupverbs
+        try:
+            cgroupverbs.resume(self._runtime_store(), cid)
+        except (ContainerNotFound, InvalidState):
+            pass  # it was killed meanwhile
 
     def rename(self, ref, new):
         cid = self.resolve(ref)

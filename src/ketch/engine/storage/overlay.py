@@ -219,7 +219,9 @@ class OverlayDriver(Driver):
     def diff(self, layer_id, parent=None):
         from ketch.engine.archive import TarStream
         ch = self._changes(layer_id)
-        return TarStream(lambda out: _changes.write_changes(ch, out, self.uid_map, self.gid_map, overlay=True))
+        upper = os.path.join(self._dir(layer_id), "diff")
+        return TarStream(lambda out: _changes.write_changes(ch, upper, out, self.uid_map, self.gid_map,
+                                                            overlay=True))
 
     def diff_size(self, layer_id, parent=None):
         return _changes.content_size(self._changes(layer_id))
