@@ -208,7 +208,9 @@ class OverlayDriver(Driver):
 
     def _lowers(self, layer_id):
         lower = self._read(layer_id, "lower")
-        return [os.path.join(self.home, p) for p in lower.split(":")] if lower else []
+        # The short names are the driver's own symlinks (l/<name> -> ../<id>/diff); the layer
+        # trees are then read without following any symlink.
+        return [os.path.realpath(os.path.join(self.home, p)) for p in lower.split(":")] if lower else []
 
     def _changes(self, layer_id):
         return _changes.read_upper(os.path.join(self._dir(layer_id), "diff"), self._lowers(layer_id))
