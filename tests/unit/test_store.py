@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from ketch.errors import ContainerExists, ContainerNotFound, KetchError
-from ketch.runtime.store import Store, proc_start_time, validate_id
+from ketch.linux.procfs import proc_start_time
+from ketch.runtime.store import Store, validate_id
 
 
 @pytest.mark.parametrize("cid", ["a", "A0", "x.y-z_1+2", "0abc"])
@@ -89,3 +90,21 @@ def test_save_is_atomic(tmp_path):
     c.save()
     assert sorted(os.listdir(c.dir)) == ["state.json"]
     c.remove_dir()
+
+
+def test_a_create_killed_before_state_json_is_found_only_by_delete_force(tmp_path):
+    """A create that died between its mkdir and its first state.json (issue 18):
+    invisible to list and to plain verbs, found as a stopped container by
+    the half_made lookup delete --force uses, which removes the directory."""
+    s = Store(str(tmp_path / "root"))
+    c = s.new("half")
+    with open(os.path.join(c.dir, "config.json"), "w") as f:
+        f.write("{}")
+    c.unlock()  # the creator's death releases its lock
+    assert s.ids() == []
+    with pytest.raises(ContainerNotFound):
+        s.get("half")
+    h = s.get("half", half_made=True)
+    assert h.status() == "stopped"
+    h.remove_dir()
+    assert not os.path.exists(os.path.join(s.root, "half"))

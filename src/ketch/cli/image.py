@@ -51,11 +51,11 @@ def usage(group, subs):
 
 
 def sub_help(group, name, sub):
-    from .main import _flag_help
+    from .main import flag_help
     u, h, flags = sub
     text = f"usage: ketch {group} {name} [options] {u}\n\n{h}\n"
     if flags:
-        text += "\noptions:\n" + "\n".join(_flag_help(flags)) + "\n"
+        text += "\noptions:\n" + "\n".join(flag_help(flags)) + "\n"
     return text
 
 
@@ -63,7 +63,11 @@ def parse_sub(group, subs, aliases, opts, args):
     """(sub-verb name, its options merged with the group's, its arguments), or (None, ...) after help."""
     from ..errors import UsageError
     from .main import parse_flags
-    if not args or args[0] in ("help", "--help", "-h"):
+    if not args:
+        # A failure is one line on stderr (the usage is what --help is for).
+        raise UsageError(f"ketch {group}: a command is required: {', '.join(subs)} "
+                         f"(see 'ketch {group} --help')")
+    if args[0] in ("help", "--help", "-h"):
         sys.stdout.write(usage(group, subs))
         return None, None, None
     name = aliases.get(args[0], args[0])
@@ -333,7 +337,7 @@ def run(g, opts, args):
         need(a, 1, None, "image rm", SUBS["rm"][0])
         rc = 0
         from ..errors import KetchError
-        from . import log
+        from .. import log
         for ref in a:
             try:
                 res = images.remove(ref, force=o["force"])

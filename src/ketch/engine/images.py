@@ -430,7 +430,7 @@ class ImageStore:
                     size = self.driver.apply_diff(lid, pid, hr, progress=tick)
                     got = hr.drain()
                 except Exception as e:
-                    if archive._decode_errors(e):
+                    if archive.decode_errors(e):
                         raise ImageError(f"layer {blob}: corrupt or truncated: {e}") from None
                     raise
                 finally:
@@ -622,6 +622,11 @@ class ImageStore:
                 cfg_name, layer_names = e["Config"], list(e["Layers"])
             except (KeyError, TypeError):
                 raise ImageError("manifest.json: an entry lacks Config or Layers") from None
+            tags = e.get("RepoTags") or []
+            if not isinstance(cfg_name, str) or not all(isinstance(x, str) for x in layer_names) \
+                    or not isinstance(tags, list) or not all(isinstance(x, str) for x in tags):
+                raise ImageError("manifest.json: Config, Layers and RepoTags must name files and tags "
+                                 "(strings)")
             with src.open(cfg_name) as f:
                 config_bytes = _read_capped(f, cfg_name)
             got = hashlib.sha256(config_bytes).hexdigest()
@@ -634,7 +639,7 @@ class ImageStore:
                 with src.open(ln) as f:
                     d, size = self._put_blob(txn, f, "sha256:" + m.group(1) if m else None)
                 layers.append((d, self._layer_media_type(d), size))
-            names = [normalize_name(t) for t in (e.get("RepoTags") or [])]
+            names = [normalize_name(t) for t in tags]
             plan.append((config_bytes, layers, names))
         if name and len(plan) == 1 and normalize_name(name) not in plan[0][2]:
             plan[0][2].append(normalize_name(name))
@@ -683,7 +688,7 @@ class ImageStore:
             try:
                 return archive.HashReader(dec).drain()
             except Exception as e:
-                if archive._decode_errors(e):
+                if archive.decode_errors(e):
                     raise ImageError(f"corrupt or truncated archive: {e}") from None
                 raise
             finally:

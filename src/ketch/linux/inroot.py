@@ -39,7 +39,7 @@ def _resolve(rootfd, parts, flags):
     global _have_openat2
     rel = "/".join(parts) or "."
     if _have_openat2:
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         try:
             return _libc.openat2(rootfd, rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
                                  _libc.RESOLVE_IN_ROOT | _libc.RESOLVE_NO_MAGICLINKS)

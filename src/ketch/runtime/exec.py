@@ -215,7 +215,7 @@ def _load_config(c):
 
 def exec_process(store, cid, opts):
     """Start the process; in the foreground wait for it and return its exit code."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
     from ..process import setns
 
     if opts.preserve_fds < 0:
@@ -264,15 +264,20 @@ def exec_process(store, cid, opts):
             if not opts.detach:
                 # The process is our grandchild: when the intermediate exits it
                 # is re-parented to us, so we can wait for it.
-                _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+                _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
                 # A signal that arrives between the fork and the forwarding
                 # handlers must reach the process, not kill us: hold them
                 # pending; the children restore the mask at once.
                 ctx.sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, _forwarded())
             try:
                 pid = setns.spawn(ctx)
-            except errors.SetupError as e:
-                raise ExecFailed(e.step, e.cause) from None
+            except (errors.SetupError, OSError) as e:
+                if _exited_meanwhile(pidfd, c.pid):
+                    raise errors.NotRunning(f"container {cid!r} is not running (its init exited "
+                                            "during the exec)") from None
+                if isinstance(e, errors.SetupError):
+                    raise ExecFailed(e.step, e.reason) from None
+                raise
         finally:
             os.close(pidfd)
     except BaseException:
@@ -293,9 +298,9 @@ def exec_process(store, cid, opts):
 
 
 def _forwarded():
-    from .container import _NOT_FORWARDED
+    from ..linux.signals import NOT_FORWARDED
 
-    return [s for s in signal.valid_signals() if s not in _NOT_FORWARDED
+    return [s for s in signal.valid_signals() if s not in NOT_FORWARDED
             and s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
@@ -308,6 +313,24 @@ def _init_pidfd(c):
         os.close(fd)
         raise errors.NotRunning(f"container {c.id!r} is not running")
     return fd
+
+
+def _exited_meanwhile(pidfd, pid):
+    """Whether the init died while we joined it.  A dying process loses
+    /proc/<pid>/root and its namespaces before its pidfd turns readable
+    (found by 50 exec/kill/delete at once: "exec: /proc/<pid>/root: no such
+    file or directory"): then give the exit a moment to complete."""
+    import select
+
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    if p.poll(0):
+        return True
+    try:
+        os.readlink(f"/proc/{pid}/root")
+        return False
+    except OSError:
+        return bool(p.poll(1000))
 
 
 def _setgroups_denied(pid):
@@ -349,9 +372,9 @@ def _caller_size():
 
 
 def _wait(pid, tty, sigmask):
-    from .container import _forward_signals, _restore_signals, exit_code
+    from ..linux.signals import exit_code, forward_signals, restore_signals
 
-    forward = _forward_signals(pid)
+    forward = forward_signals(pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     try:
         if tty is not None:
@@ -365,6 +388,6 @@ def _wait(pid, tty, sigmask):
             if got == pid:
                 return exit_code(status)
     finally:
-        _restore_signals(forward)
+        restore_signals(forward)
         if tty is not None:
             tty.close()

@@ -16,10 +16,13 @@ import fcntl
 from .. import _json as json
 import os
 
+from .. import RUN_DIR
+
 from ..errors import ContainerExists, ContainerNotFound, KetchError
+from ..linux.procfs import proc_start_time
 from . import status as st
 
-DEFAULT_ROOT = "/run/ketch"
+DEFAULT_ROOT = RUN_DIR
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 FIFO = "exec.fifo"
@@ -37,28 +40,6 @@ def validate_id(cid):
         raise KetchError(f"invalid container id {cid!r}: use letters, digits and _ . + - "
                          "(starting with a letter or digit), not a path")
     return cid
-
-
-def proc_start_time(pid):
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), and the state letter.
-
-    Returns (None, None) when the pid does not exist.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None, None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[19]), rest[0].decode()
-
-
-def now_rfc3339():
-    import time
-
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%09dZ" % int((t % 1) * 1e9)
 
 
 class Store:
@@ -87,7 +68,15 @@ class Store:
         c.lock()
         return c
 
-    def get(self, cid, lock=True):
+    def get(self, cid, lock=True, half_made=False):
+        """The container ``cid``, locked unless ``lock`` is false.
+
+        With ``half_made`` (delete --force), a directory without state.json
+        is returned too, as a stopped container with nothing recorded: a
+        create holds the lock from its mkdir to its end, so once we hold the
+        lock, a missing state.json means a create that was killed before
+        it wrote one (and before it made any cgroup: ``CreateContext``
+        records the cgroup paths first)."""
         d = self.path(cid)
         c = Container(self, cid, d)
         try:
@@ -95,6 +84,9 @@ class Store:
                 c.lock()
             c.load()
         except FileNotFoundError:
+            if half_made and c._lockfd >= 0:
+                c.state = {"status": st.CREATING}
+                return c
             c.unlock()
             raise ContainerNotFound(cid) from None
         return c
