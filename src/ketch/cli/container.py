@@ -64,6 +64,8 @@ SUBS = {
     ]),
     "commit": ("CONTAINER [REPOSITORY[:TAG]]", "create a new image from a container's changes", [
         Flag(("--message", "-m"), "str", default="", help="commit message"),
+        Flag(("--pause", "-p"), default=True, help="pause the container while committing (default true; "
+                                                  "--pause=false to leave it running)"),
     ]),
     "inspect": ("CONTAINER [CONTAINER...]", "display detailed information on one or more containers", []),
     "wait": ("CONTAINER [CONTAINER...]", "block until containers stop, then print their exit codes", []),
@@ -255,7 +257,7 @@ def run(g, opts, args):
         os.execv(argv[0], argv)
     if name == "commit":
         need(a, 1, 2, "container commit", SUBS["commit"][0])
-        image_id = store.commit(a[0], a[1] if len(a) > 1 else None, comment=o["message"])
+        image_id = store.commit(a[0], a[1] if len(a) > 1 else None, comment=o["message"], pause=o["pause"])
         w(image_id + "\n")
         return 0
     if name == "inspect":

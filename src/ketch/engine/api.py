@@ -104,8 +104,8 @@ class Containers:
         p = self.store.exec(ref, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
         return p.returncode, p.stdout, p.stderr
 
-    def commit(self, ref, name=None, comment=""):
-        return self.store.commit(ref, name, comment)
+    def commit(self, ref, name=None, comment="", pause=True):
+        return self.store.commit(ref, name, comment, pause=pause)
 
 
 class Engine:

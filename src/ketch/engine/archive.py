@@ -446,8 +446,171 @@ def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress
 
 # ---- writing -------------------------------------------------------------------------
 
+class Tree:
+    """A directory tree someone else may be changing (a container's layer), read through fds.
+
+    Every parent directory is opened beneath the root with no symlink on the
+    way (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, else an O_NOFOLLOW walk)
+    and entries are reached relative to it, never followed: a directory
+    swapped for a symlink to the host mid-walk fails the lookup, it does not
+    pull host files in.
+    """
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._cached = ("", None)
+
+    def close(self):
+        if self._cached[1] is not None:
+            os.close(self._cached[1])
+        self._cached = ("", None)
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def dir(self, rel):
+        """An fd of directory `rel` (owned by the tree: valid until the next call)."""
+        if not rel:
+            return self.fd
+        if self._cached[0] == rel and self._cached[1] is not None:
+            return self._cached[1]
+        fd = self._open(rel, _O_PATH | os.O_DIRECTORY)
+        if self._cached[1] is not None:
+            os.close(self._cached[1])
+        self._cached = (rel, fd)
+        return fd
+
+    def _open(self, rel, flags):
+        from ketch.linux import libc as _libc
+        global _TREE_OPENAT2
+        if _TREE_OPENAT2:
+            try:
+                return _libc.openat2(self.fd, rel, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+                                     _libc.RESOLVE_BENEATH | _libc.RESOLVE_NO_SYMLINKS | _libc.RESOLVE_NO_MAGICLINKS)
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise OSError(e.errno, e.strerror, os.path.join(self.root, rel)) from None
+                _TREE_OPENAT2 = False
+        fd = os.dup(self.fd)
+        try:
+            for p in rel.split("/"):
+                nfd = os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def at(self, rel):
+        """(parent dir fd, name) of entry `rel`."""
+        d, _, name = rel.rpartition("/")
+        return self.dir(d), name
+
+    def lstat(self, rel):
+        pfd, name = self.at(rel)
+        return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+
+    def lexists(self, rel):
+        try:
+            self.lstat(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EXDEV):
+                return False  # a symlink on the way: the entry is not in this tree
+            raise
+        return True
+
+    def readlink(self, rel):
+        pfd, name = self.at(rel)
+        return os.readlink(name, dir_fd=pfd)
+
+    def _xpath(self, rel):
+        pfd, name = self.at(rel)
+        return f"/proc/self/fd/{pfd}/{name}" if name else f"/proc/self/fd/{pfd}"
+
+    def xattrs(self, rel):
+        """{name: value} of entry `rel` (not followed); {} where the filesystem has none."""
+        path = self._xpath(rel)
+        try:
+            return {k: os.getxattr(path, k, follow_symlinks=False)
+                    for k in os.listxattr(path, follow_symlinks=False)}
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return {}
+            raise
+
+    def getxattr(self, rel, key):
+        try:
+            return os.getxattr(self._xpath(rel), key, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def open_file(self, rel, st):
+        """A read fd of regular file `rel`, which must still be the inode `st` describes."""
+        pfd, name = self.at(rel)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags | os.O_NOATIME, dir_fd=pfd)
+        except PermissionError:
+            fd = os.open(name, flags, dir_fd=pfd)
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise OSError(errno.ESTALE, "changed while it was read", os.path.join(self.root, rel))
+        return fd
+
+    def walk(self):
+        """(relative path, stat) of every entry under the root: depth first, sorted by name.
+        Each directory is opened O_NOFOLLOW relative to its parent's fd."""
+        stack = [(self.fd, self._names(self.fd), "")]
+        try:
+            while stack:
+                fd, entries, base = stack[-1]
+                if not entries:
+                    stack.pop()
+                    if fd != self.fd:
+                        os.close(fd)
+                    continue
+                name, st = entries.pop()
+                rel = base + "/" + name if base else name
+                yield rel, st
+                if stat.S_ISDIR(st.st_mode):
+                    dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    stack.append((dfd, self._names(dfd), rel))
+        finally:
+            for fd, _, _ in stack:
+                if fd != self.fd:
+                    os.close(fd)
+
+    def names(self, rel):
+        """[(name, stat)] of directory `rel`."""
+        if not rel:
+            return self._names(self.fd)
+        fd = self._open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return self._names(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _names(fd):
+        """[(name, stat)] of directory fd `fd`, reverse-sorted (popped from the end)."""
+        with os.scandir(fd) as it:
+            return sorted(((e.name, e.stat(follow_symlinks=False)) for e in it), reverse=True)
+
+
+_TREE_OPENAT2 = True
+
+
 class TarWriter:
-    """A PAX tar of filesystem entries, with owners shifted back to container ids."""
+    """A PAX tar of the entries of a Tree, with owners shifted back to container ids."""
 
     def __init__(self, out, uid_map=None, gid_map=None):
         import tarfile
@@ -456,26 +619,18 @@ class TarWriter:
         self.uid_map, self.gid_map = uid_map, gid_map
         self.inodes = {}
 
-    def add(self, path, arcname, st=None):
+    def add(self, tree, rel, st=None):
         tf = self.tarfile
-        st = st or os.lstat(path)
+        st = st or tree.lstat(rel)
         mode = st.st_mode
-        ti = tf.TarInfo(arcname)
+        ti = tf.TarInfo(rel)
         ti.mode = stat.S_IMODE(mode)
         ti.uid = idmap.to_container(st.st_uid, self.uid_map, "uid")
         ti.gid = idmap.to_container(st.st_gid, self.gid_map, "gid")
         ti.uname = ti.gname = ""
         ti.mtime = st.st_mtime_ns // 1_000_000_000
-        pax = {}
-        try:
-            for k in os.listxattr(path, follow_symlinks=False):
-                if not k.startswith("trusted.overlay."):
-                    pax["SCHILY.xattr." + k] = os.getxattr(path, k, follow_symlinks=False).decode(
-                        "utf-8", "surrogateescape")
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-        ti.pax_headers = pax
+        ti.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
+                          for k, v in tree.xattrs(rel).items() if not k.startswith("trusted.overlay.")}
         data = None
         if not stat.S_ISDIR(mode) and st.st_nlink > 1:
             first = self.inodes.get((st.st_dev, st.st_ino))
@@ -483,19 +638,14 @@ class TarWriter:
                 ti.type, ti.linkname = tf.LNKTYPE, first
                 self.tar.addfile(ti)
                 return
-            self.inodes[(st.st_dev, st.st_ino)] = arcname
+            self.inodes[(st.st_dev, st.st_ino)] = rel
         if stat.S_ISREG(mode):
             ti.type, ti.size = tf.REGTYPE, st.st_size
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                fd = os.open(path, flags | os.O_NOATIME)
-            except PermissionError:
-                fd = os.open(path, flags)
-            data = os.fdopen(fd, "rb")
+            data = os.fdopen(tree.open_file(rel, st), "rb")
         elif stat.S_ISDIR(mode):
             ti.type = tf.DIRTYPE
         elif stat.S_ISLNK(mode):
-            ti.type, ti.linkname = tf.SYMTYPE, os.readlink(path)
+            ti.type, ti.linkname = tf.SYMTYPE, tree.readlink(rel)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             ti.type = tf.CHRTYPE if stat.S_ISCHR(mode) else tf.BLKTYPE
             ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -524,31 +674,12 @@ class TarWriter:
         self.tar.close()
 
 
-def _entries_sorted(rel, path):
-    with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        yield (rel + "/" + e.name if rel else e.name), e.path, e.stat(follow_symlinks=False)
-
-
-def walk_sorted(root):
-    """(relative path, absolute path, stat) of every entry under root: depth first, sorted by name."""
-    stack = [_entries_sorted("", root)]
-    while stack:
-        for rel, path, st in stack[-1]:
-            yield rel, path, st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(_entries_sorted(rel, path))
-                break
-        else:
-            stack.pop()
-
-
 def write_tree(root, out, *, uid_map=None, gid_map=None):
     """Tar every entry under `root` (not root itself) to `out`, sorted."""
     w = TarWriter(out, uid_map, gid_map)
-    for rel, path, st in walk_sorted(root):
-        w.add(path, rel, st)
+    with Tree(root) as tree:
+        for rel, st in tree.walk():
+            w.add(tree, rel, st)
     w.close()
 
 

@@ -36,14 +36,23 @@ def merge_env(*lists):
     return [f"{k}={v}" for k, v in out.items()]
 
 
+_DB_LIMIT = 4 << 20
+
+
 def _read_db(rootfs, name):
-    """Lines of the image's /etc/passwd or /etc/group, resolved inside the rootfs."""
-    from ketch.linux.paths import secure_join
+    """Lines of the image's /etc/passwd or /etc/group, resolved inside the rootfs.
+
+    The file is the image's (or a running container's): a FIFO there must not
+    hang the engine, a device node must not be opened by host root, and a
+    symlink, swapped in while `exec --user NAME` looks, must not read a host
+    file.  Anything but a regular file inside the root reads as empty.
+    """
+    from ketch.linux import inroot
     try:
-        path = secure_join(rootfs, "/etc/" + name)
-        with open(path, "rb") as f:
-            data = f.read(1 << 22)
+        data = inroot.read_regular(rootfs, "/etc/" + name, _DB_LIMIT)
     except OSError:
+        return []
+    if data is None:
         return []
     return [line.split(":") for line in data.decode("utf-8", "replace").splitlines()
             if line and not line.startswith("#")]
@@ -136,14 +145,13 @@ def parse_tmpfs(text):
 
 
 def _mkdir_in_root(rootfs, path, uid=None, gid=None):
-    """Create `path` inside the rootfs, symlinks resolved inside it (never outside)."""
-    from ketch.linux.paths import secure_join
-    host = secure_join(rootfs, path)
-    if not os.path.isdir(host):
-        os.makedirs(host, 0o755, exist_ok=True)
-        if uid is not None:
-            os.chown(host, uid, gid)
-    return host
+    """Create `path` inside the rootfs, each step relative to a parent resolved inside it."""
+    from ketch.errors import describe_oserror
+    from ketch.linux import inroot
+    try:
+        inroot.mkdir_all(rootfs, path, 0o755, uid, gid)
+    except OSError as e:
+        raise ConfigError(f"cannot make the working directory {path} in the image: {describe_oserror(e)}") from None
 
 
 def build_config(image_config, opts, rootfs, cid, hostname, net_files, volume_dir, mount_label="",

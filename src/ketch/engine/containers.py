@@ -77,6 +77,7 @@ class ContainerStore:
         self.dir = os.path.join(self.root, "containers")
         self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
         self._popen = []
+        self._secured = False
 
     # -- plumbing --
 
@@ -88,10 +89,54 @@ class ContainerStore:
         return os.path.join(self.dir, *parts)
 
     def _lock(self):
+        if not self._secured:
+            self._secure_dirs()
+        return Lock(self._p("lock"))
+
+    def _secure_dirs(self):
+        """Create the store's directories, and take away from other host users what an older
+        ketch left readable: the storage root (0711), and the 0700 directory in front of every
+        volume.  A volume's own directory is the container's to chmod (it is the mount's root),
+        so the barrier is its parent, which the container cannot reach."""
+        from ketch.engine import idmap, storage
+        storage.ensure_root(self.root)
         if not os.path.isdir(self._p("names")):
             os.makedirs(self._p("names"), 0o700, exist_ok=True)
-            os.chmod(self.dir, 0o711)
-        return Lock(self._p("lock"))
+        storage.tighten(self.dir, 0o711)
+        uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
+        vols = os.path.join(self.root, "volumes")
+        storage.tighten(vols, 0o711, os.geteuid(), os.getegid())
+        for n in os.listdir(vols) if os.path.isdir(vols) else ():
+            storage.tighten(os.path.join(vols, n), 0o700, uid, gid)
+        for cid in self.ids():
+            storage.tighten(self._p(cid, "volumes"), 0o700, uid, gid)
+        self._secured = True
+
+    def _volume_dir(self, cdir, vname, uid, gid):
+        """The host directory of named volume `vname` (kept after rm), or of a new anonymous
+        volume of the container in `cdir`: behind a 0700 directory owned by the container's
+        root, so no other host user reaches what the container puts there."""
+        from ketch.engine import storage
+        if vname:
+            vols = os.path.join(self.root, "volumes")
+            if not os.path.isdir(vols):
+                os.makedirs(vols, 0o711, exist_ok=True)
+                storage.tighten(vols, 0o711)
+            barrier, d = os.path.join(vols, vname), os.path.join(vols, vname, "_data")
+        else:
+            barrier = os.path.join(cdir, "volumes")
+            d = os.path.join(barrier, os.urandom(8).hex())
+        for p, mode in ((barrier, 0o700), (d, 0o755)):
+            try:
+                os.mkdir(p, mode)
+            except FileExistsError:
+                if p == barrier:
+                    storage.tighten(p, 0o700, uid, gid)
+                continue
+            os.chmod(p, mode)  # not narrowed by the umask
+            if (uid, gid) != (os.geteuid(), os.getegid()):
+                os.chown(p, uid, gid)
+        return d
 
     def _runtime_store(self):
         from ketch.runtime.store import Store
@@ -211,15 +256,7 @@ class ContainerStore:
                 files = defaults.write_network_files(cdir, hostname, uid, gid, mount_label, o["add_hosts"])
 
                 def volume_dir(vname, dst):
-                    if vname:
-                        d = os.path.join(self.root, "volumes", vname, "_data")
-                    else:
-                        d = os.path.join(cdir, "volumes", os.urandom(8).hex())
-                    if not os.path.isdir(d):
-                        os.makedirs(d, 0o755)
-                        if (uid, gid) != (os.geteuid(), os.getegid()):
-                            os.chown(d, uid, gid)
-                    return d
+                    return self._volume_dir(cdir, vname, uid, gid)
 
                 config = bundle.build_config(
                     image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,
@@ -468,8 +505,9 @@ class ContainerStore:
 
     def remove(self, ref, force=False):
         from ketch.runtime import mcs
-        with self._lock():
-            self._sweep_half_made()
+        if os.path.isdir(self.dir):  # no store yet: nothing half-made, and rm of a missing one makes nothing
+            with self._lock():
+                self._sweep_half_made()
         cid = self.resolve(ref)
         rec = self.state(cid)
         if rec["State"]["Status"] in ("running", "starting"):
@@ -582,14 +620,53 @@ class ContainerStore:
         return subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                               stdout=stdout, stderr=stderr)
 
-    def commit(self, ref, name=None, comment="", changes=None):
-        """A new image: the container's image plus its layer's changes; returns the image id."""
+    def commit(self, ref, name=None, comment="", changes=None, pause=True):
+        """A new image: the container's image plus its layer's changes; returns the image id.
+
+        A running container is frozen while its layer is read (Docker's --pause
+        default): it can neither change what is committed half-way nor swap a
+        directory for a symlink under the walk.  The walk itself goes through
+        directory fds and never follows a symlink, paused or not."""
         cid = self.resolve(ref)
         rec = self._load(cid)
         cfg = {k: rec["Config"].get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")
                if rec["Config"].get(k) is not None}
         cfg.update(changes or {})
-        return self.images.commit(cid, rec["Image"], name=name, config=cfg, comment=comment)
+        frozen = self._freeze(cid) if pause else False
+        try:
+            return self.images.commit(cid, rec["Image"], name=name, config=cfg, comment=comment)
+        finally:
+            if frozen:
+                self._thaw(cid)
+
+    def _freeze(self, cid):
+        """Pause the running container `cid`; False when it does not run or is paused already."""
+        from ketch.runtime import cgroupverbs, status
+        rs = self._runtime_store()
+        if self.state(cid)["State"]["Status"] != "running":
+            return False
+        try:
+            c = rs.get(cid)
+        except ContainerNotFound:
+            return False
+        try:
+            st = c.status()
+        finally:
+            c.unlock()
+        if st != status.RUNNING:
+            return False  # paused by someone else: left as it is
+        try:
+            cgroupverbs.pause(rs, cid)
+        except (ContainerNotFound, InvalidState):
+            return False  # it exited meanwhile
+        return True
+
+    def _thaw(self, cid):
+        from ketch.runtime import cgroupverbs
+        try:
+            cgroupverbs.resume(self._runtime_store(), cid)
+        except (ContainerNotFound, InvalidState):
+            pass  # it was killed meanwhile
 
     def rename(self, ref, new):
         cid = self.resolve(ref)

@@ -52,6 +52,12 @@ _NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?
                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _CHUNK = 1 << 20
+# Caps on what is read into memory: an image config, a manifest or an index
+# (registries refuse manifests over 4 MiB; configs with long histories are the
+# biggest JSON documents images carry), and how deep a document may nest
+# (real ones nest 5 levels; 1000 would take the parser into RecursionError).
+MAX_JSON = 16 << 20
+MAX_DEPTH = 64
 
 
 def storage_root(root=None):
@@ -117,10 +123,19 @@ class _DirSource:
         return os.path.isfile(self._p(name))
 
     def open(self, name):
+        """Resolved inside the layout, a regular file only: a FIFO there must not hang the
+        load, nor a device (/dev/zero) feed it forever."""
+        from ketch.linux import inroot
+        self._p(name)
         try:
-            return open(self._p(name), "rb")
-        except FileNotFoundError:
+            fd = inroot.open_regular(self.path, name)
+        except (FileNotFoundError, NotADirectoryError):
             raise ImageError(f"{self.path}: missing {name}") from None
+        except OSError as e:
+            raise ImageError(f"{self.path}: {name}: {describe_oserror(e)}") from None
+        if fd is None:
+            raise ImageError(f"{self.path}: {name} is not a regular file")
+        return os.fdopen(fd, "rb")
 
     def close(self):
         pass
@@ -169,15 +184,37 @@ def _open_source(path):
     return _TarSource(path)
 
 
-def _read_json(src, name, limit=16 << 20):
-    with src.open(name) as f:
-        data = f.read(limit + 1)
+def _read_capped(f, name, limit=MAX_JSON):
+    data = f.read(limit + 1)
     if len(data) > limit:
         raise ImageError(f"{name}: larger than {limit} bytes")
+    return data
+
+
+def _read_json(src, name, limit=MAX_JSON):
+    with src.open(name) as f:
+        return loads(_read_capped(f, name, limit), name)
+
+
+def loads(data, what):
+    """An image's JSON document (config, manifest, index), refused with one ImageError line when
+    it is not JSON or nests deeper than MAX_DEPTH (no RecursionError, here or in later walks)."""
     try:
-        return json.loads(data)
+        doc = json.loads(data)
+    except RecursionError:
+        raise ImageError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
-        raise ImageError(f"{name}: not valid JSON: {e}") from None
+        raise ImageError(f"{what}: not valid JSON: {e}") from None
+    stack = [(doc, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ImageError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values() if isinstance(v, (dict, list)))
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj if isinstance(v, (dict, list)))
+    return doc
 
 
 # ---- the store ---------------------------------------------------------------------
@@ -229,6 +266,8 @@ class ImageStore:
             os.makedirs(self._p(d), 0o700, exist_ok=True)
 
     def _locked(self):
+        from ketch.engine import storage
+        storage.ensure_root(self.root)
         os.makedirs(self.dir, 0o700, exist_ok=True)
         store = self
 
@@ -353,9 +392,13 @@ class ImageStore:
         import io
         return self._put_blob(txn, io.BytesIO(data), digest, len(data) if digest else None)[0]
 
-    def _blob_bytes(self, digest):
-        with open(self._blob_path(digest), "rb") as f:
-            return f.read()
+    def _blob_bytes(self, digest, limit=MAX_JSON):
+        """A config, manifest or index blob; refused past `limit` bytes."""
+        with _open_blob(self._blob_path(digest)) as f:
+            return _read_capped(f, f"blob {digest}", limit)
+
+    def _blob_json(self, digest):
+        return loads(self._blob_bytes(digest), f"blob {digest}")
 
     # -- layers --
 
@@ -380,7 +423,7 @@ class ImageStore:
         self.driver.create(lid, pid)
         tick = self.progress(0, label)
         try:
-            with open(self._blob_path(blob), "rb") as raw:
+            with _open_blob(self._blob_path(blob)) as raw:
                 dec = archive.open_decompressed(raw)
                 hr = archive.HashReader(dec)
                 try:
@@ -453,9 +496,9 @@ class ImageStore:
         import hashlib
         image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
         try:
-            config = json.loads(config_bytes)
+            config = loads(config_bytes, f"image config {image_id}")
             diff_ids = list(config["rootfs"]["diff_ids"])
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise ImageError(f"image config {image_id}: not valid JSON with rootfs.diff_ids") from None
         if len(diff_ids) != len(layers):
             raise ImageError(f"image {image_id}: config lists {len(diff_ids)} layers, manifest {len(layers)}")
@@ -521,7 +564,9 @@ class ImageStore:
             raise ImageError("image index nested too deep")
         mt = desc.get("mediaType")
         digest = self._blob_from(txn, src, desc)
-        doc = json.loads(self._blob_bytes(digest))
+        doc = self._blob_json(digest)
+        if not isinstance(doc, dict):
+            raise ImageError(f"manifest {digest}: not a JSON object")
         mt = doc.get("mediaType", mt)
         if mt in _INDEXES or "manifests" in doc:
             osname, arch = host_platform()
@@ -583,7 +628,7 @@ class ImageStore:
                 raise ImageError("manifest.json: Config, Layers and RepoTags must name files and tags "
                                  "(strings)")
             with src.open(cfg_name) as f:
-                config_bytes = f.read()
+                config_bytes = _read_capped(f, cfg_name)
             got = hashlib.sha256(config_bytes).hexdigest()
             m = re.search(r"([a-f0-9]{64})(?:\.json)?\Z", cfg_name)
             if m and m.group(1) != got:
@@ -602,7 +647,7 @@ class ImageStore:
 
     def _layer_media_type(self, digest):
         from ketch.engine.archive import sniff
-        with open(self._blob_path(digest), "rb") as f:
+        with _open_blob(self._blob_path(digest)) as f:
             kind = sniff(f.read(8))
         if kind not in _LAYER_SUFFIX:
             raise ImageError(f"layer {digest}: {kind} compression is not an OCI layer media type")
@@ -638,7 +683,7 @@ class ImageStore:
 
     def _uncompressed_digest(self, blob):
         from ketch.engine import archive
-        with open(self._blob_path(blob), "rb") as raw:
+        with _open_blob(self._blob_path(blob)) as raw:
             dec = archive.open_decompressed(raw)
             try:
                 return archive.HashReader(dec).drain()
@@ -657,7 +702,7 @@ class ImageStore:
         def run(txn):
             names = [normalize_name(name)] if name else []
             pid = self.resolve(parent_ref)
-            parent_cfg = json.loads(self._blob_bytes(pid))
+            parent_cfg = self._blob_json(pid)
             rec = self._record(pid)
             top = rec["layers"][-1]["chainID"][7:] if rec["layers"] else None
             stream = self.driver.diff(layer_id, top)
@@ -714,7 +759,7 @@ class ImageStore:
 
     def config(self, ref):
         """The image's whole config (the JSON whose digest is its id)."""
-        return json.loads(self._blob_bytes(self.resolve(ref)))
+        return self._blob_json(self.resolve(ref))
 
     def runtime_config(self, ref):
         """The image's `config` part: Env, Entrypoint, Cmd, WorkingDir, User, Volumes, Labels, ExposedPorts..."""
@@ -734,8 +779,8 @@ class ImageStore:
         out = []
         for i in self._image_ids():
             try:
-                cfg = json.loads(self._blob_bytes(i))
-            except (OSError, ValueError):
+                cfg = self._blob_json(i)
+            except (OSError, ImageError):
                 continue
             out.append({"Id": i, "RepoTags": self.names_of(i, repos), "Created": cfg.get("created", ""),
                         "Size": self.size(i)})
@@ -745,7 +790,7 @@ class ImageStore:
     def inspect(self, ref):
         """Docker's `image inspect` shape."""
         image_id = self.resolve(ref)
-        cfg = json.loads(self._blob_bytes(image_id))
+        cfg = self._blob_json(image_id)
         rec = self._record(image_id)
         top = rec["layers"][-1]["chainID"][7:] if rec["layers"] else None
         return {
@@ -763,6 +808,7 @@ class ImageStore:
 
     def tag(self, ref, name, replace=False):
         n = normalize_name(name)
+        self.resolve(ref)  # a missing image is refused before anything is made
 
         def run(txn):
             image_id = self.resolve(ref)
@@ -780,6 +826,8 @@ class ImageStore:
         Refused while a container uses the image (`in_use(image_id)` or the
         store's hook returns container names).  Returns {"Untagged": [...], "Deleted": [...]}.
         """
+        self.resolve(ref)  # a missing image is refused before the store is made or its driver probed
+
         def run(txn):
             image_id = self.resolve(ref)
             repos = self._repos()
@@ -874,7 +922,7 @@ class ImageStore:
                 path = self._blob_path(digest)
                 ti = tarfile.TarInfo(f"blobs/sha256/{_hex(digest)}")
                 ti.size, ti.mode, ti.mtime = os.path.getsize(path), 0o644, mtime
-                with open(path, "rb") as bf:
+                with _open_blob(path) as bf:
                     tar.addfile(ti, bf)
 
             import hashlib
@@ -882,7 +930,7 @@ class ImageStore:
                 if rec.get("manifest") and os.path.exists(self._blob_path(rec["manifest"])):
                     mdigest = rec["manifest"]
                     mbytes = self._blob_bytes(mdigest)
-                    mtype = json.loads(mbytes).get("mediaType", MT_OCI_MANIFEST)
+                    mtype = loads(mbytes, f"manifest {mdigest}").get("mediaType", MT_OCI_MANIFEST)
                 else:
                     cfg = self._blob_bytes(image_id)
                     mbytes = _json_bytes({
@@ -925,6 +973,17 @@ class ImageStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def _open_blob(path):
+    """A blob of the store: never through a symlink, never a FIFO or a device."""
+    import errno
+    import stat
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return os.fdopen(fd, "rb")
 
 
 def _mkstemp(d):

@@ -58,8 +58,48 @@ def open_driver(root, name=None, uid_map=None, gid_map=None):
     if not recorded:
         if not cls.supported(os.path.join(root, name)):
             raise StorageError(f"storage driver {name} does not work under {root}")
-        os.makedirs(root, 0o711, exist_ok=True)
         from ketch.engine.util import atomic_write
+        ensure_root(root)
         atomic_write(marker, name + "\n")
-    return cls(os.path.join(root, name), uid_map, gid_map)
+    else:
+        ensure_root(root)
+    home = os.path.join(root, name)
+    tighten(home, 0o700)
+    return cls(home, uid_map, gid_map)
+
+
+def ensure_root(root):
+    """Make the storage root, or tighten one made by an older ketch or by hand.
+
+    0711: containers in a user namespace (their root an unprivileged host uid)
+    must traverse it to the files bind-mounted from below, but no other host
+    user may list it; the layers and volumes below sit behind 0700 directories
+    (a container's root can drop a setuid binary or a device node there).
+    """
+    os.makedirs(root, 0o711, exist_ok=True)
+    tighten(root, 0o711)
+
+
+def tighten(path, mode, uid=None, gid=None):
+    """Give directory `path` at most `mode` (and owner uid:gid); a missing path or a
+    non-directory is left alone.  Through an fd opened O_NOFOLLOW: never a symlink's target."""
+    import stat
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        import errno
+        if e.errno == errno.ELOOP:
+            return
+        raise
+    try:
+        st = os.fstat(fd)
+        if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+            st = os.fstat(fd)  # chown may clear setgid
+        if stat.S_IMODE(st.st_mode) & ~mode:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
+    finally:
+        os.close(fd)
 

@@ -206,7 +206,9 @@ class OverlayDriver(Driver):
 
     def _lowers(self, layer_id):
         lower = self._read(layer_id, "lower")
-        return [os.path.join(self.home, p) for p in lower.split(":")] if lower else []
+        # The short names are the driver's own symlinks (l/<name> -> ../<id>/diff); the layer
+        # trees are then read without following any symlink.
+        return [os.path.realpath(os.path.join(self.home, p)) for p in lower.split(":")] if lower else []
 
     def _changes(self, layer_id):
         return _changes.read_upper(os.path.join(self._dir(layer_id), "diff"), self._lowers(layer_id))
@@ -217,7 +219,9 @@ class OverlayDriver(Driver):
     def diff(self, layer_id, parent=None):
         from ketch.engine.archive import TarStream
         ch = self._changes(layer_id)
-        return TarStream(lambda out: _changes.write_changes(ch, out, self.uid_map, self.gid_map, overlay=True))
+        upper = os.path.join(self._dir(layer_id), "diff")
+        return TarStream(lambda out: _changes.write_changes(ch, upper, out, self.uid_map, self.gid_map,
+                                                            overlay=True))
 
     def diff_size(self, layer_id, parent=None):
         return _changes.content_size(self._changes(layer_id))

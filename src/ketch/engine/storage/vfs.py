@@ -127,7 +127,8 @@ class VfsDriver(Driver):
     def diff(self, layer_id, parent=None):
         from ketch.engine.archive import TarStream
         ch = self._changes(layer_id, parent)
-        return TarStream(lambda out: _changes.write_changes(ch, out, self.uid_map, self.gid_map))
+        layer = self.get(layer_id)
+        return TarStream(lambda out: _changes.write_changes(ch, layer, out, self.uid_map, self.gid_map))
 
     def diff_size(self, layer_id, parent=None):
         return _changes.content_size(self._changes(layer_id, parent))
