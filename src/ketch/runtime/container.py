@@ -459,7 +459,9 @@ def parse_signal(text):
     t = text.upper()
     if t.isdigit():
         n = int(t)
-        if 0 < n < 65:
+        # 0 is kill(2)'s probe: runc (and containerd's shim) send it to ask
+        # whether the init still lives.
+        if 0 <= n < 65:
             return n
     else:
         if t.startswith("SIG"):
@@ -482,6 +484,12 @@ def kill(store, cid, sig, all_procs=False):
     c = store.get(cid)
     try:
         stat = c.status()
+        if all_procs and stat == st.STOPPED:
+            # As runc: --all reaches whatever is left in the cgroup (an init
+            # without its own pid namespace may leave processes behind), and
+            # a container with nothing left is not an error.
+            _signal_all(c, sig)
+            return
         st.check_verb("kill", stat, cid)
         if all_procs:
             _signal_all(c, sig)
@@ -494,11 +502,11 @@ def kill(store, cid, sig, all_procs=False):
 def _signal_init(c, sig):
     pidfd = c.open_pidfd()
     if pidfd < 0:
-        raise errors.NotRunning(f"container {c.id!r} is not running")
+        raise errors.NotRunning()
     try:
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
-        raise errors.NotRunning(f"container {c.id!r} is not running") from None
+        raise errors.NotRunning() from None
     finally:
         os.close(pidfd)
     if sig in (signal.SIGKILL, signal.SIGTERM) and c.status() == st.PAUSED:

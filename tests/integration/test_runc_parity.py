@@ -1,0 +1,120 @@
+"""Behaviours where tools written against runc (containerd, podman, CRI-O and
+their test suites) depend on runc's exact answer: each runs the same bundle
+through runc and ketch and compares (crun stands in where runc lacks the
+feature).  Issue 13."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def both(ketch, runc):
+    return [runc, ketch]
+
+
+def _start(rt, bundle, cid):
+    rt("run", "-d", "-b", bundle.path, cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return rt.state(cid)["pid"]
+
+
+def _stopped(rt, cid):
+    assert wait_for(lambda: rt.status(cid) == "stopped"), rt.status(cid)
+
+
+# ---------------------------------------------------------------- 1. signal 0
+
+def test_kill_signal_zero_probes_and_all_on_a_stopped_container(both, bundle, cid):
+    bundle.args("sleep", "1000").write()
+    seen = {}
+    for rt in both:
+        _start(rt, bundle, cid)
+        probe = rt("kill", cid, "0", check=False)
+        probe_all = rt("kill", "-a", cid, "0", check=False)
+        assert rt.status(cid) == "running"  # 0 delivers nothing
+        rt("kill", cid, "KILL")
+        _stopped(rt, cid)
+        gone = rt("kill", cid, "0", check=False)
+        gone_all = rt("kill", "-a", cid, "0", check=False)
+        gone_term = rt("kill", cid, "TERM", check=False)
+        seen[rt.name] = (probe.returncode, probe_all.returncode, gone.returncode,
+                         gone_all.returncode, gone_term.returncode)
+        # containerd's shim treats a failed kill as "already finished" by this text.
+        for p in (gone, gone_term):
+            assert "container not running" in p.stderr, (rt.name, p.stderr)
+        rt("delete", cid)
+    assert seen["ketch"] == seen["runc"] == (0, 0, 1, 0, 1), seen
+
+
+def test_kill_of_a_missing_container_says_does_not_exist(both, cid):
+    for rt in both:
+        p = rt("kill", cid, "KILL", check=False)
+        assert p.returncode == 1 and "does not exist" in p.stderr, (rt.name, p.stderr)
+
+
+# ----------------------------------------------------------- 2. exec failures
+
+def _procs(rt, cid):
+    return sorted(rt("exec", cid, "ps", "-o", "comm").stdout.split()[1:])
+
+
+def test_exec_failing_before_the_process_runs_exits_255(both, bundle, cid, tmp_path):
+    bundle.args("sleep", "1000").write()
+    cases = {
+        "missing binary": (["/no/such/tool"], "/no/such/tool"),
+        "pid file in a missing directory": (["--pid-file", str(tmp_path / "nodir" / "pid"),
+                                             cid, "sleep", "999"], str(tmp_path / "nodir")),
+        "bad cwd": (["--cwd", "/no/such/dir", cid, "true"], "/no/such/dir"),
+        "missing container": (["nosuch-" + cid, "true"], "does not exist"),
+    }
+    codes = {}
+    for rt in both:
+        _start(rt, bundle, cid)
+        for name, (argv, needle) in cases.items():
+            if argv[0] == "/no/such/tool":
+                argv = [cid, *argv]
+            p = rt("exec", *argv, check=False)
+            codes[rt.name, name] = p.returncode
+            assert needle in p.stderr, (rt.name, name, p.stderr)
+            assert "exec failed" in p.stderr, (rt.name, name, p.stderr)
+        # the process whose pid file could not be written does not live on
+        assert _procs(rt, cid) == ["ps", "sleep"], rt.name
+        assert rt("exec", cid, "sh", "-c", "exit 7", check=False).returncode == 7
+        rt("delete", "--force", cid)
+    for name in cases:
+        assert codes["ketch", name] == codes["runc", name] == 255, codes
+
+
+# ------------------------------------------------- 9. process group of exec
+
+def test_exec_process_is_its_own_process_group(both, bundle, cid):
+    bundle.args("sleep", "1000").write()
+    out = {}
+    for rt in both:
+        _start(rt, bundle, cid)
+        # pid, pgrp, session of sh itself (read through its own stat, not a child's)
+        p = rt("exec", cid, "sh", "-c", 'read -r l < /proc/self/stat; echo $$; echo "$l"')
+        rt("delete", "--force", cid)
+        shpid, stat = p.stdout.splitlines()
+        f = stat.rsplit(")", 1)[1].split()
+        out[rt.name] = (f[2] == shpid, f[3] == shpid)  # leads its group, its session
+    assert out["ketch"] == out["runc"] == (True, True), out
+
+
+# ------------------------------------------------ 10. --log in a missing dir
+
+def test_log_in_a_missing_directory_is_an_error(both, bundle, cid, tmp_path):
+    bundle.args("true").write()
+    log = str(tmp_path / "nodir" / "runtime.log")
+    for rt in both:
+        for argv in (["state", cid], ["run", "-b", bundle.path, cid]):
+            p = subprocess.run([rt.binary, "--root", rt.root, "--log", log, *argv], text=True,
+                               capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+            assert p.returncode == 1, (rt.name, argv, p.stderr)
+            assert log in p.stderr and "no such file or directory" in p.stderr, (rt.name, p.stderr)
+        assert not os.path.exists(log)
+        assert rt.ids() == [], rt.name  # the run never started
