@@ -212,10 +212,14 @@ class CreateContext:
             return
         from . import hooks as hk
 
-        state = self.hook_state(pid, st.CREATING)
         for phase in ("prestart", "createRuntime"):
             if hooks.get(phase):
-                hk.run_hooks(hooks[phase], state, phase)
+                # prestart is the old hook of `start` (runtime-spec 1.0.0: "after
+                # the start operation is called"): its state says "created", as
+                # crun's does and the runtime-tools validation suite checks;
+                # createRuntime runs inside create, still "creating" (runc, spec).
+                status = st.CREATED if phase == "prestart" else st.CREATING
+                hk.run_hooks(hooks[phase], self.hook_state(pid, status), phase)
 
 
 # ------------------------------------------------------------------------ verbs
