@@ -171,3 +171,20 @@ def test_hook_state_status_per_phase(ketch, runc, crun, own_bundle, tmp_path):
     assert got["ketch", "prestart"] == got["crun", "prestart"] == "created", got
     assert got["ketch", "createRuntime"] == got["runc", "createRuntime"] == "creating", got
     assert got["ketch", "poststart"] == got["crun", "poststart"] == "running", got
+
+
+# ------------------------------------------ 6. unified resources on v1/hybrid
+
+@pytest.mark.skipif(os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
+                    reason="a cgroup v2 host takes linux.resources.unified")
+def test_unified_resources_refused_up_front_on_a_v1_or_hybrid_host(both, bundle, cid):
+    bundle.args("true").config["linux"].setdefault("resources", {})["unified"] = {"memory.min": "1000"}
+    bundle.config["linux"]["cgroupsPath"] = f"/ketch/{cid}"
+    bundle.write()
+    for rt in both:
+        p = rt("run", "-b", bundle.path, cid, check=False)
+        assert p.returncode == 1
+        assert "invalid configuration: cannot use unified on cgroup v1" in p.stderr, (rt.name, p.stderr)
+        assert rt.ids() == []
+    # nothing was created (the autouse leak check sees cgroups under ketch/)
+    assert not any(os.path.exists(f"/sys/fs/cgroup/{c}/ketch/{cid}") for c in os.listdir("/sys/fs/cgroup"))

@@ -249,6 +249,14 @@ def _check_bundle(config, bundle):
     for t in ("uts",):
         if config.get("hostname") and t not in nsmap:
             raise errors.ConfigError("config.json: hostname needs a new uts namespace")
+    # Refused before any cgroup exists, with runc's words: on a v1 or hybrid
+    # host the unified hierarchy has no controllers, so every key would fail
+    # half-way through create.  /sys/fs/cgroup holds cgroup.controllers only
+    # when it is itself the v2 hierarchy.
+    if (linux.get("resources") or {}).get("unified") \
+            and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        raise errors.ConfigError("invalid configuration: cannot use unified on cgroup v1 "
+                                 "(linux.resources.unified needs a cgroup v2 host)")
 
 
 def create(store, cid, opts, _keep_lock=False, config=None):
