@@ -188,3 +188,57 @@ def test_unified_resources_refused_up_front_on_a_v1_or_hybrid_host(both, bundle,
         assert rt.ids() == []
     # nothing was created (the autouse leak check sees cgroups under ketch/)
     assert not any(os.path.exists(f"/sys/fs/cgroup/{c}/ketch/{cid}") for c in os.listdir("/sys/fs/cgroup"))
+
+
+# ------------------------------------------------ 12. realtime budget on v1
+
+def _cpu_v1():
+    for name in ("cpu,cpuacct", "cpu"):
+        p = f"/sys/fs/cgroup/{name}"
+        if os.path.isfile(f"{p}/cpu.rt_runtime_us"):
+            return p
+    return None
+
+
+@pytest.mark.skipif(_cpu_v1() is None, reason="no v1 cpu hierarchy with realtime group scheduling")
+def test_realtime_budget_and_scheduler_on_cgroup_v1(both, bundle, cid):
+    cpu = _cpu_v1()
+    bundle.args("sleep", "1000")
+    bundle.config["linux"].setdefault("resources", {})["cpu"] = {
+        "realtimePeriod": 1000000, "realtimeRuntime": 10000}
+    # Directly below the root (whose budget is the host's), runc and ketch agree.
+    values = {}
+    for rt in both:
+        bundle.config["linux"]["cgroupsPath"] = f"/{cid}-{rt.name}"
+        bundle.write()
+        _start(rt, bundle, cid)
+        d = f"{cpu}/{cid}-{rt.name}"
+        values[rt.name] = [open(f"{d}/cpu.rt_{k}_us").read().strip() for k in ("period", "runtime")]
+        rt("delete", "--force", cid)
+    assert values["ketch"] == values["runc"] == ["1000000", "10000"], values
+
+    # Nested below a parent without a budget: ketch gives the parents theirs
+    # first (runc 1.1.5 fails here with EINVAL), and a SCHED_FIFO process runs.
+    top = f"ketch-rt-{cid}"
+    bundle.config["linux"]["cgroupsPath"] = f"/{top}/{cid}"
+    bundle.process["scheduler"] = {"policy": "SCHED_FIFO", "priority": 10}
+    bundle.sh("grep '^policy' /proc/self/sched").write()
+    ketch = both[1]
+    try:
+        p = ketch("run", "-b", bundle.path, cid)
+        assert p.stdout.split()[-1] == "1", p.stdout  # SCHED_FIFO
+        assert open(f"{cpu}/{top}/cpu.rt_runtime_us").read().strip() == "10000"
+        ketch("delete", "--force", cid, check=False)
+        # Without a budget the error says which setting is missing.
+        del bundle.config["linux"]["resources"]["cpu"]
+        bundle.write()
+        p = ketch("run", "-b", bundle.path, cid + "b", check=False)
+        assert p.returncode != 0 and "realtimeRuntime" in p.stderr, p.stderr
+    finally:
+        for c in (cid, cid + "b"):
+            ketch("delete", "--force", c, check=False)
+        for ctrl in os.listdir("/sys/fs/cgroup"):
+            for d in (f"/sys/fs/cgroup/{ctrl}/{top}/{cid}", f"/sys/fs/cgroup/{ctrl}/{top}/{cid}b",
+                      f"/sys/fs/cgroup/{ctrl}/{top}"):
+                if os.path.isdir(d):
+                    os.rmdir(d)

@@ -249,14 +249,28 @@ def _check_bundle(config, bundle):
     for t in ("uts",):
         if config.get("hostname") and t not in nsmap:
             raise errors.ConfigError("config.json: hostname needs a new uts namespace")
-    # Refused before any cgroup exists, with runc's words: on a v1 or hybrid
-    # host the unified hierarchy has no controllers, so every key would fail
-    # half-way through create.  /sys/fs/cgroup holds cgroup.controllers only
-    # when it is itself the v2 hierarchy.
-    if (linux.get("resources") or {}).get("unified") \
-            and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+    unified = (linux.get("resources") or {}).get("unified")
+    if unified and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        _check_unified_on_v1(unified)
+
+
+def _check_unified_on_v1(unified):
+    """Refuse before any cgroup exists, in runc's words, unified keys a v1 or
+    hybrid host cannot take: they would fail half-way through create.  On a
+    hybrid host a controller no v1 hierarchy holds (hugetlb, say) is on the
+    unified one and its keys still work, as do the core cgroup.* files."""
+    try:
+        with open("/sys/fs/cgroup/unified/cgroup.controllers") as f:
+            there = set(f.read().split()) | {"cgroup"}
+    except OSError:
         raise errors.ConfigError("invalid configuration: cannot use unified on cgroup v1 "
-                                 "(linux.resources.unified needs a cgroup v2 host)")
+                                 "(linux.resources.unified needs cgroup v2)") from None
+    for key in unified:
+        ctrl = key.split(".", 1)[0]
+        if ctrl not in there:
+            raise errors.ConfigError(
+                f"invalid configuration: cannot use unified on cgroup v1: {key}: the {ctrl} "
+                "controller is on a v1 hierarchy of this host, not on the unified one")
 
 
 def create(store, cid, opts, _keep_lock=False, config=None):
