@@ -242,3 +242,60 @@ def test_realtime_budget_and_scheduler_on_cgroup_v1(both, bundle, cid):
                       f"/sys/fs/cgroup/{ctrl}/{top}"):
                 if os.path.isdir(d):
                     os.rmdir(d)
+
+
+# ------------------------------------------------------ 5. console ownership
+
+def _console_output(rt, argv_create, argv_start, sock_path, needle=b"END"):
+    import select
+    import socket
+
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    srv.settimeout(20)
+    try:
+        proc = subprocess.Popen(rt.cmd(*argv_create), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        conn, _ = srv.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        conn.close()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        proc.stderr.close()
+    finally:
+        srv.close()
+        os.unlink(sock_path)
+    master = fds[0]
+    try:
+        if argv_start:
+            rt(*argv_start)
+        out = b""
+        while needle not in out:
+            r, _, _ = select.select([master], [], [], 10)
+            if not r:
+                break
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_console_owned_by_the_process_user_and_devpts_gid(both, bundle, cid, tmp_path):
+    bundle.process["terminal"] = True
+    bundle.process["user"] = {"uid": 1000, "gid": 1000}
+    bundle.sh("stat -c 'init %u %g' $(tty); echo END").write()
+    out = {}
+    for rt in both:
+        init = _console_output(rt, ["create", "--console-socket", str(tmp_path / "c.sock"), "-b",
+                                    bundle.path, cid], ["start", cid], str(tmp_path / "c.sock"))
+        _stopped(rt, cid)
+        rt("delete", cid)
+        out[rt.name] = [line for line in init.splitlines() if line.startswith("init ")]
+    # devpts is mounted gid=5 in the default spec: the group comes from there
+    assert out["ketch"] == out["runc"] == ["init 1000 5"], out

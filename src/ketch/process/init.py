@@ -467,6 +467,11 @@ def _setup_console(ctx, proc, mount_label):
         console.set_size(master, size.get("height", 0), size.get("width", 0))
     rootfs.mount_console(slave_path, mount_label)
     slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    uid = (proc.get("user") or {}).get("uid", 0)
+    if uid:
+        # The process must own its terminal once it is no longer root (runc
+        # too); the group stays the devpts gid= option's (tty, 5).
+        os.fchown(slave, uid, -1)
     if ctx.console_sock is not None:
         console.send_fd(ctx.console_sock, master, "/dev/ptmx")
         ctx.console_sock.close()
