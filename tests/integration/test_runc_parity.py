@@ -299,3 +299,27 @@ def test_console_owned_by_the_process_user_and_devpts_gid(both, bundle, cid, tmp
         out[rt.name] = [line for line in init.splitlines() if line.startswith("init ")]
     # devpts is mounted gid=5 in the default spec: the group comes from there
     assert out["ketch"] == out["runc"] == ["init 1000 5"], out
+
+
+# ------------------------- 11. idmapped mount on a symlink inside the rootfs
+
+def test_idmapped_mount_on_a_symlink_resolves_in_root(ketch, crun, own_bundle, cid, tmp_path):
+    """runc 1.1.5 has no idmapped mounts: crun is the reference."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.mkdir(os.path.join(own_bundle.rootfs, "realdir"))
+    os.symlink("/realdir", os.path.join(own_bundle.rootfs, "linkdir"))
+    maps = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    own_bundle.config["mounts"].append({
+        "destination": "/linkdir", "type": "bind", "source": str(src), "options": ["bind", "idmap"],
+        "uidMappings": maps, "gidMappings": maps})
+    own_bundle.sh("stat -c '%u %g' /realdir/f /linkdir/f").write()
+    out = {}
+    for rt in (crun, ketch):
+        p = rt("run", "-b", own_bundle.path, f"{cid}-{rt.name}")
+        out[rt.name] = p.stdout.split("\n")
+        rt("delete", "--force", f"{cid}-{rt.name}", check=False)
+    # mounted on the symlink's target inside the rootfs, shifted by the map
+    assert out["ketch"] == out["crun"] == ["100000 100000", "100000 100000", ""], out
+    assert not os.listdir(os.path.join(own_bundle.rootfs, "realdir"))  # nothing written through it
