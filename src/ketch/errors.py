@@ -36,7 +36,14 @@ class InvalidState(KetchError):
 
 
 class NotRunning(InvalidState):
-    pass
+    """The container (or its init) has stopped.
+
+    The text is runc's: containerd's runc shim looks for "container not
+    running" in a failed kill to treat the process as already finished
+    (stopping a pod whose container exited depends on it)."""
+
+    def __init__(self, msg="container not running"):
+        super().__init__(msg)
 
 
 class SecurityError(KetchError):

@@ -20,9 +20,13 @@ def now_rfc3339():
 
 
 def configure(path, fmt, debug):
-    _state["path"] = path
+    """Raises OSError when ``path`` cannot be opened (runc refuses to run,
+    too: a caller that reads the log would otherwise find nothing there)."""
     _state["format"] = fmt
     _state["debug"] = debug
+    if path:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    _state["path"] = path
 
 
 def _record(level, msg):

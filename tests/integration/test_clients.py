@@ -486,3 +486,23 @@ def test_ctr_tty_run_and_exec(containerd, runtime):
         wait_for(lambda: "RUNNING" not in containerd.ctr("task", "ls").stdout)
         containerd.ctr("task", "delete", "-f", cid, check=False)
         containerd.ctr("container", "delete", cid, check=False)
+
+
+def test_ctr_kill_of_an_exited_task_is_already_finished(containerd, runtime):
+    # A pod stop kills tasks whose process may have exited already: the shim
+    # recognises the runtime's "container not running" and answers NotFound
+    # ("process already finished"), which CRI treats as stopped; any other
+    # text is an "unknown error after kill" and the pod cannot be removed.
+    cid = f"ctr-{runtime}"
+    containerd.ctr("run", "-d", *containerd.runtime_flags(runtime), CTR_IMAGE, cid, "true",
+                   stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: "STOPPED" in containerd.ctr("task", "ls").stdout)
+        p = containerd.ctr("task", "kill", "-s", "KILL", cid, check=False)
+        assert "process already finished" in p.stderr and "unknown error" not in p.stderr, p.stderr
+        p = containerd.ctr("task", "kill", "-s", "TERM", "--all", cid, check=False)
+        assert p.returncode == 0, p.stderr
+        containerd.ctr("task", "delete", cid)
+    finally:
+        containerd.ctr("task", "delete", "-f", cid, check=False)
+        containerd.ctr("container", "delete", cid, check=False)

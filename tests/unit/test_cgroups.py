@@ -133,6 +133,7 @@ def test_plan_v1_memory_and_cpu():
         ("w", "cpu", "cpu.shares", 512),
         ("w", "cpu", "cpu.cfs_period_us", 100000),
         ("w", "cpu", "cpu.cfs_quota_us", 50000),
+        ("rt_parents", "cpu", None, (1000, 100)),
         ("pair", "cpu", ("cpu.rt_period_us", "cpu.rt_runtime_us"), (1000, 100, False)),
         ("w", "cpu", "cpu.idle", 0),
         ("w", "cpuset", "cpuset.cpus", "0-1"),

@@ -27,6 +27,25 @@ FLAGS = [
 
 
 def run(g, opts, args):
+    from ..errors import KetchError, describe_oserror
+
+    try:
+        return _exec(g, opts, args)
+    except KetchError as e:
+        # runc's exit status and prefix for an exec that failed before the
+        # user's process ran: podman and containerd tell it from the
+        # process's own status by the 255.
+        e.exit_code = 255
+        e.args = (f"exec failed: {e}",)
+        raise
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        err = KetchError(f"exec failed: {where}{describe_oserror(e)}")
+        err.exit_code = 255
+        raise err from None
+
+
+def _exec(g, opts, args):
     from ..errors import UsageError
     from ..runtime import exec as ex
     from .main import abspath, need_id

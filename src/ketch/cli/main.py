@@ -206,7 +206,11 @@ def _main(argv):
     if gopts["log_format"] not in ("text", "json"):
         log.error(f"invalid log format {gopts['log_format']!r}: use 'text' or 'json'")
         return 1
-    log.configure(gopts["log"], gopts["log_format"], gopts["debug"])
+    try:
+        log.configure(gopts["log"], gopts["log_format"], gopts["debug"])
+    except OSError as e:
+        log.error(f"open {gopts['log']}: {errors.describe_oserror(e)}")
+        return 1
     if gopts["version"]:
         from .. import __version__
         from ..spec.default import OCI_VERSION

@@ -117,7 +117,14 @@ def set_scheduler(s, pid=0):
         _libc.check(_libc.raw_syscall("sched_setattr", ctypes.c_int(pid), ctypes.byref(attr),
                                        ctypes.c_uint(0)), "sched_setattr")
     except OSError as e:
-        raise _err(f"sched_setattr policy {s.get('policy')}", e) from e
+        err = _err(f"sched_setattr policy {s.get('policy')}", e)
+        if e.errno == 1 and attr.sched_policy in (1, 2):  # EPERM, SCHED_FIFO/RR
+            # cgroup v1 with RT group scheduling: a task may only turn
+            # realtime in a cpu cgroup with a realtime budget, and a new one has none.
+            err = SetupError(err.step, f"{err.reason} (on cgroup v1 the process's cpu cgroup needs "
+                             "a realtime budget: set linux.resources.cpu.realtimeRuntime and "
+                             "realtimePeriod)")
+        raise err from e
 
 
 # ---- I/O priority -----------------------------------------------------------------

@@ -26,7 +26,9 @@ def parse_signal(text):
     t = text.upper()
     if t.isdigit():
         n = int(t)
-        if 0 < n < 65:
+        # 0 is kill(2)'s probe: runc (and containerd's shim) send it to ask
+        # whether the init still lives.
+        if 0 <= n < 65:
             return n
     else:
         if t.startswith("SIG"):

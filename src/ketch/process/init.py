@@ -516,6 +516,11 @@ def _setup_console(ctx, proc, mount_label):
     rootfs.mount_console(slave_path, mount_label,
                          fd=console.open_peer(master, slave_path, getattr(os, "O_PATH", 0o10000000)))
     slave = console.open_peer(master, slave_path, os.O_RDWR | os.O_NOCTTY)
+    uid = (proc.get("user") or {}).get("uid", 0)
+    if uid:
+        # The process must own its terminal once it is no longer root (runc
+        # too); the group stays the devpts gid= option's (tty, 5).
+        os.fchown(slave, uid, -1)
     if ctx.console_sock is not None:
         console.send_fd(ctx.console_sock, master, "/dev/ptmx")
         ctx.console_sock.close()

@@ -256,7 +256,7 @@ def _intermediate(ctx, sock):
         raise _step(e, "open container namespaces")
     # The fds are the init's only if it is still the process the pidfd pins.
     if _pidfd_exited(ctx.pidfd):
-        raise errors.NotRunning(f"container {ctx.id!r} is not running (its init exited)")
+        raise errors.NotRunning()
     os.close(ctx.pidfd)
     ctx.pidfd = -1
     try:
@@ -284,7 +284,7 @@ def _intermediate(ctx, sock):
 
         if e.errno == errno.ENOMEM and "pid" in types:
             # fork into a pid namespace whose init has died.
-            raise errors.NotRunning(f"container {ctx.id!r} is not running") from None
+            raise errors.NotRunning() from None
         raise _step(e, "fork into the container")
     if pid == 0:  # ----------------------------------------------- process
         fds.close_unlisted(ctx)  # first: nothing of the intermediate's but the list
@@ -383,6 +383,11 @@ def _process(ctx, sock):
         if proc.get("terminal"):
             with Step("set up terminal"):
                 _setup_terminal(ctx, proc)
+        else:
+            # Its own session and process group, as with runc (with a
+            # terminal too): a client that signals the group of an exec'd
+            # process must not reach the caller's.
+            os.setsid()
         with Step("close runtime file descriptors"):
             # Before the chdir to process.cwd (CVE-2024-21626).
             init.close_runtime_fds(ctx)

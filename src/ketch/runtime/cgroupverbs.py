@@ -152,7 +152,7 @@ def events(store, cid, interval, emit):
     finally:
         c.unlock()
     if pidfd < 0:
-        raise errors.NotRunning(f"container {cid!r} is not running")
+        raise errors.NotRunning()
     oom = _OomWatch(mgr)
     try:
         poller = select.poll()

@@ -235,10 +235,14 @@ class CreateContext:
             return
         from ..process import hooks as hk
 
-        state = self.hook_state(pid, st.CREATING)
         for phase in ("prestart", "createRuntime"):
             if hooks.get(phase):
-                hk.run_hooks(hooks[phase], state, phase)
+                # prestart is the old hook of `start` (runtime-spec 1.0.0: "after
+                # the start operation is called"): its state says "created", as
+                # crun's does and the runtime-tools validation suite checks;
+                # createRuntime runs inside create, still "creating" (runc, spec).
+                status = st.CREATED if phase == "prestart" else st.CREATING
+                hk.run_hooks(hooks[phase], self.hook_state(pid, status), phase)
 
 
 # ------------------------------------------------------------------------ verbs
@@ -268,6 +272,28 @@ def _check_bundle(config, bundle):
     for t in ("uts",):
         if config.get("hostname") and t not in nsmap:
             raise errors.ConfigError("config.json: hostname needs a new uts namespace")
+    unified = (linux.get("resources") or {}).get("unified")
+    if unified and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        _check_unified_on_v1(unified)
+
+
+def _check_unified_on_v1(unified):
+    """Refuse before any cgroup exists, in runc's words, unified keys a v1 or
+    hybrid host cannot take: they would fail half-way through create.  On a
+    hybrid host a controller no v1 hierarchy holds (hugetlb, say) is on the
+    unified one and its keys still work, as do the core cgroup.* files."""
+    try:
+        with open("/sys/fs/cgroup/unified/cgroup.controllers") as f:
+            there = set(f.read().split()) | {"cgroup"}
+    except OSError:
+        raise errors.ConfigError("invalid configuration: cannot use unified on cgroup v1 "
+                                 "(linux.resources.unified needs cgroup v2)") from None
+    for key in unified:
+        ctrl = key.split(".", 1)[0]
+        if ctrl not in there:
+            raise errors.ConfigError(
+                f"invalid configuration: cannot use unified on cgroup v1: {key}: the {ctrl} "
+                "controller is on a v1 hierarchy of this host, not on the unified one")
 
 
 def create(store, cid, opts, _keep_lock=False, config=None):
@@ -478,6 +504,12 @@ def kill(store, cid, sig, all_procs=False):
     c = store.get(cid)
     try:
         stat = c.status()
+        if all_procs and stat == st.STOPPED:
+            # As runc: --all reaches whatever is left in the cgroup (an init
+            # without its own pid namespace may leave processes behind), and
+            # a container with nothing left is not an error.
+            _signal_all(c, sig)
+            return
         st.check_verb("kill", stat, cid)
         if all_procs:
             _signal_all(c, sig)
@@ -490,11 +522,11 @@ def kill(store, cid, sig, all_procs=False):
 def _signal_init(c, sig):
     pidfd = c.open_pidfd()
     if pidfd < 0:
-        raise errors.NotRunning(f"container {c.id!r} is not running")
+        raise errors.NotRunning()
     try:
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
-        raise errors.NotRunning(f"container {c.id!r} is not running") from None
+        raise errors.NotRunning() from None
     finally:
         os.close(pidfd)
     if sig in (signal.SIGKILL, signal.SIGTERM) and c.status() == st.PAUSED:

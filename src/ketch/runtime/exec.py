@@ -291,12 +291,29 @@ def exec_process(store, cid, opts):
         raise
     c.unlock()
     if opts.pid_file:
-        from .container import write_pid_file
-
-        write_pid_file(opts.pid_file, pid)
+        _pid_file(opts.pid_file, pid, ctx.sigmask)
     if opts.detach:
         return 0
     return _wait(pid, tty, ctx.sigmask)
+
+
+def _pid_file(path, pid, sigmask):
+    """Write the pid file; if that fails the process must not outlive the
+    failed exec (as runc, which kills it): the caller never learns its pid."""
+    from .container import write_pid_file
+
+    try:
+        write_pid_file(path, pid)
+    except OSError as e:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            if sigmask is not None:  # foreground: it is our child (subreaper)
+                os.waitpid(pid, 0)
+        except OSError:
+            pass
+        if sigmask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        raise ExecFailed(f"open {e.filename or path}", errors.describe_oserror(e)) from None
 
 
 def _forwarded():
@@ -310,10 +327,10 @@ def _init_pidfd(c):
     try:
         fd = os.pidfd_open(c.pid)
     except OSError:
-        raise errors.NotRunning(f"container {c.id!r} is not running") from None
+        raise errors.NotRunning() from None
     if not c.init_alive():
         os.close(fd)
-        raise errors.NotRunning(f"container {c.id!r} is not running")
+        raise errors.NotRunning()
     return fd
 
 

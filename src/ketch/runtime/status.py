@@ -53,5 +53,5 @@ def check_verb(verb, status, cid):
             raise InvalidState(f"cannot start container {cid!r}: it has already run and stopped")
         raise InvalidState(f"cannot start container {cid!r}: it is {status}, not created")
     if status == STOPPED:
-        raise NotRunning(f"container {cid!r} is not running")
+        raise NotRunning()
     raise InvalidState(f"cannot {verb} container {cid!r}: it is {status}")

@@ -302,6 +302,8 @@ class Manager:
             elif op == "devices":
                 for allow, rule in value:
                     fs.write(f"{d}/devices.{'allow' if allow else 'deny'}", rule)
+            elif op == "rt_parents":
+                _rt_budget_for_parents(d, *value)
             elif op == "bpfdev":
                 from .devices import apply_ebpf
                 apply_ebpf(d, value)
@@ -477,3 +479,40 @@ class Manager:
 
     def __repr__(self):
         return f"Manager({self.id!r}, {self._dirs!r})"
+
+
+def _rt_budget_for_parents(d, period, runtime):
+    """Raise the realtime budget of each ancestor of ``d`` (below the
+    hierarchy's root, which is the host's) to what its children hold plus
+    what ``d`` asks for, top-down: the kernel refuses a child's
+    cpu.rt_runtime_us beyond its parent's share.  Budgets are compared as
+    runtime/period ratios; a budget already large enough is left alone."""
+    def ratio(g):
+        per = fs.read_int(f"{g}/cpu.rt_period_us")
+        run = fs.read_int(f"{g}/cpu.rt_runtime_us")
+        return (run / per if run > 0 else 0.0), per
+
+    if not period:
+        period = fs.read_int(f"{d}/cpu.rt_period_us")
+    chain = []
+    g = os.path.dirname(d)
+    while os.path.exists(f"{os.path.dirname(g)}/cpu.rt_runtime_us"):
+        chain.append(g)
+        g = os.path.dirname(g)
+    need = runtime / period
+    needs = []
+    below = d
+    for g in chain:  # bottom-up: what each ancestor must hold
+        others = 0.0
+        for name in os.listdir(g):
+            c = f"{g}/{name}"
+            if c != below and os.path.isfile(f"{c}/cpu.rt_runtime_us"):
+                others += ratio(c)[0]
+        need += others
+        needs.append((g, need))
+        below = g
+    for g, want in reversed(needs):  # top-down
+        have, per = ratio(g)
+        if have < want:
+            us = int(want * per)
+            fs.write(f"{g}/cpu.rt_runtime_us", us if us >= want * per else us + 1)

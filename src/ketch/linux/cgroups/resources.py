@@ -192,6 +192,11 @@ def _cpu(c, where, ops):
                 ops.append(("w", "cpu", "cpu.cfs_quota_us", quota))
             if burst is not None:
                 ops.append(("w", "cpu", "cpu.cfs_burst_us", burst))
+            if rt_run not in (None, 0, -1):
+                # A group's realtime budget must fit in its parent's, and the
+                # parents of a new cgroup have none (0): give them enough
+                # first, top-down (runc: same order).
+                ops.append(("rt_parents", "cpu", None, (rt_per, rt_run)))
             if rt_per and rt_run not in (None, 0):
                 ops.append(("pair", "cpu", ("cpu.rt_period_us", "cpu.rt_runtime_us"), (rt_per, rt_run, False)))
             elif rt_per:
