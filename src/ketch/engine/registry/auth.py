@@ -126,11 +126,12 @@ def _decode(entry, path, host):
         return None
     if entry.get("auth"):
         try:
-            user, sep, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise ImageError(f"{path}: the credentials for {host} are not base64 of user:password") from None
-        if sep:
-            return user, pw
+            user, sep, pw = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError, TypeError):
+            sep = ""
+        if not sep:
+            raise ImageError(f"{path}: the credentials for {host} are not base64 of user:password")
+        return user, pw
     if entry.get("username") and entry.get("password"):
         return entry["username"], entry["password"]
     return None
