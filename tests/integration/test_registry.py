@@ -502,3 +502,23 @@ def test_short_name_resolves_through_the_search_registries(plain, layout, env, r
     assert run.stdout == "pulled from a registry\n"
     p = ketch(env, "container", "run", "--rm", "--pull", "sometimes", "sn:1", check=False)
     assert p.returncode != 0 and "--pull" in p.stderr
+
+
+def test_full_disk_mid_pull_leaves_nothing_and_the_next_pull_completes(plain, layout, env, tmp_path):
+    src = f"{plain.host}/demo/full:1"
+    skopeo("copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{src}")
+    store = tmp_path / "small"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(store)], check=True)
+    try:
+        env = dict(env, KETCH_STORAGE_ROOT=str(store))
+        p = ketch(env, "image", "--storage-driver", "vfs", "pull", "--tls-verify=false", src, check=False)
+        assert p.returncode != 0 and p.stdout == ""
+        assert p.stderr.count("\n") == 1 and "no space left on device" in p.stderr.lower(), p.stderr
+        assert _store_files(str(store)) == ([], [])
+        assert [n for n in os.listdir(store / "images" / "tmp")] == []
+        subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)
+        image_id = ketch(env, "image", "--storage-driver", "vfs", "pull", "-q", "--tls-verify=false", src).stdout
+        assert ketch(env, "image", "ls", "-q").stdout.strip() == image_id.strip()[7:19]
+    finally:
+        subprocess.run(["umount", str(store)], check=True)

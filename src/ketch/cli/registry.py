@@ -17,7 +17,7 @@ PULL_FLAGS = TLS_FLAGS + [
     Flag(("--platform",), "str", default="", help="OS/ARCH[/VARIANT] to pull from an index (default: this host)"),
     Flag(("--quiet", "-q"), help="print only the image id"),
 ]
-PUSH_FLAGS = [f for f in TLS_FLAGS] + [
+PUSH_FLAGS = list(TLS_FLAGS) + [
     Flag(("--quiet", "-q"), help="print nothing but errors"),
 ]
 PULL_POLICY = Flag(("--pull",), "str", default="missing",
@@ -52,15 +52,14 @@ def _status(quiet):
 def pull(images, o, ref, quiet=None):
     """Pull one reference; prints the image id (the result) unless told to be quiet."""
     quiet = o.get("quiet") if quiet is None else quiet
-    image_id = images.pull(ref, platform=o.get("platform") or None, status=_status(quiet), **registry_kw(o))
-    return image_id
+    return images.pull(ref, platform=o.get("platform") or None, status=_status(quiet), **registry_kw(o))
 
 
 def run_pull(images, o, args):
-    rc = 0
     for ref in args:
         sys.stdout.write(pull(images, o, ref) + "\n")
-    return rc
+        sys.stdout.flush()
+    return 0
 
 
 def run_push(images, o, args):

@@ -199,8 +199,6 @@ class Session:
         r.read(MAX_ERROR_BODY)
         if r.status != 200:
             raise ImageError(f"{self.domain}: /v2/ answered HTTP {r.status}: not a registry?")
-        if self._challenge[0] is None and self._creds:
-            pass  # a registry without auth takes any credentials, as Docker's login does
 
     # -- manifests --
 
@@ -283,7 +281,8 @@ class Session:
             scope += f" repository:{mount_from}:pull"
             q = "?" + urlencode({"mount": digest, "from": mount_from})
         r = self.request("POST", f"/v2/{repo}/blobs/uploads/{q}", scope, {"Content-Length": "0"}, b"")
-        r.read(MAX_ERROR_BODY) if r.status in (201, 202) else None
+        if r.status in (201, 202):
+            r.read(MAX_ERROR_BODY)
         if r.status == 201:
             return "mounted"
         if r.status != 202 or not r.getheader("Location"):

@@ -28,7 +28,7 @@ def _desc(d, what):
     return digest, size, mt
 
 
-def resolve_manifest(session, ref, want, what, explicit_platform=False):
+def resolve_manifest(session, ref, want, what):
     """(manifest bytes, its digest, the manifest, the digest the reference names)."""
     data, mt, doc, digest = session.get_manifest(ref.path, ref.reference, what)
     top = digest
@@ -46,8 +46,6 @@ def resolve_manifest(session, ref, want, what, explicit_platform=False):
             raise ImageError(f"{what}: manifest digest mismatch: expected {d}, content is {digest}")
         if mt in INDEXES:
             raise ImageError(f"{what}: an index inside an index is not supported")
-    elif explicit_platform:
-        pass  # checked against the config below
     return data, digest, doc, top
 
 
@@ -77,7 +75,7 @@ def _pull_one(store, ref, want, explicit, creds, tls_verify, cert_dir, auth_file
     try:
         if status:
             status(f"Trying to pull {ref}...")
-        mbytes, mdigest, manifest, top = resolve_manifest(session, ref, want, what, explicit)
+        mbytes, mdigest, manifest, top = resolve_manifest(session, ref, want, what)
         if manifest.get("schemaVersion") != 2:
             raise ImageError(f"{what}: manifest schemaVersion {manifest.get('schemaVersion')!r} is not 2")
         cdigest, csize, cmt = _desc(manifest.get("config"), what)
