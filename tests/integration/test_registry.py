@@ -254,9 +254,16 @@ def test_skopeo_push_ketch_pull_run_push_skopeo_pull(plain, layout, env, tmp_pat
     assert insp["Config"]["Env"][-1] == "FROM=registry" and len(insp["RootFS"]["Layers"]) == 2
     # a second pull downloads nothing and gives the same image
     assert ketch(env, "image", "pull", "-q", "--tls-verify=false", src).stdout.strip() == image_id
-    # the pulled image runs
+    # the pulled image runs, by tag and by NAME@DIGEST
     run = ketch(env, "container", "run", "--rm", src, root=runtime_root)
     assert run.stdout == "pulled from a registry\n"
+    by_digest = f"{plain.host}/demo/busybox@{remote['Digest']}"
+    run = ketch(env, "container", "run", "--rm", "--pull", "never", by_digest, root=runtime_root)
+    assert run.stdout == "pulled from a registry\n"
+    env_d = dict(env, KETCH_STORAGE_ROOT=str(tmp_path / "by-digest"))
+    assert ketch(env_d, "image", "pull", "--tls-verify=false", by_digest).stdout.strip() == image_id
+    assert ketch(env_d, "image", "ls", "--digests").stdout.splitlines()[1].split()[:3] == \
+        [f"{plain.host}/demo/busybox", "<none>", remote["Digest"]]
     # push it under another name; skopeo sees the same manifest digest and copies it out
     dst = f"{plain.host}/other/copy:2"
     ketch(env, "image", "push", "--tls-verify=false", src, dst)
