@@ -529,3 +529,17 @@ def test_full_disk_mid_pull_leaves_nothing_and_the_next_pull_completes(plain, la
         assert ketch(env, "image", "ls", "-q").stdout.strip() == image_id.strip()[7:19]
     finally:
         subprocess.run(["umount", str(store)], check=True)
+
+
+@pytest.mark.skipif(not shutil.which("script"), reason="script(1) is needed for a terminal")
+def test_bars_on_a_terminal_only(plain, layout, env):
+    src = f"{plain.host}/demo/tty:1"
+    skopeo("copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{src}")
+    cmd = f"{KETCH} image pull --tls-verify=false {src}"
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, env=dict(env, TERM="xterm"),
+                       timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout
+    assert f"Trying to pull {src}" in p.stdout and "Digest: sha256:" in p.stdout
+    assert "total" in p.stdout and "100%" in p.stdout and p.stdout.count("blob ") >= 2
+    image_id = ketch(env, "image", "ls", "-q", "--no-trunc").stdout.strip()
+    assert p.stdout.rstrip().endswith(image_id)

@@ -212,3 +212,34 @@ exit 1
     path.write_text(json.dumps({"credHelpers": {"reg.example": "missing-helper"}}))
     with pytest.raises(ImageError, match="docker-credential-missing-helper is not installed"):
         auth.credentials("reg.example")
+
+
+class _Tty:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, s):
+        self.parts.append(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_board_a_bar_per_blob_and_a_total(monkeypatch):
+    from ketch.engine.registry import progress
+    monkeypatch.delenv("TERM", raising=False)
+    assert progress.board(stream=type("P", (), {"isatty": lambda self: False})()) is None
+    tty = _Tty()
+    make = progress.board(stream=tty)
+    tick_for, close = make([("sha256:" + "a" * 64, 1000), ("sha256:" + "b" * 64, 3000)])
+    tick_for("sha256:" + "b" * 64)(1500)
+    close()
+    last = tty.parts[-1]
+    lines = last.split("\n")
+    assert last.startswith("\x1b[3A") and len(lines) == 4 and lines[-1] == ""
+    assert "blob aaaaaaaaaaaa" in lines[0] and "  0%" in lines[0]
+    assert "blob bbbbbbbbbbbb" in lines[1] and " 50%" in lines[1]
+    assert lines[2].startswith("total") and " 37%" in lines[2] and "1.5 kB/4.0 kB" in lines[2]

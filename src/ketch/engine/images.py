@@ -887,17 +887,18 @@ class ImageStore:
         """The stored blob, read-only (for a push)."""
         return open(self._blob_path(digest), "rb")
 
-    def add_pulled(self, manifest, manifest_digest, config, layers, fetch, names, repo_digest, jobs=3):
+    def add_pulled(self, manifest, manifest_digest, config, layers, fetch, names, repo_digest, jobs=3, board=None):
         """Store an image a registry serves.  `layers`: [(digest, media type, size)]; `fetch(digest,
         size, cancel)` -> a reader, called only for blobs not in the store, `jobs` at a time; every
         blob is checked against its digest and size before it is used, and nothing is kept if
-        any check or download fails.  Returns the image id."""
+        any check or download fails.  `board(missing) -> (tick_for(digest), close)` draws a bar per
+        blob (default: one bar for them all).  Returns the image id."""
         def run(txn):
             missing = []
             for d, _mt, size in layers:
                 if not os.path.exists(self._blob_path(d)) and (d, size) not in missing:
                     missing.append((d, size))
-            self._fetch_blobs(txn, missing, fetch, jobs)
+            self._fetch_blobs(txn, missing, fetch, jobs, board)
             self._put_bytes(txn, manifest, manifest_digest)
             image_id = self._add_image(txn, config, layers, names, True, manifest_digest)
             if repo_digest:
@@ -906,12 +907,18 @@ class ImageStore:
 
         return self._transaction(run)
 
-    def _fetch_blobs(self, txn, missing, fetch, jobs):
+    def _fetch_blobs(self, txn, missing, fetch, jobs, board=None):
         import threading
         if not missing:
             return
         cancel = threading.Event()
-        total = self.progress(sum(s for _d, s in missing), f"pulling {len(missing)} blob(s)")
+        tick_for = None
+        if board is not None:
+            tick_for, close_board = board(missing)
+            total = _NoTick()
+            total.close = close_board
+        else:
+            total = self.progress(sum(s for _d, s in missing), f"pulling {len(missing)} blob(s)")
         lock = threading.Lock()
 
         class _Shared:  # one bar for blobs fetched in parallel (per-blob bars would overwrite each other)
@@ -926,7 +933,7 @@ class ImageStore:
             d, size = item
             reader = fetch(d, size, cancel)
             try:
-                self._put_blob(txn, reader, d, size, tick=_Shared())
+                self._put_blob(txn, reader, d, size, tick=tick_for(d) if tick_for else _Shared())
             finally:
                 reader.close()
 

@@ -5,6 +5,7 @@ import json
 from ketch.errors import ImageError
 
 from . import platform as plat
+from . import progress
 from . import reference
 from .client import INDEXES, MAX_CONFIG, NotFound, Session
 
@@ -109,6 +110,7 @@ def _pull_one(store, ref, want, explicit, creds, tls_verify, cert_dir, auth_file
             return session.open_blob(ref.path, digest, size, what, cancel)
 
         names = [ref.tagged()] if ref.tagged() else []
-        return store.add_pulled(mbytes, mdigest, config, layers, fetch, names, ref.with_digest(top), jobs)
+        return store.add_pulled(mbytes, mdigest, config, layers, fetch, names, ref.with_digest(top), jobs,
+                                board=progress.board() if status else None)
     finally:
         session.close()
