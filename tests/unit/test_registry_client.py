@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from ketch.engine.registry import auth, platform, reference
+from ketch.engine.registry.login import logout
 from ketch.errors import ImageError
 
 D = "sha256:" + "ab" * 32
@@ -162,7 +163,7 @@ def test_auth_file_write_read_remove(home):
     assert auth.credentials("127.0.0.1:5000") is None and auth.credentials("quay.io") == ("bob", "x")
     assert auth.remove_credentials("127.0.0.1:5000") is False
     with pytest.raises(ImageError, match="not logged in to nowhere.io"):
-        auth.logout("nowhere.io")
+        logout("nowhere.io")
 
 
 def test_docker_config_json_keys_and_hub_aliases(home):

@@ -6,6 +6,7 @@
     transport   HTTP(S) with the certs.d conventions, retries, redirects
     client      one registry session: auth flow, token cache, manifests, blobs, uploads
     pull, push  what `ketch image pull|push` do with the image store
+    login       what `ketch login|logout` do
 
 Only the standard library (http.client, ssl, hashlib): nothing here is imported
 on the runtime's start path, and the engine imports it only to pull or push.
@@ -13,4 +14,4 @@ on the runtime's start path, and the engine imports it only to pull or push.
 
 from .pull import pull  # noqa: F401
 from .push import push  # noqa: F401
-from .auth import login, logout  # noqa: F401
+from .login import login, logout  # noqa: F401

@@ -17,7 +17,7 @@ from ketch.errors import ImageError
 
 from .reference import DOCKER_HUB
 
-_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/",
+HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/",
              "https://index.docker.io/v1", "https://registry-1.docker.io")
 
 
@@ -108,7 +108,7 @@ def _load(path):
 def _keys(host):
     keys = [host, "https://" + host, "http://" + host, "https://" + host + "/v1/", "https://" + host + "/v2/"]
     if host == DOCKER_HUB:
-        keys += list(_HUB_KEYS)
+        keys += list(HUB_KEYS)
     return keys
 
 
@@ -240,16 +240,7 @@ def remove_credentials(host, auth_file=None):
     return found
 
 
-def login(host, user, password, tls_verify=True, cert_dir=None, auth_file=None):
-    """Check the credentials against the registry's /v2/, then record them.  Returns the file."""
-    from .client import Session
-    from .reference import DOCKER_HUB as hub
-    host = hub if host in _HUB_KEYS else host.split("://", 1)[-1].rstrip("/")
-    Session(host, creds=(user, password), tls_verify=tls_verify, cert_dir=cert_dir, use_auth_file=False).ping()
-    return store_credentials(host, user, password, auth_file)
-
-
-def logout(host, auth_file=None):
-    host = DOCKER_HUB if host in _HUB_KEYS else host.split("://", 1)[-1].rstrip("/")
-    if not remove_credentials(host, auth_file):
-        raise ImageError(f"not logged in to {host}")
+def registry_host(host):
+    """The registry a login/logout argument names: Docker Hub's many spellings are one
+    entry, a URL's scheme and trailing slash are dropped."""
+    return DOCKER_HUB if host in HUB_KEYS else host.split("://", 1)[-1].rstrip("/")

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from ketch.engine.progress import _human, enabled
+from ketch.engine.progress import enabled, human_size
 
 _WIDTH = 24
 
@@ -23,7 +23,7 @@ class Board:
         frac = min(1.0, done / total) if total else 1.0
         fill = int(frac * _WIDTH)
         return (f"{label:<14} [{'=' * fill}{' ' * (_WIDTH - fill)}] {int(frac * 100):3d}% "
-                f"{_human(done)}/{_human(total)}\x1b[K\n")
+                f"{human_size(done)}/{human_size(total)}\x1b[K\n")
 
     def _draw(self):
         up = f"\x1b[{len(self.rows)}A" if self.drawn else ""
