@@ -205,7 +205,7 @@ def skopeo(*args):
 def env(tmp_path, monkeypatch):
     """The environment ketch runs in: its own store, auth file and home (never the host's)."""
     e = dict(os.environ, KETCH_STORAGE_ROOT=str(tmp_path / "store"), REGISTRY_AUTH_FILE=str(tmp_path / "auth.json"),
-             HOME=str(tmp_path / "home"), KETCH_SEARCH_REGISTRIES="")
+             HOME=str(tmp_path / "home"))
     e.pop("XDG_RUNTIME_DIR", None)
     e.pop("DOCKER_CONFIG", None)
     for k in ("REGISTRY_AUTH_FILE", "HOME"):
@@ -543,3 +543,45 @@ def test_bars_on_a_terminal_only(plain, layout, env):
     assert "total" in p.stdout and "100%" in p.stdout and p.stdout.count("blob ") >= 2
     image_id = ketch(env, "image", "ls", "-q", "--no-trunc").stdout.strip()
     assert p.stdout.rstrip().endswith(image_id)
+
+
+def _socket_calls(trace):
+    """(call, family, address, port) of every connect/sendto/sendmsg with an address in an strace log."""
+    import re
+    calls = []
+    for line in open(trace):
+        m = re.search(r"\b(connect|sendto|sendmsg)\(\d+, .*?sa_family=(AF_\w+)(.*)", line)
+        if not m:
+            continue
+        call, fam, rest = m.groups()
+        addr = re.search(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"|sun_path="([^"]*)"', rest)
+        port = re.search(r"sin6?_port=htons\((\d+)\)", rest)
+        calls.append((call, fam, next((g for g in addr.groups() if g is not None), None) if addr else None,
+                      int(port.group(1)) if port else None))
+    return calls
+
+
+def test_a_registry_off_the_allow_list_is_refused_before_any_lookup(env, tmp_path, runtime_root):
+    """The network rule's safety net: with KETCH_REGISTRIES_ALLOWED on loopback, `--pull missing`
+    of a Docker Hub name stops at one line, before a DNS query or any connection (strace)."""
+    env = dict(env, KETCH_REGISTRIES_ALLOWED="127.0.0.1:*,localhost:*,[::1]:*")
+    trace = tmp_path / "strace.log"
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=connect,sendto,sendmsg",
+                        KETCH, "--root", runtime_root, "container", "run", "--rm", "docker.io/library/busybox",
+                        "true"], capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].endswith("pull docker.io/library/busybox:latest: registry registry-1.docker.io "
+                             "is not in KETCH_REGISTRIES_ALLOWED"), lines
+    calls = _socket_calls(trace)
+    for call, fam, addr, port in calls:
+        if fam == "AF_INET":
+            assert addr.startswith("127.") and port != 53, (call, addr, port)
+        elif fam == "AF_INET6":
+            assert addr == "::1" and port != 53, (call, addr, port)
+        elif fam == "AF_UNIX":
+            assert "nscd" not in (addr or "") and "resolve" not in (addr or ""), (call, addr)
+    assert not [c for c in calls if c[1] in ("AF_INET", "AF_INET6")], calls  # not even loopback
+    assert _store_files(env["KETCH_STORAGE_ROOT"]) == ([], [])
+    assert os.listdir(runtime_root) == []

@@ -14,6 +14,12 @@ from ketch.errors import ImageError
 D = "sha256:" + "ab" * 32
 
 
+@pytest.fixture
+def docker_defaults(monkeypatch):
+    """Short names as Docker resolves them (tests/conftest.py points them at loopback)."""
+    monkeypatch.delenv("KETCH_SEARCH_REGISTRIES", raising=False)
+
+
 @pytest.mark.parametrize("text, name, tag, digest, short", [
     ("busybox", "docker.io/library/busybox", "latest", None, True),
     ("busybox:1.36", "docker.io/library/busybox", "1.36", None, True),
@@ -29,13 +35,13 @@ D = "sha256:" + "ab" * 32
     ("a.b.c/x__y/z-w.v", "a.b.c/x__y/z-w.v", "latest", None, False),
     ("[::1]:5000/img", "[::1]:5000/img", "latest", None, False),
 ])
-def test_references_as_docker_parses_them(text, name, tag, digest, short):
+def test_references_as_docker_parses_them(text, name, tag, digest, short, docker_defaults):
     r = reference.parse(text)
     assert (r.name, r.tag or ("latest" if not r.digest else None), r.digest, r.short) == (name, tag, digest, short)
     assert reference.parse(str(r)) == r or short
 
 
-def test_reference_strings_and_what_the_manifest_url_names():
+def test_reference_strings_and_what_the_manifest_url_names(docker_defaults):
     r = reference.parse("localhost:5000/x@" + D)
     assert r.reference == D and r.tagged() is None and str(r) == "localhost:5000/x@" + D
     r = reference.parse("busybox")

@@ -4,6 +4,7 @@ Apart from auth.py because it opens a Session, and client.py needs auth.py (no c
 
 from ketch.errors import ImageError
 
+from . import allow
 from .auth import registry_host, remove_credentials, store_credentials
 from .client import Session
 
@@ -11,7 +12,10 @@ from .client import Session
 def login(host, user, password, tls_verify=True, cert_dir=None, auth_file=None):
     """Check the credentials against the registry's /v2/, then record them.  Returns the file."""
     host = registry_host(host)
-    Session(host, creds=(user, password), tls_verify=tls_verify, cert_dir=cert_dir, use_auth_file=False).ping()
+    try:
+        Session(host, creds=(user, password), tls_verify=tls_verify, cert_dir=cert_dir, use_auth_file=False).ping()
+    except allow.NotAllowed as e:
+        raise ImageError(f"login {host}: {e}") from None
     return store_credentials(host, user, password, auth_file)
 
 

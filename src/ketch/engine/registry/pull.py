@@ -4,6 +4,7 @@ import json
 
 from ketch.errors import ImageError
 
+from . import allow
 from . import platform as plat
 from . import progress
 from . import reference
@@ -67,6 +68,8 @@ def pull(store, ref, platform=None, creds=None, tls_verify=True, cert_dir=None, 
             last = e
             if len(refs) == 1:
                 raise
+        except allow.NotAllowed as e:
+            raise ImageError(f"pull {r}: {e}") from None
     raise ImageError(f"{ref}: not found in any search registry ({', '.join(x.domain for x in refs)}): {last}")
 
 

@@ -5,7 +5,7 @@ import json
 
 from ketch.errors import ImageError
 
-from . import reference
+from . import allow, reference
 from .client import Session
 
 CHUNK_THRESHOLD = 64 << 20
@@ -18,8 +18,12 @@ def push(store, ref, dest=None, creds=None, tls_verify=True, cert_dir=None, auth
 
     chunk_size: upload blobs larger than this in PATCH chunks of this size
     (default: monolithic up to 64 MiB, 16 MiB chunks above)."""
-    image_id = store.resolve(ref)
     target = reference.parse(dest or ref)
+    try:
+        allow.check(reference.endpoint(target.domain), allow.patterns())
+    except allow.NotAllowed as e:
+        raise ImageError(f"push {target}: {e}") from None
+    image_id = store.resolve(ref)
     what = f"pushing {target}"
     mbytes, mtype, mdigest = store.manifest_of(image_id)
     manifest = json.loads(mbytes)
@@ -31,8 +35,8 @@ def push(store, ref, dest=None, creds=None, tls_verify=True, cert_dir=None, auth
         if name.startswith(target.domain + "/") and name != target.name:
             mount_from = name[len(target.domain) + 1:]
             break
-    session = Session(target.domain, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir, auth_file=auth_file)
     push_scope = f"repository:{target.path}:pull,push"
+    session = Session(target.domain, creds=creds, tls_verify=tls_verify, cert_dir=cert_dir, auth_file=auth_file)
     try:
         for digest, size in blobs:
             if session.has_blob(target.path, digest, push_scope):
@@ -52,6 +56,8 @@ def push(store, ref, dest=None, creds=None, tls_verify=True, cert_dir=None, auth
             raise ImageError(f"{what}: the registry stored the manifest as {got}, expected {mdigest}")
         if status:
             status(f"Manifest {mdigest} written")
+    except allow.NotAllowed as e:
+        raise ImageError(f"push {target}: {e}") from None
     finally:
         session.close()
     store.add_repo_digest(image_id, target.with_digest(mdigest))

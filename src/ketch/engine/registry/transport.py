@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from ketch.errors import ImageError
 
+from . import allow
+
 CERTS_D = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 RETRIES = 4
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
@@ -84,6 +86,8 @@ class Transport:
     """Connections to one registry endpoint (kept alive, one per thread) and to token realms."""
 
     def __init__(self, host, tls_verify=True, cert_dir=None, timeout=60):
+        self.allowed = allow.patterns()
+        allow.check(host, self.allowed)
         self.host = host
         self.verify = tls_verify
         self.scheme = "https"
@@ -112,6 +116,8 @@ class Transport:
             c.close()
             c = None
         if c is None:
+            # before http.client resolves the name: a host off the list gets no DNS query either
+            allow.check(netloc, self.allowed)
             if scheme == "https":
                 c = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._context_for(netloc),
                                                 blocksize=1 << 20)
@@ -203,6 +209,7 @@ class Transport:
                 loc = r.getheader("Location")
                 r.read()
                 new = _join(url, loc)
+                allow.check(urlsplit(new).netloc, self.allowed)
                 if urlsplit(new).netloc != urlsplit(url).netloc:
                     headers.pop("Authorization", None)
                 if r.status == 303:
