@@ -315,7 +315,7 @@ def test_bad_archives_leave_nothing(eng, tmp_path, rootfs_tar):
     assert sorted(os.listdir(os.path.join(eng.storage_root, "images", "blobs", "sha256"))) == before
     assert eng.images.driver.ids() == layers
     assert [i["RepoTags"] for i in eng.images.list()] == [["bb:latest"]]
-    p = _ketch(eng, "container", "run", "--rm", "nosuch:tag", "true", check=False)
+    p = _ketch(eng, "container", "run", "--rm", "--pull", "never", "nosuch:tag", "true", check=False)
     assert p.returncode == 1 and p.stderr == "ketch: no such image: nosuch:tag\n"
 
 

@@ -5,6 +5,10 @@ import sys
 
 from .image import STORE_FLAGS, ago, dump_json, engine, need, parse_sub, table
 from .main import Flag
+from .registry import PULL_POLICY, TLS_FLAGS, ensure_image
+
+PULL_FLAGS = [PULL_POLICY, Flag(("--platform",), "str", default="", help="platform to pull (OS/ARCH[/VARIANT])"),
+              Flag(("--quiet", "-q"), help="suppress the pull output")] + TLS_FLAGS
 
 USAGE = "[--storage-root DIR] COMMAND [options] [arguments...]"
 NARGS = (0, None)
@@ -29,10 +33,10 @@ CREATE_FLAGS = [
 ]
 
 SUBS = {
-    "run": ("IMAGE [COMMAND] [ARG...]", "create and start a container", CREATE_FLAGS + [
+    "run": ("IMAGE [COMMAND] [ARG...]", "create and start a container", CREATE_FLAGS + PULL_FLAGS + [
         Flag(("--detach", "-d"), help="run in the background and print the container id"),
     ]),
-    "create": ("IMAGE [COMMAND] [ARG...]", "create a container", CREATE_FLAGS),
+    "create": ("IMAGE [COMMAND] [ARG...]", "create a container", CREATE_FLAGS + PULL_FLAGS),
     "start": ("CONTAINER [CONTAINER...]", "start one or more containers", [
         Flag(("--attach", "-a"), help="attach stdout/stderr and wait for the container"),
         Flag(("--interactive", "-i"), help="attach stdin"),
@@ -185,7 +189,7 @@ def run(g, opts, args):
     if name in ("run", "create"):
         need(a, 1, None, f"container {name}", SUBS[name][0])
         co = _create_opts(o, a)
-        cid = store.create(a[0], **co)
+        cid = store.create(ensure_image(eng.images, o, a[0]), **co)
         if name == "create":
             w(cid + "\n")
             return 0

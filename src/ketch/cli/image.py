@@ -1,8 +1,9 @@
-"""ketch image: load | import | ls | inspect | tag | rm | save (Docker's management command)."""
+"""ketch image: pull | push | load | import | ls | inspect | tag | rm | save (Docker's management command)."""
 
 import os
 import sys
 
+from . import registry as _registry
 from .main import Flag
 
 USAGE = "[--storage-root DIR] COMMAND [options] [arguments...]"
@@ -16,6 +17,8 @@ STORE_FLAGS = [
 FLAGS = list(STORE_FLAGS)
 
 SUBS = {
+    "pull": ("NAME[:TAG|@DIGEST]", "pull an image from a registry", _registry.PULL_FLAGS),
+    "push": ("IMAGE [DESTINATION]", "push an image to a registry", _registry.PUSH_FLAGS),
     "load": ("[-i FILE | FILE]", "load an image from an OCI layout/archive or a docker save archive", [
         Flag(("--input", "-i"), "str", default="", help="read from an archive file (or a layout directory)"),
         Flag(("--quiet", "-q"), help="suppress the load output"),
@@ -30,6 +33,7 @@ SUBS = {
         Flag(("--quiet", "-q"), help="only show image ids"),
         Flag(("--all", "-a"), help="show all images (the default)"),
         Flag(("--no-trunc",), help="don't truncate output"),
+        Flag(("--digests",), help="show repository digests"),
     ]),
     "inspect": ("IMAGE [IMAGE...]", "display detailed information on one or more images", []),
     "tag": ("SOURCE_IMAGE TARGET_IMAGE[:TAG]", "create a tag TARGET_IMAGE that refers to SOURCE_IMAGE", []),
@@ -267,6 +271,9 @@ def run(g, opts, args):
     eng = engine(g, o)
     images = eng.images
     w = sys.stdout.write
+    if name in ("pull", "push"):
+        need(a, 1, None if name == "pull" else 2, f"image {name}", SUBS[name][0])
+        return (_registry.run_pull if name == "pull" else _registry.run_push)(images, o, a)
     if name == "load":
         src = o["input"] or (a[0] if a else "")
         need(a, 0 if o["input"] else 1, 0 if o["input"] else 1, "image load", SUBS["load"][0])
@@ -294,11 +301,12 @@ def run(g, opts, args):
         if a:
             from ..engine.images import normalize_name
             want = a[0] if ":" in a[0].rsplit("/", 1)[-1] else None
-            repo = a[0].split(":")[0] if want is None else None
+            repo = a[0] if want is None else None
         rows, seen = [], []
         for img in images.list():
             short = img["Id"] if o["no_trunc"] else img["Id"][7:19]
-            tags = img["RepoTags"] or ["<none>:<none>"]
+            digests = dict(d.partition("@")[::2] for d in img.get("RepoDigests") or [])
+            tags = img["RepoTags"] or [n + ":<none>" for n in digests] or ["<none>:<none>"]
             for t in tags:
                 r, _, tag = t.rpartition(":")
                 if a and want is not None and normalize_name(want) != t:
@@ -310,9 +318,11 @@ def run(g, opts, args):
                         seen.append(short)
                         w(short + "\n")
                     continue
-                rows.append([r, tag, short, ago(img["Created"]), human_size(img["Size"])])
+                rows.append([r, tag] + ([digests.get(r, "<none>")] if o["digests"] else []) +
+                            [short, ago(img["Created"]), human_size(img["Size"])])
         if not o["quiet"]:
-            w(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows))
+            w(table(["REPOSITORY", "TAG"] + (["DIGEST"] if o["digests"] else []) +
+                    ["IMAGE ID", "CREATED", "SIZE"], rows))
         return 0
     if name == "inspect":
         need(a, 1, None, "image inspect", SUBS["inspect"][0])

@@ -34,7 +34,9 @@ VERBS = {
     "features": ("features", "show the enabled features"),
     "demo": ("demo", "build a busybox rootfs and run a container in it"),
     "plan": ("plan", "print the ordered root filesystem steps for a bundle, changing nothing"),
-    "image": ("image", "manage images of the engine (load, import, ls, inspect, tag, rm, save)"),
+    "image": ("image", "manage images of the engine (pull, push, load, import, ls, inspect, tag, rm, save)"),
+    "login": ("login", "log in to a container registry"),
+    "logout": ("logout", "log out of a container registry"),
     "container": ("container", "manage containers of the engine (run, create, start, ls, stop, kill, rm, "
                   "logs, exec, commit, inspect)"),
 }

@@ -341,7 +341,7 @@ class ImageStore:
 
     # -- blobs --
 
-    def _put_blob(self, txn, reader, digest=None, size=None, label="copying blob"):
+    def _put_blob(self, txn, reader, digest=None, size=None, label="copying blob", tick=None):
         """Copy `reader` into the blob store, checking `digest`/`size` if given; returns (digest, size)."""
         import hashlib
         if digest is not None:
@@ -351,7 +351,7 @@ class ImageStore:
         fd, tmp = _mkstemp(self._p("blobs", "sha256"))
         h = hashlib.sha256()
         n = 0
-        tick = self.progress(size or 0, f"{label} {(digest or '')[7:19]}".rstrip())
+        tick = tick or self.progress(size or 0, f"{label} {(digest or '')[7:19]}".rstrip())
         try:
             with os.fdopen(fd, "wb") as out:
                 while True:
@@ -744,6 +744,10 @@ class ImageStore:
         key = self._name_key(ref, repos)
         if key:
             return repos[key]
+        if isinstance(ref, str) and "@" in ref:
+            hit = self._by_repo_digest(ref)
+            if hit:
+                return hit
         m = _HEX.match(ref) if isinstance(ref, str) else None
         if m:
             hits = [i for i in self._image_ids() if i[7:].startswith(m.group(1))]
@@ -782,7 +786,8 @@ class ImageStore:
                 cfg = self._blob_json(i)
             except (OSError, ImageError):
                 continue
-            out.append({"Id": i, "RepoTags": self.names_of(i, repos), "Created": cfg.get("created", ""),
+            out.append({"Id": i, "RepoTags": self.names_of(i, repos), "RepoDigests": self.repo_digests(i),
+                        "Created": cfg.get("created", ""),
                         "Size": self.size(i)})
         out.sort(key=lambda x: x["Created"], reverse=True)
         return out
@@ -794,7 +799,7 @@ class ImageStore:
         rec = self._record(image_id)
         top = rec["layers"][-1]["chainID"][7:] if rec["layers"] else None
         return {
-            "Id": image_id, "RepoTags": self.names_of(image_id), "RepoDigests": [],
+            "Id": image_id, "RepoTags": self.names_of(image_id), "RepoDigests": self.repo_digests(image_id),
             "Parent": "", "Comment": (cfg.get("history") or [{}])[-1].get("comment", ""),
             "Created": cfg.get("created", ""), "Author": cfg.get("author", ""),
             "Architecture": cfg.get("architecture", ""), "Variant": cfg.get("variant", ""),
@@ -885,6 +890,149 @@ class ImageStore:
             meta = self._layer_meta(meta["parent"])
         return chain
 
+    # -- registries (ketch.engine.registry does the HTTP; the store keeps what it verified) --
+
+    def repo_digests(self, image_id):
+        try:
+            return list(self._record(image_id).get("repoDigests") or [])
+        except ImageError:
+            return []
+
+    def _by_repo_digest(self, ref):
+        name, _, digest = ref.partition("@")
+        for i in self._image_ids():
+            for rd in self.repo_digests(i):
+                rname, _, rdig = rd.partition("@")
+                if rdig == digest and (rname == name or rname.endswith("/" + name)):
+                    return i
+        return None
+
+    def _add_repo_digest(self, image_id, repo_digest):
+        path = self._p("db", _hex(image_id) + ".json")
+        rec = self._record(image_id)
+        name = repo_digest.partition("@")[0]
+        rds = [r for r in rec.get("repoDigests") or [] if r.partition("@")[0] != name] + [repo_digest]
+        if rds != rec.get("repoDigests"):
+            rec["repoDigests"] = rds
+            atomic_write(path, _json_bytes(rec), 0o600)
+
+    def add_repo_digest(self, image_id, repo_digest):
+        """Record NAME@DIGEST (the manifest or index a registry serves for the image) for `image ls --digests`."""
+        return self._transaction(lambda txn: self._add_repo_digest(image_id, repo_digest))
+
+    def manifest_of(self, ref):
+        """(manifest bytes, media type, digest): the one the image came with, else an OCI one made now."""
+        import hashlib
+        image_id = self.resolve(ref)
+        rec = self._record(image_id)
+        if rec.get("manifest") and os.path.exists(self._blob_path(rec["manifest"])):
+            mbytes = self._blob_bytes(rec["manifest"])
+            mtype = loads(mbytes, f"manifest {rec['manifest']}").get("mediaType", MT_OCI_MANIFEST)
+            return mbytes, mtype, rec["manifest"]
+        cfg = self._blob_bytes(image_id)
+        mbytes = _json_bytes({
+            "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": image_id, "size": len(cfg)},
+            "layers": [{"mediaType": x["mediaType"], "digest": x["digest"], "size": x["size"]}
+                       for x in rec["layers"]]})
+        return mbytes, MT_OCI_MANIFEST, "sha256:" + hashlib.sha256(mbytes).hexdigest()
+
+    def open_blob(self, digest):
+        """The stored blob, read-only (for a push)."""
+        return _open_blob(self._blob_path(digest))
+
+    def add_pulled(self, manifest, manifest_digest, config, layers, fetch, names, repo_digest, jobs=3, board=None):
+        """Store an image a registry serves.  `layers`: [(digest, media type, size)]; `fetch(digest,
+        size, cancel)` -> a reader, called only for blobs not in the store, `jobs` at a time; every
+        blob is checked against its digest and size before it is used, and nothing is kept if
+        any check or download fails.  `board(missing) -> (tick_for(digest), close)` draws a bar per
+        blob (default: one bar for them all).  Returns the image id."""
+        def run(txn):
+            missing = []
+            for d, _mt, size in layers:
+                if not os.path.exists(self._blob_path(d)) and (d, size) not in missing:
+                    missing.append((d, size))
+            self._fetch_blobs(txn, missing, fetch, jobs, board)
+            self._put_bytes(txn, manifest, manifest_digest)
+            image_id = self._add_image(txn, config, layers, names, True, manifest_digest)
+            if repo_digest:
+                self._add_repo_digest(image_id, repo_digest)
+            return image_id
+
+        return self._transaction(run)
+
+    def _fetch_blobs(self, txn, missing, fetch, jobs, board=None):
+        import threading
+        if not missing:
+            return
+        cancel = threading.Event()
+        tick_for = None
+        if board is not None:
+            tick_for, close_board = board(missing)
+            total = _NoTick()
+            total.close = close_board
+        else:
+            total = self.progress(sum(s for _d, s in missing), f"pulling {len(missing)} blob(s)")
+        lock = threading.Lock()
+
+        class _Shared:  # one bar for blobs fetched in parallel (per-blob bars would overwrite each other)
+            def __call__(self, n):
+                with lock:
+                    total(n)
+
+            def close(self):
+                pass
+
+        def one(item):
+            d, size = item
+            reader = fetch(d, size, cancel)
+            try:
+                self._put_blob(txn, reader, d, size, tick=tick_for(d) if tick_for else _Shared())
+            finally:
+                reader.close()
+
+        try:
+            if jobs <= 1 or len(missing) == 1:
+                for item in missing:
+                    one(item)
+                return
+            from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(one, item) for item in missing]
+                try:
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                except BaseException:
+                    cancel.set()
+                    raise
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    cancel.set()
+                    raise failed[0].exception()
+        finally:
+            cancel.set()
+            total.close()
+
+    def pull(self, ref, **kw):
+        """Pull `ref` from its registry (see ketch.engine.registry.pull for the options); the image id."""
+        from ketch.engine.registry import pull
+        return pull(self, ref, **kw)
+
+    def push(self, ref, dest=None, **kw):
+        """Push image `ref` to `dest` (default: the registry its name says); the manifest digest."""
+        from ketch.engine.registry import push
+        return push(self, ref, dest, **kw)
+
+    @staticmethod
+    def login(host, username, password, **kw):
+        """Check credentials against `host` and record them in the auth file; its path."""
+        from ketch.engine.registry import login
+        return login(host, username, password, **kw)
+
+    @staticmethod
+    def logout(host, **kw):
+        from ketch.engine.registry import logout
+        return logout(host, **kw)
+
     # -- save: an OCI archive --
 
     def save(self, refs, out):
@@ -925,20 +1073,8 @@ class ImageStore:
                 with _open_blob(path) as bf:
                     tar.addfile(ti, bf)
 
-            import hashlib
             for image_id, rec, names in items:
-                if rec.get("manifest") and os.path.exists(self._blob_path(rec["manifest"])):
-                    mdigest = rec["manifest"]
-                    mbytes = self._blob_bytes(mdigest)
-                    mtype = loads(mbytes, f"manifest {mdigest}").get("mediaType", MT_OCI_MANIFEST)
-                else:
-                    cfg = self._blob_bytes(image_id)
-                    mbytes = _json_bytes({
-                        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                        "config": {"mediaType": MT_OCI_CONFIG, "digest": image_id, "size": len(cfg)},
-                        "layers": [{"mediaType": x["mediaType"], "digest": x["digest"], "size": x["size"]}
-                                   for x in rec["layers"]]})
-                    mdigest, mtype = "sha256:" + hashlib.sha256(mbytes).hexdigest(), MT_OCI_MANIFEST
+                mbytes, mtype, mdigest = self.manifest_of(image_id)
                 add_blob(image_id)
                 for x in rec["layers"]:
                     add_blob(x["digest"])

@@ -13,7 +13,7 @@ import time
 _WIDTH = 30
 
 
-def _human(n):
+def human_size(n):
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -42,9 +42,9 @@ class Bar:
             frac = min(1.0, self.done / self.total)
             fill = int(frac * _WIDTH)
             line = (f"\r{self.label} [{'=' * fill}{' ' * (_WIDTH - fill)}] {int(frac * 100):3d}% "
-                    f"{_human(self.done)}/{_human(self.total)}")
+                    f"{human_size(self.done)}/{human_size(self.total)}")
         else:
-            line = f"\r{self.label} {_human(self.done)}"
+            line = f"\r{self.label} {human_size(self.done)}"
         self.stream.write(line + "\x1b[K")
         self.stream.flush()
 
