@@ -37,6 +37,7 @@ VERBS = {
     "image": ("image", "manage images of the engine (load, import, ls, inspect, tag, rm, save)"),
     "container": ("container", "manage containers of the engine (run, create, start, ls, stop, kill, rm, "
                   "logs, exec, commit, inspect)"),
+    "network": ("network", "manage networks of the engine (create, ls, inspect, rm, prune)"),
 }
 
 ALIASES = {"ls": "list", "rm": "delete"}
