@@ -43,6 +43,7 @@ class Networks:
     """Networks under `storage_root`, attachments under `runtime_root`."""
 
     def __init__(self, storage_root, runtime_root, default_subnet=None, cni_path=None):
+        self.storage_root = os.path.abspath(storage_root)
         self.dir = os.path.join(storage_root, "networks")
         self.run = os.path.join(runtime_root, "networks")
         self.default_subnet = default_subnet or os.environ.get("KETCH_DEFAULT_SUBNET") or C.DEFAULT_SUBNET
@@ -163,7 +164,7 @@ class Networks:
         subnet, gateway, internal, bridge = C.conflist_facts(conf)
         k = conf.get("ketch") or {}
         containers = {}
-        for a in self._attachments():
+        for a in self._mine():
             if a.get("network") == conf["name"] and a.get("ip"):
                 containers[a["id"]] = {"Name": a.get("name", ""), "IPv4Address": f"{a['ip']}/{a.get('prefix', '')}",
                                        "MacAddress": a.get("mac", ""), "EndpointID": a["id"][:12]}
@@ -184,7 +185,7 @@ class Networks:
         if name == C.DEFAULT_NETWORK:
             raise KetchError(f"{name} is the default network and cannot be removed")
         with self._lock():
-            users = [a["id"][:12] for a in self._attachments() if a.get("network") == name]
+            users = [a["id"][:12] for a in self._mine() if a.get("network") == name]
             if users:
                 raise KetchError(f"network {name} has active endpoints (containers {', '.join(users)})")
             os.unlink(self._conf_path(name))
@@ -235,6 +236,9 @@ class Networks:
                 out.append({"id": n[:-5], "broken": True})
         return out
 
+    def _mine(self):
+        return [a for a in self._attachments() if a.get("store", self.storage_root) == self.storage_root]
+
     def attachment(self, cid):
         try:
             with open(self._attach_path(cid)) as f:
@@ -265,7 +269,7 @@ class Networks:
             conf = {"cniVersion": C.CNI_VERSION, "name": "none", "plugins": []}
         conf["plugins"] = [{"type": "loopback"}] + conf["plugins"]
         path = self.netns_path(cid)
-        rec = {"id": cid, "name": name, "network": network, "netns": path, "ifname": C.IFNAME, "conflist": conf,
+        rec = {"id": cid, "store": self.storage_root, "name": name, "network": network, "netns": path, "ifname": C.IFNAME, "conflist": conf,
                "runtimeConfig": runtime, "done": [], "result": None, "hosts": hosts_path,
                "hostname": hostname, "created": _now()}
         if self.attachment(cid) is not None:
@@ -367,6 +371,8 @@ class Networks:
         out = []
         for a in self._attachments():
             cid = a["id"]
+            if a.get("store", self.storage_root) != self.storage_root and os.path.isdir(a["store"]):
+                continue  # another engine's (one runtime root, several storage roots)
             if alive(cid):
                 continue
             try:
@@ -390,7 +396,7 @@ class Networks:
     def _peers(self, rec):
         if rec.get("network") in (None, C.DEFAULT_NETWORK):
             return []  # Docker's default bridge has no name resolution between containers
-        return [a for a in self._attachments() if a.get("network") == rec["network"] and a["id"] != rec["id"]
+        return [a for a in self._mine() if a.get("network") == rec["network"] and a["id"] != rec["id"]
                 and a.get("ip") and a.get("hosts")]
 
     def _hosts_up(self, rec, extra_hosts):
