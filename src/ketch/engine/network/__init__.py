@@ -349,10 +349,17 @@ class Networks:
                     continue
                 pc = C.plugin_config(conf, plugin, rec.get("runtimeConfig"), rec.get("result"),
                                      os.path.join(self.run, "ipam"))
-                try:
-                    cni.invoke("DEL", pc, cid, ns, rec.get("ifname") or C.IFNAME, self.cni_path)
-                except KetchError as e:
-                    first = first or e
+                for attempt in (1, 2):
+                    try:
+                        cni.invoke("DEL", pc, cid, ns, rec.get("ifname") or C.IFNAME, self.cni_path)
+                        break
+                    except KetchError as e:
+                        # DEL must be idempotent, and a second one finishes what a first
+                        # stopped halfway: bridge 1.1.1's DEL after an ADD killed midway
+                        # deletes the veth and the lease, then fails on the masquerade
+                        # chain ADD never made; the next DEL finds nothing left to do.
+                        if attempt == 2:
+                            first = first or e
             if rec.get("ip") and rec.get("hosts"):
                 self._hosts_down(rec)
             netns.remove(rec.get("netns") or self.netns_path(cid))
