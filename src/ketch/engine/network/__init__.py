@@ -5,12 +5,15 @@ Layout::
     <storage root>/networks/<name>.conflist     a network: a CNI conflist (ketch's own
                                                 facts under the "ketch" key, which
                                                 plugins never see)
-    <runtime root>/networks/lock                flock over attachments and hosts files
     <runtime root>/networks/netns/<id>          the container's network namespace (nsfs bind mount)
     <runtime root>/networks/attach/<id>.json    the attachment: the conflist, runtimeConfig and
                                                 plugins ADD ran, and the result, so DEL
                                                 gets what ADD returned
     <runtime root>/networks/ipam/<name>/        host-local's leases
+
+The runtime root's directory itself is flocked over changes of attachments
+and hosts files; `networks/` goes when the last attachment does, so a
+runtime root without running containers stays empty.
 
 Everything under the runtime root is volatile (a tmpfs, as /run): after a
 reboot no namespace, veth, lease or rule of the old boot is left, and no
@@ -52,9 +55,18 @@ class Networks:
     # ------------------------------------------------------------ plumbing
 
     def _lock(self):
-        from ketch.engine.util import Lock
-        os.makedirs(self.run, 0o700, exist_ok=True)
-        return Lock(os.path.join(self.run, "lock"))
+        return _DirLock(os.path.dirname(self.run))
+
+    def _gc(self):
+        """Remove networks/ under the runtime root when nothing is attached (lock held)."""
+        from ketch.engine.util import remove_tree
+        for sub in ("attach", "netns"):
+            try:
+                if os.listdir(os.path.join(self.run, sub)):
+                    return
+            except FileNotFoundError:
+                pass
+        remove_tree(self.run)
 
     def _conf_path(self, name):
         return os.path.join(self.dir, name + ".conflist")
@@ -250,8 +262,6 @@ class Networks:
         """Make the container's namespace and run ADD of the network's plugins in it.
         `network`: a network name for bridge mode, None for --network none (lo only).
         Returns the attachment record (ip, gateway, prefix, mac, netns)."""
-        for d in ("netns", "attach", "ipam"):
-            os.makedirs(os.path.join(self.run, d), 0o700, exist_ok=True)
         conf = None
         runtime = {}
         if network is not None:
@@ -274,7 +284,10 @@ class Networks:
                "hostname": hostname, "created": _now()}
         if self.attachment(cid) is not None:
             self.detach(cid)
-        self._write(self._attach_path(cid), rec)  # the intent first: a crash from here on is undone
+        with self._lock():
+            for d in ("netns", "attach", "ipam"):
+                os.makedirs(os.path.join(self.run, d), 0o700, exist_ok=True)
+            self._write(self._attach_path(cid), rec)  # the intent first: a crash from here on is undone
         try:
             from ketch.engine.network import cni, netns
             netns.create(path)
@@ -337,6 +350,7 @@ class Networks:
             if rec is None:
                 if os.path.lexists(self.netns_path(cid)):
                     netns.remove(self.netns_path(cid))
+                    self._gc()
                 return False
             first = None
             conf = rec.get("conflist") or {"plugins": []}
@@ -369,6 +383,7 @@ class Networks:
                 self._write(path, rec)
                 raise first
             os.unlink(path)
+            self._gc()
         return True
 
     def reconcile(self, alive):
@@ -394,7 +409,10 @@ class Networks:
             names = []
         for n in names:
             if not os.path.exists(self._attach_path(n)) and not alive(n):
-                netns.remove(os.path.join(d, n))
+                with self._lock():
+                    if not os.path.exists(self._attach_path(n)):
+                        netns.remove(os.path.join(d, n))
+                        self._gc()
                 out.append(n)
         return out
 
@@ -421,6 +439,23 @@ class Networks:
         mine = C.peer_line(rec["ip"], rec["name"], rec["id"])
         for p in self._peers(rec):
             _rewrite(p["hosts"], lambda text: C.edit_hosts(text, remove=[mine]))
+
+
+class _DirLock:
+    """An exclusive flock on a directory, held for a `with` block."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+        os.makedirs(self.path, 0o711, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
 
 
 def _rewrite(path, fn):
