@@ -4,7 +4,7 @@ VENV    := $(CURDIR)/.venv
 KETCH   := $(VENV)/bin/ketch
 ROOTFS  := $(CURDIR)/build/busybox-rootfs
 
-.PHONY: setup demo test unit integration security bench clean
+.PHONY: setup demo test unit integration security bench bench-engine clean
 
 # System packages, a venv on Debian's python (never a version-manager shim:
 # the shim costs ~100 ms on every container start), ketch installed in it,
@@ -38,6 +38,10 @@ security: setup
 
 bench: setup
 	$(VENV)/bin/python bench/startup.py
+
+# The engine (ketch container) against podman, and ketch against runc under containerd.
+bench-engine: setup
+	$(VENV)/bin/python bench/engine.py
 
 clean:
 	rm -rf $(VENV) build

@@ -7,6 +7,10 @@ only when it is first touched.
 
 __version__ = "0.1.0"
 
+# The runtime's state (`--root`'s default) and the SELinux MCS reservations
+# live here: a tmpfs, so they last as long as the containers they describe.
+RUN_DIR = "/run/ketch"
+
 
 def __getattr__(name):
     if name == "Engine":

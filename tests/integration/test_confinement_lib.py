@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ketch.linux import _libc, capabilities, procattr, rlimits, seccomp, sysctl
+from ketch.linux import libc as _libc, capabilities, procattr, rlimits, seccomp, sysctl
 
 BUSYBOX = "/bin/busybox"
 PROBE = ("grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; "

@@ -12,8 +12,9 @@ import sys
 import pytest
 
 from ketch.errors import SecurityError, SetupError
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 from ketch.linux import label as L
+from ketch.runtime import mcs
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (security.* xattrs, mounts)")]
@@ -180,7 +181,7 @@ def test_relabel_refuses_symlinked_system_dir(fakefs, tmpfs):
 def test_off_writes_nothing(monkeypatch, fsdir, tmp_path):
     monkeypatch.setenv("KETCH_SELINUXFS", "")
     entries = make_tree(fsdir / "vol")
-    assert L.init_labels([], str(tmp_path / "state")) == ("", "")
+    assert mcs.init_labels([], str(tmp_path / "state")) == ("", "")
     L.set_file_label(str(fsdir / "vol" / "f"), LBL)
     L.relabel(str(fsdir / "vol"), LBL, False)
     for e in entries:
@@ -194,7 +195,7 @@ def test_real_host_detection_off_here():
         if "selinuxfs" in f.read():
             pytest.skip("kernel has SELinux")
     assert not L.enabled()
-    assert L.init_labels([], "/nonexistent/state") == ("", "")
+    assert mcs.init_labels([], "/nonexistent/state") == ("", "")
 
 
 def test_readonly_selinuxfs_counts_as_off(fakefs):
@@ -204,7 +205,7 @@ def test_readonly_selinuxfs_counts_as_off(fakefs):
     try:
         _libc.mount(None, str(fakefs), None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         assert not L.enabled()
-        assert L.init_labels([], str(fakefs.parent / "state")) == ("", "")
+        assert mcs.init_labels([], str(fakefs.parent / "state")) == ("", "")
     finally:
         _libc.umount2(str(fakefs))
     assert L.enabled()
@@ -215,7 +216,7 @@ def test_context_mount_data_and_this_kernel(fakefs, tmp_path, monkeypatch):
         if "selinuxfs" in f.read():
             pytest.skip("kernel has SELinux")
     state = str(tmp_path / "state")
-    proc, mnt = L.init_labels([], state)
+    proc, mnt = mcs.init_labels([], state)
     data = L.format_mount_label("mode=755", mnt)
     assert data == f'mode=755,context="{mnt}"'
     target = tmp_path / "shm"
@@ -236,8 +237,8 @@ def test_context_mount_data_and_this_kernel(fakefs, tmp_path, monkeypatch):
         assert L.file_label(str(target)) == mnt
     finally:
         _libc.umount2(str(target))
-    L.release_labels(proc, state)
-    assert L.reserved_levels(state) == []
+    mcs.release_labels(proc, state)
+    assert mcs.reserved_levels(state) == []
 
 
 def test_exec_label_on_real_procfs(fakefs):
@@ -267,8 +268,8 @@ def test_exec_label_reaches_child(fakefs, tmp_path, monkeypatch):
 WORKER = """
 import sys
 sys.path.insert(0, {src!r})
-from ketch.linux import label
-print("\\n".join(label.init_labels([], {state!r})[0] for _ in range({n})))
+from ketch.runtime import mcs
+print("\\n".join(mcs.init_labels([], {state!r})[0] for _ in range({n})))
 """
 
 
@@ -284,7 +285,7 @@ def test_parallel_interpreters_never_share_a_level(fakefs, tmp_path):
     levels = [o.split(":", 3)[3] for o in outs]
     assert len(levels) == 480
     assert len(set(levels)) == 480
-    assert sorted(L.reserved_levels(state)) == sorted(levels)
+    assert sorted(mcs.reserved_levels(state)) == sorted(levels)
     for o in outs:
-        L.release_labels(o, state)
-    assert L.reserved_levels(state) == []
+        mcs.release_labels(o, state)
+    assert mcs.reserved_levels(state) == []

@@ -24,7 +24,7 @@ import pytest
 from ketch import busybox
 from ketch.engine import Engine
 from ketch.engine.network import config as C
-from ketch.engine.network import _iptables_drop_isolation
+from ketch.engine.network import iptables_drop_isolation
 
 from conftest import KETCH, wait_for
 
@@ -134,7 +134,7 @@ def k(tmp_path, runtime_root, rootfs_tar):
             eng.networks.remove(n["Name"])
     if not had_default and os.path.exists("/sys/class/net/ketch0"):
         subprocess.run(["ip", "link", "delete", "ketch0"], check=True)
-        _iptables_drop_isolation("ketch0")
+        iptables_drop_isolation("ketch0")
     subprocess.run(["rm", "-rf", os.path.join(runtime_root, "networks")])
     assert not left, f"left behind: {left}"
     assert _rules() - snap.rules == set(), "network rm left rules"

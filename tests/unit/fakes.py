@@ -9,7 +9,7 @@ container sees them, and failing any call on request:
 import errno
 import os
 
-from ketch.linux.syscalls import PlanningSyscalls
+from ketch.linux.planning import PlanningSyscalls
 
 
 class FakeSyscalls(PlanningSyscalls):

@@ -26,7 +26,7 @@ V2 = """\
 
 
 def test_parse_hybrid_mountinfo():
-    hs = M.parse_mountinfo(HYBRID)
+    hs = M.hierarchies_in(HYBRID)
     assert [(h.mountpoint, h.subsystems, h.version) for h in hs] == [
         ("/sys/fs/cgroup/cpu,cpuacct", ("cpu", "cpuacct"), 1),
         ("/sys/fs/cgroup/cpuset", ("cpuset",), 1),
@@ -39,27 +39,27 @@ def test_parse_hybrid_mountinfo():
 
 
 def test_layouts():
-    assert M.layout_of(M.parse_mountinfo(V2)) == "v2"
+    assert M.layout_of(M.hierarchies_in(V2)) == "v2"
     v1 = "\n".join(line for line in HYBRID.splitlines() if "cgroup2" not in line)
-    assert M.layout_of(M.parse_mountinfo(v1)) == "v1"
-    assert M.layout_of(M.parse_mountinfo("")) == "none"
+    assert M.layout_of(M.hierarchies_in(v1)) == "v1"
+    assert M.layout_of(M.hierarchies_in("")) == "none"
     # name=systemd alone plus cgroup2 is a v2 host with a legacy named hierarchy.
     only_named = "\n".join(line for line in HYBRID.splitlines() if "systemd" in line or "cgroup2" in line)
-    assert M.layout_of(M.parse_mountinfo(only_named)) == "v2"
+    assert M.layout_of(M.hierarchies_in(only_named)) == "v2"
 
 
 def test_mountinfo_escapes_and_duplicate_mounts():
     text = ("50 31 0:32 /sub /mnt/a\\040b rw - cgroup cgroup rw,memory\n"
             "51 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
             "52 31 0:33 /x /other rw - cgroup cgroup rw,pids\n")
-    hs = M.parse_mountinfo(text)
+    hs = M.hierarchies_in(text)
     mem = [h for h in hs if h.subsystems == ("memory",)][0]
     assert mem.mountpoint == "/sys/fs/cgroup/memory" and mem.root == "/"
     pids = [h for h in hs if h.subsystems == ("pids",)][0]
     # A mount of a sub-tree: hierarchy paths below its root map under the mountpoint.
     assert pids.dir_for("/x/ketch/c1") == "/other/ketch/c1"
     assert pids.dir_for("/x") == "/other"
-    assert M.parse_mountinfo("1 2 0:1 / /mnt\\040x rw - cgroup cgroup rw,devices")[0].mountpoint == "/mnt x"
+    assert M.hierarchies_in("1 2 0:1 / /mnt\\040x rw - cgroup cgroup rw,devices")[0].mountpoint == "/mnt x"
 
 
 def test_cgroup_path_forms():
@@ -74,7 +74,7 @@ def test_cgroup_path_forms():
 
 
 def test_from_spec_paths_hybrid():
-    hs = M.parse_mountinfo(HYBRID)
+    hs = M.hierarchies_in(HYBRID)
     m = Manager.from_spec("c1", {"cgroupsPath": "/foo/bar"}, hierarchies=hs)
     p = m.paths()
     assert p["cpu"] == p["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct/foo/bar"
@@ -82,7 +82,7 @@ def test_from_spec_paths_hybrid():
     assert p[""] == "/sys/fs/cgroup/unified/foo/bar"
     assert m.layout == "hybrid"
     assert Manager.load(p).paths() == p
-    v2 = Manager.from_spec("c2", {}, hierarchies=M.parse_mountinfo(V2))
+    v2 = Manager.from_spec("c2", {}, hierarchies=M.hierarchies_in(V2))
     assert v2.paths() == {"": "/sys/fs/cgroup/ketch/c2"} and v2.layout == "v2"
     with pytest.raises(CgroupError):
         Manager.from_spec("c3", {}, hierarchies=[])
@@ -302,7 +302,7 @@ def _fake(tmp_path):
         text += f"{30 + i} 1 0:{40 + i} / {root / c} rw - cgroup cgroup rw,{c}\n"
     (root / "cpuset" / "cpuset.cpus").write_text("0-3\n")
     (root / "cpuset" / "cpuset.mems").write_text("0\n")
-    return root, M.parse_mountinfo(text)
+    return root, M.hierarchies_in(text)
 
 
 def _touch_like_kernel(m, files):
@@ -382,3 +382,26 @@ def test_stats_v1_fake(tmp_path):
     st = m.stats()
     assert st["pids"] == {"current": 3}
     assert set(st) == {"cpu", "cpuset", "memory", "pids", "blkio", "hugetlb", "intel_rdt", "network_interfaces"}
+
+
+def test_rootfs_reads_its_hierarchies_with_the_cgroup_model():
+    # process.rootfs builds the container's /sys/fs/cgroup from the same
+    # hierarchy model as the cgroup manager (one reader of mountinfo).
+    from ketch.process.rootfs import cgroup_hierarchies
+
+    files = {"/proc/self/mountinfo": HYBRID + "42 31 0:39 / /sys/fs/cgroup/odd rw - cgroup cgroup rw,xattr\n",
+             "/proc/self/cgroup": "12:cpuset:/\n4:cpu,cpuacct:/user.slice\n1:name=systemd:/user.slice/s\n"
+                                  "0::/user.slice/s\n"}
+
+    class Sys:
+        def read_text(self, path):
+            return files[path]
+
+    got = cgroup_hierarchies(Sys())
+    assert [(h["version"], h["mountpoint"], h["subsystems"], h["path"]) for h in got] == [
+        (1, "/sys/fs/cgroup/cpu,cpuacct", ["cpu", "cpuacct"], "/user.slice"),
+        (1, "/sys/fs/cgroup/cpuset", ["cpuset"], "/"),
+        (1, "/sys/fs/cgroup/systemd", ["name=systemd"], "/user.slice/s"),
+        (2, "/sys/fs/cgroup/unified", [], "/user.slice/s"),
+    ]
+    assert all(h["root"] == "/" for h in got)

@@ -14,7 +14,8 @@ from ketch.cli import events as ev
 from ketch.cli import main as cli
 from ketch.cli import update as up
 from ketch.runtime import cgroupverbs
-from ketch.runtime.store import Store, proc_start_time
+from ketch.linux.procfs import proc_start_time
+from ketch.runtime.store import Store
 
 MiB = 1 << 20
 

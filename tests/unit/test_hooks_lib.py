@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ketch.errors import ConfigError, HookError
-from ketch.runtime import hooks
+from ketch.process import hooks
 
 STATE = {"ociVersion": "1.0.2", "id": "c1", "status": "creating", "pid": 42, "bundle": "/b", "annotations": {}}
 SH = "/bin/sh"

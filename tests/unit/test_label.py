@@ -8,6 +8,7 @@ import pytest
 
 from ketch.errors import ConfigError, SecurityError, SetupError
 from ketch.linux import label as L
+from ketch.runtime import mcs
 
 ENV = ("KETCH_SELINUXFS", "KETCH_SELINUX_CONTEXTS", "KETCH_SELINUX_EXEC_ATTR", "KETCH_SELINUX_MOUNT_CONTEXT")
 
@@ -118,28 +119,31 @@ def test_real_detection_matches_kernel():
 
 
 def test_mountinfo_unescape():
-    assert L._unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
-    assert L._unescape_mountinfo("/plain") == "/plain"
-    assert L._unescape_mountinfo("/end\\04") == "/end\\04"
+    # label finds selinuxfs in mountinfo with the one unescaper of ketch.linux.mounts
+    from ketch.linux.mounts import unescape_mountinfo
+
+    assert unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
+    assert unescape_mountinfo("/plain") == "/plain"
+    assert unescape_mountinfo("/end\\04") == "/end\\04"
 
 
 # ---- init_labels ----------------------------------------------------------------
 
 def test_init_labels_off_touches_nothing(off, state):
-    assert L.init_labels([], state) == ("", "")
-    assert L.init_labels(["level:s0:c1,c2", "type:x_t"], state) == ("", "")
+    assert mcs.init_labels([], state) == ("", "")
+    assert mcs.init_labels(["level:s0:c1,c2", "type:x_t"], state) == ("", "")
     assert not os.path.exists(state)
 
 
 def test_init_labels_defaults_and_fresh_pair(fakefs, state):
-    proc, mnt = L.init_labels([], state)
+    proc, mnt = mcs.init_labels([], state)
     assert proc.startswith("system_u:system_r:container_t:s0:c")
     assert mnt.startswith("system_u:object_r:container_file_t:s0:c")
     level = level_of(proc)
     assert level == level_of(mnt)
     x, y = (int(c[1:]) for c in level[3:].split(","))
     assert 0 <= x < y <= 1023
-    assert L.reserved_levels(state) == [level]
+    assert mcs.reserved_levels(state) == [level]
     lock = os.path.join(state, "selinux", "mcs.lock")
     assert os.stat(os.path.join(state, "selinux")).st_mode & 0o777 == 0o700
     assert os.path.exists(lock)
@@ -149,7 +153,7 @@ def test_init_labels_reads_lxc_contexts_in_selinuxfs_dir(fakefs, state):
     (fakefs / "lxc_contexts").write_text(
         '# comment\nprocess = "u_u:r_r:proc_t:s0"\ncontent = "x:y:z:s0"\n'
         "file='u_u:object_r:file_t:s0'  # trailing\n\n")
-    proc, mnt = L.init_labels([], state)
+    proc, mnt = mcs.init_labels([], state)
     assert proc.startswith("u_u:r_r:proc_t:s0:c")
     assert mnt.startswith("u_u:object_r:file_t:s0:c")
 
@@ -159,19 +163,19 @@ def test_init_labels_contexts_env_overrides(fakefs, state, tmp_path):
     other = tmp_path / "ctx"
     other.write_text('process = "a:b:chosen_t:s0"\nfile = "a:object_r:chosen_file_t:s0"\n')
     os.environ["KETCH_SELINUX_CONTEXTS"] = str(other)
-    proc, mnt = L.init_labels([], state)
+    proc, mnt = mcs.init_labels([], state)
     assert proc.split(":")[2] == "chosen_t"
     assert mnt.split(":")[2] == "chosen_file_t"
 
 
 def test_init_labels_missing_keys_fall_back(fakefs, state):
     (fakefs / "lxc_contexts").write_text('content = "x:y:z:s0"\n')
-    proc, mnt = L.init_labels(["level:s0"], state)
+    proc, mnt = mcs.init_labels(["level:s0"], state)
     assert (proc, mnt) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
 
 
 def test_init_labels_options(fakefs, state):
-    proc, mnt = L.init_labels(["user:me_u", "role:me_r", "type:me_t", "filetype:me_file_t"], state)
+    proc, mnt = mcs.init_labels(["user:me_u", "role:me_r", "type:me_t", "filetype:me_file_t"], state)
     p, m = proc.split(":", 3), mnt.split(":", 3)
     assert p[:3] == ["me_u", "me_r", "me_t"]
     assert m[:3] == ["me_u", "object_r", "me_file_t"]
@@ -179,36 +183,36 @@ def test_init_labels_options(fakefs, state):
 
 
 def test_init_labels_string_option(fakefs, state):
-    proc, _ = L.init_labels("type:one_t", state)
+    proc, _ = mcs.init_labels("type:one_t", state)
     assert proc.split(":")[2] == "one_t"
 
 
 def test_level_s0_reserves_nothing(fakefs, state):
-    assert L.init_labels(["level:s0"], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
-    assert L.reserved_levels(state) == []
+    assert mcs.init_labels(["level:s0"], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
+    assert mcs.reserved_levels(state) == []
 
 
 def test_explicit_pair_counted_per_holder(fakefs, state):
-    a, _ = L.init_labels(["level:s0:c9,c5"], state)
-    b, _ = L.init_labels(["level:s0:c5,c9"], state)
+    a, _ = mcs.init_labels(["level:s0:c9,c5"], state)
+    b, _ = mcs.init_labels(["level:s0:c5,c9"], state)
     assert level_of(a) == level_of(b) == "s0:c5,c9"
-    assert L.reserved_levels(state) == ["s0:c5,c9", "s0:c5,c9"]
-    L.release_labels(a, state)
-    assert L.reserved_levels(state) == ["s0:c5,c9"]
-    L.release_labels(b, state)
-    assert L.reserved_levels(state) == []
+    assert mcs.reserved_levels(state) == ["s0:c5,c9", "s0:c5,c9"]
+    mcs.release_labels(a, state)
+    assert mcs.reserved_levels(state) == ["s0:c5,c9"]
+    mcs.release_labels(b, state)
+    assert mcs.reserved_levels(state) == []
 
 
 def test_explicit_other_levels_not_tracked(fakefs, state):
     for lvl in ("s0-s0:c0.c1023", "s0:c3", "s0:c7,c7", "s0:c1,c2000", "s1:c1,c2"):
-        proc, mnt = L.init_labels([f"level:{lvl}"], state)
+        proc, mnt = mcs.init_labels([f"level:{lvl}"], state)
         assert level_of(proc) == level_of(mnt) == lvl
-    assert L.reserved_levels(state) == []
+    assert mcs.reserved_levels(state) == []
 
 
 def test_disable_option(fakefs, state):
-    assert L.init_labels(["disable"], state) == ("", "")
-    assert L.init_labels(["type:x_t", "disable"], state) == ("", "")
+    assert mcs.init_labels(["disable"], state) == ("", "")
+    assert mcs.init_labels(["type:x_t", "disable"], state) == ("", "")
     assert not os.path.exists(state)
 
 
@@ -216,40 +220,40 @@ def test_disable_option(fakefs, state):
                                  "type:a b", 'type:x"', "type:x:y", "level:s0;c1", "user:a,b", ""])
 def test_bad_options(fakefs, state, opt):
     with pytest.raises(ConfigError) as ei:
-        L.init_labels(["level:s0:c1,c2", opt], state)
+        mcs.init_labels(["level:s0:c1,c2", opt], state)
     assert "SELinux label option" in str(ei.value)
     assert not os.path.exists(state)
 
 
 def test_bad_options_rejected_even_when_off(off, state):
     with pytest.raises(ConfigError):
-        L.init_labels(["nope:x"], state)
+        mcs.init_labels(["nope:x"], state)
 
 
 def test_mls_off_gives_no_categories(fakefs, state):
     (fakefs / "mls").write_text("0")
-    assert L.init_labels([], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
-    assert L.reserved_levels(state) == []
+    assert mcs.init_labels([], state) == (L.DEFAULT_PROCESS_LABEL, L.DEFAULT_FILE_LABEL)
+    assert mcs.reserved_levels(state) == []
 
 
 def test_non_mls_contexts(fakefs, state):
     (fakefs / "lxc_contexts").write_text('process = "u:r:t"\nfile = "u:object_r:f"\n')
-    assert L.init_labels([], state) == ("u:r:t", "u:object_r:f")
-    assert L.reserved_levels(state) == []
+    assert mcs.init_labels([], state) == ("u:r:t", "u:object_r:f")
+    assert mcs.reserved_levels(state) == []
 
 
 def test_many_labels_unique_and_released(fakefs, state):
-    labels = [L.init_labels([], state)[0] for _ in range(1500)]
+    labels = [mcs.init_labels([], state)[0] for _ in range(1500)]
     levels = [level_of(p) for p in labels]
     assert len(set(levels)) == 1500
-    assert sorted(L.reserved_levels(state)) == sorted(levels)
+    assert sorted(mcs.reserved_levels(state)) == sorted(levels)
     for p in labels[:1000]:
-        L.release_labels(p, state)
-    assert sorted(L.reserved_levels(state)) == sorted(levels[1000:])
+        mcs.release_labels(p, state)
+    assert sorted(mcs.reserved_levels(state)) == sorted(levels[1000:])
 
 
 def test_reservations_survive_restart(fakefs, state):
-    proc, _ = L.init_labels([], state)
+    proc, _ = mcs.init_labels([], state)
     # A new ketch process knows only the file: simulate by reading it fresh.
     with open(os.path.join(state, "selinux", "mcs")) as f:
         assert f.read().split() == [level_of(proc)]
@@ -262,83 +266,83 @@ def test_allocation_skips_every_reserved_pair(fakefs, state):
     with open(os.path.join(d, "mcs"), "w") as f:
         for x in range(1024):
             f.write("".join(f"s0:c{x},c{y}\n" for y in range(x + 1, 1024) if (x, y) != free))
-    proc, _ = L.init_labels([], state)
+    proc, _ = mcs.init_labels([], state)
     assert level_of(proc) == "s0:c517,c1000"
     with pytest.raises(SetupError) as ei:
-        L.init_labels([], state)
+        mcs.init_labels([], state)
     assert "all 523776 category pairs in use" in str(ei.value)
 
 
 def test_torn_line_ignored(fakefs, state):
-    proc, _ = L.init_labels([], state)
+    proc, _ = mcs.init_labels([], state)
     with open(os.path.join(state, "selinux", "mcs"), "a") as f:
         f.write("s0:c1,c2")  # no newline: an append cut short by a crash
-    assert L.reserved_levels(state) == [level_of(proc)]
-    L.init_labels(["level:s0:c3,c4"], state)
-    assert L.reserved_levels(state) == [level_of(proc), "s0:c3,c4"]
+    assert mcs.reserved_levels(state) == [level_of(proc)]
+    mcs.init_labels(["level:s0:c3,c4"], state)
+    assert mcs.reserved_levels(state) == [level_of(proc), "s0:c3,c4"]
 
 
 def _worker(args):
     env_dir, state, n = args
     os.environ["KETCH_SELINUXFS"] = env_dir
-    return [L.init_labels([], state)[0] for _ in range(n)]
+    return [mcs.init_labels([], state)[0] for _ in range(n)]
 
 
 def test_parallel_processes_never_collide(fakefs, state, monkeypatch):
     # 32 categories give 496 pairs: 480 picks without a working lock collide.
-    monkeypatch.setattr(L, "_MCS_MAX", 32)
+    monkeypatch.setattr(L, "MCS_MAX", 32)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(8) as pool:
         results = pool.map(_worker, [(str(fakefs), state, 60)] * 8)
     levels = [level_of(p) for r in results for p in r]
     assert len(levels) == 480
     assert len(set(levels)) == 480
-    assert sorted(L.reserved_levels(state)) == sorted(levels)
+    assert sorted(mcs.reserved_levels(state)) == sorted(levels)
 
 
 def _release_worker(args):
     env_dir, state, labels = args
     os.environ["KETCH_SELINUXFS"] = env_dir
     for p in labels:
-        L.release_labels(p, state)
-    return [L.init_labels([], state)[0] for _ in range(len(labels))]
+        mcs.release_labels(p, state)
+    return [mcs.init_labels([], state)[0] for _ in range(len(labels))]
 
 
 def test_parallel_release_and_reserve(fakefs, state):
-    held = [L.init_labels([], state)[0] for _ in range(200)]
+    held = [mcs.init_labels([], state)[0] for _ in range(200)]
     ctx = multiprocessing.get_context("fork")
     chunks = [held[i::4] for i in range(4)]
     with ctx.Pool(4) as pool:
         results = pool.map(_release_worker, [(str(fakefs), state, c) for c in chunks])
     new = [level_of(p) for r in results for p in r]
     assert len(set(new)) == 200
-    assert sorted(L.reserved_levels(state)) == sorted(new)
+    assert sorted(mcs.reserved_levels(state)) == sorted(new)
 
 
 def test_release_noops(fakefs, state, tmp_path):
-    L.release_labels("", state)
-    L.release_labels("u:r:t:s0:c1,c2", state)
-    L.release_labels("u:r:t", state)
+    mcs.release_labels("", state)
+    mcs.release_labels("u:r:t:s0:c1,c2", state)
+    mcs.release_labels("u:r:t", state)
     assert not os.path.exists(state)
-    proc, _ = L.init_labels([], state)
-    L.release_labels("u:r:t:s0:c1,c1023" if level_of(proc) != "s0:c1,c1023" else "u:r:t:s0:c2,c3", state)
-    assert L.reserved_levels(state) == [level_of(proc)]
+    proc, _ = mcs.init_labels([], state)
+    mcs.release_labels("u:r:t:s0:c1,c1023" if level_of(proc) != "s0:c1,c1023" else "u:r:t:s0:c2,c3", state)
+    assert mcs.reserved_levels(state) == [level_of(proc)]
 
 
 def test_release_works_when_off(fakefs, state, monkeypatch):
-    proc, _ = L.init_labels([], state)
+    proc, _ = mcs.init_labels([], state)
     monkeypatch.setenv("KETCH_SELINUXFS", "")
-    L.release_labels(proc, state)
-    assert L.reserved_levels(state) == []
+    mcs.release_labels(proc, state)
+    assert mcs.reserved_levels(state) == []
 
 
 def test_default_state_root(fakefs, monkeypatch, tmp_path):
-    monkeypatch.setattr(L, "DEFAULT_STATE_ROOT", str(tmp_path / "root"))
-    proc, _ = L.init_labels([])
-    assert L.reserved_levels() == [level_of(proc)]
+    monkeypatch.setattr(mcs, "DEFAULT_STATE_ROOT", str(tmp_path / "root"))
+    proc, _ = mcs.init_labels([])
+    assert mcs.reserved_levels() == [level_of(proc)]
     assert os.path.exists(tmp_path / "root" / "selinux" / "mcs")
-    L.release_labels(proc)
-    assert L.reserved_levels() == []
+    mcs.release_labels(proc)
+    assert mcs.reserved_levels() == []
 
 
 # ---- format_mount_label ---------------------------------------------------------
@@ -599,7 +603,7 @@ def test_reservation_file_errors(fakefs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(SetupError) as ei:
-        L.init_labels([], str(blocker))
+        mcs.init_labels([], str(blocker))
     assert str(ei.value) == f"reserve SELinux MCS level: {blocker}/selinux: not a directory"
 
 

@@ -16,7 +16,7 @@ from fakes import FakeSyscalls  # noqa: E402
 from ketch.errors import SecurityError, SetupError  # noqa: E402
 from ketch.linux import paths  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 HYBRID = [
     {"version": 1, "mountpoint": "/sys/fs/cgroup/cpu,cpuacct", "root": "/", "subsystems": ["cpu", "cpuacct"],
@@ -389,6 +389,7 @@ class _Label:
         self.module.format_mount_label = lambda data, label: ",".join(x for x in (data, f'context="{label}"') if x)
         self.module.relabel = lambda *a: None
         self.module.set_file_label = lambda *a: None
+        self.module.enabled = lambda: True
 
 
 @pytest.fixture

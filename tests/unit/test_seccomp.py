@@ -63,7 +63,7 @@ def test_argument_conditions_and_or_semantics():
             "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES,
                           "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}]}
 
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
 
     def probe():
         return (errno_of(lambda: _libc.personality(8)), errno_of(lambda: _libc.personality(0)))
@@ -164,7 +164,7 @@ def test_kill_process_action_kills():
 
 
 def test_same_index_is_or_and_different_indexes_are_and_in_the_kernel():
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
 
     spec = {"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES,

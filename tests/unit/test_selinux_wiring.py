@@ -19,7 +19,7 @@ from fakes import FakeSyscalls  # noqa: E402
 from ketch.errors import SetupError  # noqa: E402
 from ketch.linux import label  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
-from ketch.runtime import rootfs  # noqa: E402
+from ketch.process import rootfs  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 MLABEL = "system_u:object_r:container_file_t:s0:c5,c77"

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from ketch.errors import ContainerExists, ContainerNotFound, KetchError
-from ketch.runtime.store import Store, proc_start_time, validate_id
+from ketch.linux.procfs import proc_start_time
+from ketch.runtime.store import Store, validate_id
 
 
 @pytest.mark.parametrize("cid", ["a", "A0", "x.y-z_1+2", "0abc"])

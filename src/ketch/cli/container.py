@@ -170,7 +170,7 @@ def _follow(store, cid):
 
 def run(g, opts, args):
     from ..errors import KetchError
-    from . import log
+    from .. import log
     name, o, a = parse_sub("container", SUBS, ALIASES, opts, args)
     if name is None:
         return 0 if args else 1

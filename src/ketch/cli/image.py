@@ -51,11 +51,11 @@ def usage(group, subs):
 
 
 def sub_help(group, name, sub):
-    from .main import _flag_help
+    from .main import flag_help
     u, h, flags = sub
     text = f"usage: ketch {group} {name} [options] {u}\n\n{h}\n"
     if flags:
-        text += "\noptions:\n" + "\n".join(_flag_help(flags)) + "\n"
+        text += "\noptions:\n" + "\n".join(flag_help(flags)) + "\n"
     return text
 
 
@@ -333,7 +333,7 @@ def run(g, opts, args):
         need(a, 1, None, "image rm", SUBS["rm"][0])
         rc = 0
         from ..errors import KetchError
-        from . import log
+        from .. import log
         for ref in a:
             try:
                 res = images.remove(ref, force=o["force"])

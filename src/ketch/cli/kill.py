@@ -8,8 +8,9 @@ FLAGS = [Flag(("--all", "-a"), help="send the signal to all processes in the con
 
 
 def run(g, opts, args):
+    from ..linux import signals
     from ..runtime import container
 
-    sig = container.parse_signal(args[1] if len(args) > 1 else "SIGTERM")
+    sig = signals.parse_signal(args[1] if len(args) > 1 else "SIGTERM")
     container.kill(g.store(), args[0], sig, all_procs=opts["all"])
     return 0

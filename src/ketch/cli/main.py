@@ -140,11 +140,11 @@ def _usage_text():
     for v, (_, h) in VERBS.items():
         lines.append(f"   {v:<10}  {h}")
     lines += ["", "global options:"]
-    lines += _flag_help(GLOBAL_FLAGS)
+    lines += flag_help(GLOBAL_FLAGS)
     return "\n".join(lines) + "\n"
 
 
-def _flag_help(flags):
+def flag_help(flags):
     out = []
     for f in flags:
         names = ", ".join(f.names)
@@ -158,7 +158,7 @@ def _verb_help(verb, mod):
     text = f"usage: ketch {verb} {getattr(mod, 'USAGE', '')}\n\n{VERBS[verb][1]}\n"
     flags = getattr(mod, "FLAGS", [])
     if flags:
-        text += "\noptions:\n" + "\n".join(_flag_help(flags)) + "\n"
+        text += "\noptions:\n" + "\n".join(flag_help(flags)) + "\n"
     return text
 
 
@@ -194,11 +194,10 @@ def _exit_now(code):
 
 
 def _main(argv):
-    if "KETCH_TRACE" in os.environ:
-        from ..process.sync import trace
+    from ..trace import trace
 
-        trace("main")
-    from . import log
+    trace("main")
+    from .. import log
 
     try:
         gopts, rest = parse_flags(GLOBAL_FLAGS, argv, "ketch")
@@ -245,10 +244,7 @@ def _main(argv):
                                         f"(usage: ketch {verb} {mod.USAGE})")
         g = Globals(gopts)
         code = mod.run(g, opts, args) or 0
-        if "KETCH_TRACE" in os.environ:
-            from ..process.sync import trace
-
-            trace(f"{verb} done")
+        trace(f"{verb} done")
         return code
     except errors.KetchError as e:
         log.error(str(e))

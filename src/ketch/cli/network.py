@@ -32,7 +32,7 @@ ALIASES = {"list": "ls", "remove": "rm"}
 
 def run(g, opts, args):
     from ..errors import KetchError, UsageError
-    from . import log
+    from .. import log
     name, o, a = parse_sub("network", SUBS, ALIASES, opts, args)
     if name is None:
         return 0 if args else 1

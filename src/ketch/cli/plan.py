@@ -14,7 +14,7 @@ def run(g, opts, args):
     import sys
 
     from .. import spec
-    from ..runtime import rootfs
+    from ..process import rootfs
 
     bundle = os.path.abspath(opts["bundle"] or ".")
     cfg = spec.load(bundle)

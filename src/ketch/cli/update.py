@@ -130,7 +130,7 @@ def resources_from_file(path):
 
 def run(g, opts, args):
     from ..runtime import cgroupverbs
-    from . import log
+    from .. import log
 
     if opts["resources"]:
         res = resources_from_file(opts["resources"])

@@ -128,7 +128,7 @@ class HashReader:
         return "sha256:" + self.h.hexdigest()
 
 
-def _decode_errors(e):
+def decode_errors(e):
     import gzip
     import lzma
     import tarfile
@@ -187,7 +187,7 @@ class _Extractor:
     def _open_beneath(self, parts, flags):
         path = "/".join(parts)
         if self.openat2:
-            from ketch.linux import _libc
+            from ketch.linux import libc as _libc
             try:
                 return _libc.openat2(self.root, path, flags | os.O_CLOEXEC, 0,
                                      _libc.RESOLVE_BENEATH | _libc.RESOLVE_NO_MAGICLINKS)
@@ -436,7 +436,7 @@ def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress
         where = f"layer entry {name!r}" if name is not None else "layer"
         raise ImageError(f"{where}: {describe_oserror(e)}") from e
     except Exception as e:
-        if _decode_errors(e):
+        if decode_errors(e):
             where = f" after entry {name!r}" if name is not None else ""
             raise ImageError(f"corrupt or truncated layer archive{where}: {e}") from e
         raise

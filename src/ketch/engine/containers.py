@@ -33,6 +33,7 @@ import time
 
 from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
 from ketch.engine.util import Lock, atomic_write, remove_tree
+from ketch.linux.procfs import proc_start_time
 
 RUN_DEFAULTS = {
     "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
@@ -49,25 +50,14 @@ _NOUN = ("turing", "hopper", "lovelace", "curie", "noether", "knuth", "ritchie",
 
 
 def _now():
-    from ketch.runtime.store import now_rfc3339
+    from ketch.log import now_rfc3339
     return now_rfc3339()
-
-
-def _proc_start(pid):
-    """(start time, state letter) of pid, or (None, None)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None, None
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[19]), rest[0].decode()
 
 
 def _alive(pid, start):
     if not pid:
         return False
-    t, s = _proc_start(pid)
+    t, s = proc_start_time(pid)
     return t is not None and t == start and s not in ("Z", "X")
 
 
@@ -183,7 +173,7 @@ class ContainerStore:
     def create(self, image, **opts):
         """Make a container of `image` (not started).  `opts`: see RUN_DEFAULTS.  Returns its id."""
         from ketch.engine import bundle, defaults, idmap
-        from ketch.linux import label
+        from ketch.runtime import mcs
         unknown = set(opts) - set(RUN_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown container option(s): {', '.join(sorted(unknown))}")
@@ -218,7 +208,7 @@ class ContainerStore:
                 # uid) must be able to reach the files bind-mounted from here.
                 os.mkdir(cdir, 0o711)
                 os.chmod(cdir, 0o711)
-            labels = label.init_labels(state_root=self.runtime_root)
+            labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)
             made_layer = True
@@ -289,7 +279,7 @@ class ContainerStore:
                 except FileNotFoundError:
                     pass
             if labels[1] or labels[0]:
-                label.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
+                mcs.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
             raise
         return cid
 
@@ -421,7 +411,8 @@ class ContainerStore:
         rec = self.state(cid)
         if rec["State"]["Status"] != "running":
             raise InvalidState(f"container {rec['Name'][1:]} is not running")
-        num = rt.parse_signal(str(sig)) if not isinstance(sig, int) else sig
+        from ketch.linux.signals import parse_signal
+        num = parse_signal(str(sig)) if not isinstance(sig, int) else sig
         try:
             rt.kill(self._runtime_store(), cid, num)
         except (InvalidState, ContainerNotFound):
@@ -449,7 +440,7 @@ class ContainerStore:
     # -- removal --
 
     def remove(self, ref, force=False):
-        from ketch.linux import label
+        from ketch.runtime import mcs
         cid = self.resolve(ref)
         rec = self.state(cid)
         if rec["State"]["Status"] in ("running", "starting"):
@@ -474,7 +465,7 @@ class ContainerStore:
             remove_tree(gone)
             lab = rec.get("MountLabel") or rec.get("ProcessLabel")
             if lab:
-                label.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
+                mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
         return cid
 
     def _cleanup_runtime(self, cid):
@@ -647,7 +638,7 @@ def _monitor_main():
 def _monitor(params, status_fd):
     from ketch.engine.images import ImageStore
     from ketch.runtime import container as rt
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
     import _signal as signal
 
     images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
@@ -658,9 +649,9 @@ def _monitor(params, status_fd):
     rs = store._runtime_store()
     rec = store._load(cid)
     tty = rec["Config"].get("Tty")
-    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the init is re-parented to us
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
     me = os.getpid()
-    store._update_state(cid, MonitorPid=me, MonitorStart=_proc_start(me)[0])
+    store._update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
     # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
     # become the container's while the runtime forks it.
     my_out, my_err = os.dup(1), os.dup(2)
@@ -708,7 +699,7 @@ def _monitor(params, status_fd):
             if tty:
                 child.close()
         pid = c.pid
-        pid_start = _proc_start(pid)[0]
+        pid_start = proc_start_time(pid)[0]
         if tty:
             from ketch.linux import console
             master, _ = console.recv_fd(sock)
@@ -775,7 +766,7 @@ def _pump(pid, pipes, master, log, stdin_to_master, pending):
     """Copy the container's output to the log until its init exits; returns its exit code."""
     import select
     import _signal as signal
-    from ketch.runtime.container import exit_code, reap_until
+    from ketch.linux.signals import exit_code, reap_until
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     streams = {}

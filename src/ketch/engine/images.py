@@ -387,7 +387,7 @@ class ImageStore:
                     size = self.driver.apply_diff(lid, pid, hr, progress=tick)
                     got = hr.drain()
                 except Exception as e:
-                    if archive._decode_errors(e):
+                    if archive.decode_errors(e):
                         raise ImageError(f"layer {blob}: corrupt or truncated: {e}") from None
                     raise
                 finally:
@@ -638,7 +638,7 @@ class ImageStore:
             try:
                 return archive.HashReader(dec).drain()
             except Exception as e:
-                if archive._decode_errors(e):
+                if archive.decode_errors(e):
                     raise ImageError(f"corrupt or truncated archive: {e}") from None
                 raise
             finally:

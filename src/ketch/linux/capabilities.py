@@ -21,7 +21,7 @@ step 3 (loading a filter without no_new_privs needs CAP_SYS_ADMIN).
 """
 
 from ketch.errors import ConfigError, SetupError
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 NAMES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",

@@ -1,7 +1,7 @@
-"""SELinux labels for containers: detection, MCS allocation, file/mount/process labels.
+"""SELinux labels for containers: detection, file/mount/process labels.
 
 Where SELinux is off (the common case, and this project's CI) every call is a
-quiet no-op: ``init_labels`` returns ``("", "")``, ``format_mount_label``
+quiet no-op: ``runtime.mcs.init_labels`` returns ``("", "")``, ``format_mount_label``
 returns the data unchanged, nothing is written.  Callers never need to test
 ``enabled()`` themselves.
 
@@ -11,28 +11,11 @@ API (a label is ``user:role:type[:level]``, the level may hold ``:`` and ``,``)
     SELinux usable: a selinuxfs with an ``enforce`` file, mounted read-write
     (runtimes mount it read-only inside containers to tell userland it is off).
 
-``init_labels(options=(), state_root=None) -> (process_label, mount_label)``
-    Labels for one new container.  ``options`` is an iterable of strings:
-    ``disable``, ``user:U``, ``role:R``, ``type:T`` (process type),
-    ``level:L``, ``filetype:T`` (mount label type); anything else raises
-    ``ConfigError``.  Without ``level:``, a fresh MCS level ``s0:cX,cY``
-    (0 <= X < Y <= 1023) is reserved for the container: it is recorded in
-    ``<state_root>/selinux/mcs`` under an flock on ``mcs.lock`` and is never
-    handed out again until ``release_labels``.  An explicit ``level:s0:cX,cY``
-    is counted too (two containers may share one on purpose, e.g. a pod), so
-    releasing one never frees a level another container still holds.
-    ``state_root`` defaults to ``DEFAULT_STATE_ROOT`` (/run/ketch: a tmpfs, so
-    reservations survive restarts of ketch but not of the host, exactly like
-    the containers holding them).  Defaults come from the policy's
-    ``lxc_contexts`` (``process = "..."``, ``file = "..."``), else
-    ``DEFAULT_PROCESS_LABEL`` / ``DEFAULT_FILE_LABEL``.
-    ``init_labels(["level:s0"])[1]`` is the shared label for image layers
-    (reserves nothing).
-
-``release_labels(label, state_root=None)``
-    Frees the MCS level of a label from ``init_labels`` (process or mount
-    label, they share the level).  Call it when the container is deleted.
-    Empty label, unknown level or missing file: nothing happens.
+Labels for a new container, and the MCS level each holds, come from
+``ketch.runtime.mcs`` (``init_labels``, ``release_labels``): the reservations
+are state on disk, above this module.  Defaults come from the policy's
+``lxc_contexts`` (``process = "..."``, ``file = "..."``, see ``read_contexts``),
+else ``DEFAULT_PROCESS_LABEL`` / ``DEFAULT_FILE_LABEL``.
 
 ``format_mount_label(data, label, option="context") -> str``
     Mount data with ``context="<label>"`` appended (``data`` may be ``""``).
@@ -116,15 +99,14 @@ tmpfs even without SELinux (setting one needs CAP_SYS_ADMIN).
 
 import os
 
-DEFAULT_STATE_ROOT = "/run/ketch"
 DEFAULT_PROCESS_LABEL = "system_u:system_r:container_t:s0"
 DEFAULT_FILE_LABEL = "system_u:object_r:container_file_t:s0"
 XATTR_NAME = "security.selinux"
 
 _SELINUXFS_DEFAULT = "/sys/fs/selinux"
 _PROC_SUPER_MAGIC = 0x9FA0
-_MCS_MAX = 1024  # c0..c1023, the categories of the standard MCS policy
-_OPTION_KEYS = ("user", "role", "type", "level", "filetype")
+MCS_MAX = 1024  # c0..c1023, the categories of the standard MCS policy
+OPTION_KEYS = ("user", "role", "type", "level", "filetype")
 _CONTEXT_OPTIONS = ("context", "fscontext", "defcontext", "rootcontext")
 # SELinux refuses context= together with fscontext= or defcontext=, and any
 # option given twice.
@@ -168,21 +150,6 @@ def _usable(d):
         return False
 
 
-def _unescape_mountinfo(s):
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    if "\\" not in s:
-        return s
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def _find_real_selinuxfs():
     if _usable(_SELINUXFS_DEFAULT):
         return _SELINUXFS_DEFAULT
@@ -194,7 +161,9 @@ def _find_real_selinuxfs():
             for line in f:
                 pre, sep, post = line.partition(b" - ")
                 if sep and post.split(b" ", 1)[0] == b"selinuxfs":
-                    d = _unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
+                    from ketch.linux.mounts import unescape_mountinfo
+
+                    d = unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
                     if _usable(d):
                         return d
     except OSError:
@@ -236,7 +205,7 @@ def enabled():
 
 # ---- label strings ------------------------------------------------------------
 
-def _split(label):
+def split_label(label):
     """[user, role, type, level] ('' level for a 3-field label)."""
     parts = label.split(":", 3)
     if len(parts) < 3 or not all(parts[:3]):
@@ -247,11 +216,11 @@ def _split(label):
     return parts
 
 
-def _join(parts):
+def join_label(parts):
     return ":".join(parts) if parts[3] else ":".join(parts[:3])
 
 
-def _check_field(key, value):
+def check_option(key, value):
     allowed = _LEVEL_CHARS if key == "level" else _NAME_CHARS
     if not value or not set(value) <= allowed:
         from ketch.errors import ConfigError
@@ -267,7 +236,7 @@ def _check_label_text(label, what):
         raise ConfigError(f"bad SELinux {what} {label!r}: contains a quote, newline or NUL")
 
 
-def _mcs_pair(level):
+def mcs_pair(level):
     """(x, y) when level is exactly s0:cX,cY with X != Y, both in range; else None."""
     if not level.startswith("s0:c"):
         return None
@@ -275,18 +244,18 @@ def _mcs_pair(level):
     if not sep or not a.isdigit() or not b.isdigit() or len(a) > 4 or len(b) > 4:
         return None
     x, y = int(a), int(b)
-    if x == y or x >= _MCS_MAX or y >= _MCS_MAX:
+    if x == y or x >= MCS_MAX or y >= MCS_MAX:
         return None
     return (x, y) if x < y else (y, x)
 
 
-def _level_key(pair):
+def level_key(pair):
     return f"s0:c{pair[0]},c{pair[1]}"
 
 
 # ---- configuration ------------------------------------------------------------
 
-def _contexts_path(fsdir):
+def contexts_path(fsdir):
     if _fake_mode() is not None:
         p = os.environ.get("KETCH_SELINUX_CONTEXTS")
         if p is not None:
@@ -321,179 +290,12 @@ def read_contexts(path):
     return out
 
 
-def _mls_enabled(fsdir):
+def mls_enabled(fsdir):
     try:
         with open(os.path.join(fsdir, "mls"), "rb") as f:
             return f.read().strip() != b"0"
     except OSError:
         return True
-
-
-# ---- MCS reservations ---------------------------------------------------------
-
-def _mcs_paths(state_root):
-    d = os.path.join(state_root or DEFAULT_STATE_ROOT, "selinux")
-    return d, os.path.join(d, "mcs"), os.path.join(d, "mcs.lock")
-
-
-class _Locked:
-    """flock on a separate lock file: the data file itself is replaced by rename."""
-
-    def __init__(self, lock_path, create):
-        self.lock_path = lock_path
-        self.create = create
-        self.fd = -1
-
-    def __enter__(self):
-        import fcntl
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
-        self.fd = os.open(self.lock_path, flags, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # closing drops the flock
-
-
-def _read_levels(path):
-    """(levels, torn): one entry per holder; torn is the length to cut a torn append back to."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return [], None
-    # Only a crash in the middle of an append leaves bytes after the last
-    # newline; they may even spell a level, but no container holds it.
-    end = text.rfind(b"\n") + 1
-    return text[:end].decode(errors="replace").split(), (end if end != len(text) else None)
-
-
-def _random_pair():
-    n = int.from_bytes(os.urandom(4), "little")
-    x, y = (n & 0xFFFF) % _MCS_MAX, (n >> 16) % _MCS_MAX
-    if x == y:
-        return None
-    return (x, y) if x < y else (y, x)
-
-
-def _reserve(state_root, pair=None):
-    """Record a level in the reservation file; with pair None pick a free one."""
-    d, data, lock = _mcs_paths(state_root)
-    os.makedirs(d, 0o700, exist_ok=True)
-    with _Locked(lock, True):
-        levels, torn = _read_levels(data)
-        used = set(levels)
-        if pair is None:
-            for _ in range(200):
-                p = _random_pair()
-                if p is not None and _level_key(p) not in used:
-                    pair = p
-                    break
-            else:
-                pair = next((p for p in ((x, y) for x in range(_MCS_MAX) for y in range(x + 1, _MCS_MAX))
-                             if _level_key(p) not in used), None)
-                if pair is None:
-                    from ketch.errors import SetupError
-                    raise SetupError("reserve SELinux MCS level",
-                                     f"all {_MCS_MAX * (_MCS_MAX - 1) // 2} category pairs in use ({data})")
-        # O_APPEND of one short line: readers under the lock see it whole.  No
-        # fsync: reservations only need to outlive ketch, not the host.
-        fd = os.open(data, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if torn is not None:
-                os.ftruncate(fd, torn)
-            os.write(fd, (_level_key(pair) + "\n").encode())
-        finally:
-            os.close(fd)
-    return _level_key(pair)
-
-
-def _release(state_root, pair):
-    d, data, lock = _mcs_paths(state_root)
-    if not os.path.exists(lock):
-        return
-    with _Locked(lock, False):
-        levels, _ = _read_levels(data)
-        key = _level_key(pair)
-        if key not in levels:
-            return
-        levels.remove(key)
-        tmp = f"{data}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(lv + "\n" for lv in levels))
-        os.replace(tmp, data)
-
-
-def reserved_levels(state_root=None):
-    """The MCS levels currently reserved (one entry per holder), for diagnostics."""
-    d, data, lock = _mcs_paths(state_root)
-    if not os.path.exists(lock):
-        return []
-    with _Locked(lock, False):
-        return [lv for lv in _read_levels(data)[0] if _mcs_pair(lv) is not None]
-
-
-# ---- public API ---------------------------------------------------------------
-
-def init_labels(options=(), state_root=None):
-    if isinstance(options, str):
-        options = [options]
-    wanted = {}
-    disable = False
-    for opt in options or ():
-        if opt == "disable":
-            disable = True
-            continue
-        key, sep, value = opt.partition(":")
-        if not sep or key not in _OPTION_KEYS:
-            from ketch.errors import ConfigError
-            raise ConfigError(f"bad SELinux label option {opt!r}: want disable, "
-                              + ", ".join(k + ":VALUE" for k in _OPTION_KEYS))
-        _check_field(key, value)
-        wanted[key] = value
-    fsdir = selinuxfs()
-    if not fsdir or disable:
-        return "", ""
-
-    ctx = read_contexts(_contexts_path(fsdir))
-    proc = _split(ctx.get("process") or DEFAULT_PROCESS_LABEL)
-    mnt = _split(ctx.get("file") or DEFAULT_FILE_LABEL)
-
-    if "user" in wanted:
-        proc[0] = mnt[0] = wanted["user"]
-    if "role" in wanted:
-        proc[1] = wanted["role"]
-    if "type" in wanted:
-        proc[2] = wanted["type"]
-    if "filetype" in wanted:
-        mnt[2] = wanted["filetype"]
-
-    if "level" in wanted:
-        level = wanted["level"]
-        pair = _mcs_pair(level)
-        if pair is not None:
-            level = _reserve_or_fail(state_root, pair)
-        proc[3] = mnt[3] = level
-    elif proc[3] and _mls_enabled(fsdir):
-        proc[3] = mnt[3] = _reserve_or_fail(state_root, None)
-    return _join(proc), _join(mnt)
-
-
-def _reserve_or_fail(state_root, pair):
-    try:
-        return _reserve(state_root, pair)
-    except OSError as e:
-        from ketch.errors import SetupError, describe_oserror
-        where = e.filename or _mcs_paths(state_root)[1]
-        raise SetupError("reserve SELinux MCS level", f"{where}: {describe_oserror(e)}") from e
-
-
-def release_labels(label, state_root=None):
-    if not label:
-        return
-    pair = _mcs_pair(label.split(":", 3)[3] if label.count(":") >= 3 else "")
-    if pair is not None:
-        _release(state_root, pair)
 
 
 def _split_mount_data(data):
@@ -678,10 +480,10 @@ def relabel(path, label, shared):
     check_relabel_path(path)
     _check_label_text(label, "file label")
     if shared:
-        parts = _split(label)
+        parts = split_label(label)
         if parts[3]:
             parts[3] = "s0"
-        label = _join(parts)
+        label = join_label(parts)
     value = label.encode() + b"\0"
     # A bind mount follows a symlinked source, so the tree to label is its target.
     top = os.path.realpath(_normalize(path))

@@ -33,6 +33,11 @@ class MS:
     STRICTATIME = 0x1000000
     LAZYTIME = 0x2000000
 
+    PROPAGATION = UNBINDABLE | PRIVATE | SLAVE | SHARED
+
+
+MNT_DETACH = 2  # umount2(2)
+
 
 def flag_names(flags):
     """'ro,nosuid' style names for an int of MS_* bits (for error messages)."""

@@ -2,14 +2,21 @@
 
 from ketch.linux.mountopts import MS, flag_names
 
-# /proc/self/mountinfo escapes these in paths
-_UNESCAPE = (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\"))
 
-
-def _unescape(s):
-    for a, b in _UNESCAPE:
-        s = s.replace(a, b)
-    return s
+def unescape_mountinfo(field):
+    """A path field of /proc/<pid>/mountinfo as the kernel meant it: it
+    octal-escapes space, tab, newline and backslash (\\040 ...)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
 
 
 class MountInfo:
@@ -45,12 +52,12 @@ def parse_mountinfo(text):
         m.id = int(fields[0])
         m.parent = int(fields[1])
         m.dev = fields[2]
-        m.root = _unescape(fields[3])
-        m.mountpoint = _unescape(fields[4])
+        m.root = unescape_mountinfo(fields[3])
+        m.mountpoint = unescape_mountinfo(fields[4])
         m.options = fields[5].split(",")
         m.optional = fields[6:sep]
         m.fstype = fields[sep + 1]
-        m.source = _unescape(fields[sep + 2])
+        m.source = unescape_mountinfo(fields[sep + 2])
         m.super_options = fields[sep + 3].split(",") if len(fields) > sep + 3 else []
         out.append(m)
     return out
@@ -98,15 +105,4 @@ def ms_from_statvfs(f_flag):
     for st, ms in ST_TO_MS:
         if f_flag & st:
             out |= ms
-    return out
-
-
-def parse_proc_cgroup(text):
-    """[(hierarchy id, [controllers], path)] from /proc/<pid>/cgroup."""
-    out = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        hid, ctrls, path = line.split(":", 2)
-        out.append((int(hid), [c for c in ctrls.split(",") if c], path))
     return out

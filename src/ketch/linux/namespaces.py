@@ -58,7 +58,7 @@ def open_paths(nsmap):
 
 
 def join(fds):
-    from . import _libc  # not at import: the parent of a create needs no libc binding
+    from . import libc as _libc  # not at import: the parent of a create needs no libc binding
 
     for t, fd in fds:
         try:

@@ -10,7 +10,7 @@ import ctypes
 import os
 
 from ketch.errors import ConfigError, SetupError
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 
 def _err(step, e):
@@ -112,7 +112,7 @@ def parse_scheduler(s):
 def set_scheduler(s, pid=0):
     attr = parse_scheduler(s)
     try:
-        _libc._check(_libc.raw_syscall("sched_setattr", ctypes.c_int(pid), ctypes.byref(attr),
+        _libc.check(_libc.raw_syscall("sched_setattr", ctypes.c_int(pid), ctypes.byref(attr),
                                        ctypes.c_uint(0)), "sched_setattr")
     except OSError as e:
         raise _err(f"sched_setattr policy {s.get('policy')}", e) from e
@@ -145,10 +145,8 @@ def set_io_priority(p, pid=0):
 
 def get_io_priority(pid=0):
     """(class, level) as ioprio_get(2) reports them."""
-    # ioprio_get: 252 on x86_64, 31 on aarch64 (asm-generic).
-    nr = {"x86_64": 252, "aarch64": 31}[os.uname().machine]
-    v = _libc._check(_libc._syscall(ctypes.c_long(nr), ctypes.c_int(IOPRIO_WHO_PROCESS), ctypes.c_int(pid)),
-                     "ioprio_get")
+    v = _libc.check(_libc.raw_syscall("ioprio_get", ctypes.c_int(IOPRIO_WHO_PROCESS), ctypes.c_int(pid)),
+                    "ioprio_get")
     return v >> _IOPRIO_CLASS_SHIFT, v & 0x1FFF
 
 

@@ -1,7 +1,7 @@
 """The swappable syscall layer the mount engine works through.
 
-``Syscalls`` does the real thing (``ketch.linux._libc`` and ``os``).
-``PlanningSyscalls`` has the same interface but changes nothing: it reads
+``Syscalls`` does the real thing (``ketch.linux.libc`` and ``os``).
+``ketch.linux.planning.PlanningSyscalls`` has the same interface but changes nothing: it reads
 the real filesystem, remembers what it would have created so later lookups
 see it, and records every change as one human-readable line.  The dry-run
 plan comes from running the rootfs engine against it, and the unit-test fake
@@ -19,7 +19,7 @@ import errno
 import os
 import stat as _stat
 
-from ketch.linux import _libc
+from ketch.linux import libc as _libc
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 _DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -42,7 +42,8 @@ class Handle:
         return f"Handle({self.path!r})"
 
 
-def _target(t):
+def kernel_path(t):
+    """What the kernel is given for a path or a Handle (/proc/self/fd/N)."""
     return t.proc if isinstance(t, Handle) else t
 
 
@@ -82,12 +83,12 @@ class Syscalls:
     def mount(self, source, target, fstype, flags=0, data=None):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
             self.forget_root()  # a mount on the root itself hides what the fd names
-        _libc.mount(source, _target(target), fstype, int(flags), data or None)
+        _libc.mount(source, kernel_path(target), fstype, int(flags), data or None)
 
     def umount2(self, target, flags=0):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
             self.forget_root()
-        _libc.umount2(_target(target), flags)
+        _libc.umount2(kernel_path(target), flags)
 
     def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
         flags = _libc.AT_RECURSIVE if recursive else 0
@@ -176,7 +177,7 @@ class Syscalls:
         return os.path.exists(path)
 
     def statvfs_flags(self, path):
-        return os.statvfs(_target(path)).f_flag
+        return os.statvfs(kernel_path(path)).f_flag
 
     def read_text(self, path):
         with open(path) as f:
@@ -276,10 +277,10 @@ class Syscalls:
 
     def chown(self, path, uid, gid):
         # a Handle is followed through its magic link: fchown refuses O_PATH fds
-        os.chown(_target(path), uid, gid, follow_symlinks=isinstance(path, Handle))
+        os.chown(kernel_path(path), uid, gid, follow_symlinks=isinstance(path, Handle))
 
     def chmod(self, path, mode):
-        os.chmod(_target(path), mode)
+        os.chmod(kernel_path(path), mode)
 
     def umask(self, mask):
         return os.umask(mask)
@@ -291,25 +292,19 @@ class Syscalls:
     # ---- labels --------------------------------------------------------------
 
     def set_file_label(self, path, label):
-        fn = getattr(_label_module(), "set_file_label", None) if label else None
-        if fn is not None:
-            fn(_target(path), label)
+        if label:
+            from ketch.linux import label as lab
+
+            lab.set_file_label(kernel_path(path), label)
 
     def relabel(self, path, label, shared):
-        fn = getattr(_label_module(), "relabel", None)
-        if fn is not None:
-            fn(path, label, shared)
+        from ketch.linux import label as lab
+
+        lab.relabel(path, label, shared)
 
     def note(self, text):
         pass
 
-
-def _label_module():
-    try:
-        from ketch.linux import label
-    except ImportError:
-        return None
-    return label
 
 
 def _copy_tree(src, dst):
@@ -342,263 +337,6 @@ def _copy_tree(src, dst):
         if not _stat.S_ISLNK(m):
             os.chmod(d, _stat.S_IMODE(m))
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-class _VStat:
-    """A stat result for something the planning layer would have created."""
-
-    def __init__(self, mode, rdev=0):
-        self.st_mode = mode
-        self.st_rdev = rdev
-        self.st_uid = self.st_gid = 0
-        self.st_dev = self.st_ino = 0
-
-
-class PlanningSyscalls(Syscalls):
-    """Changes nothing: records each change as a line, reads through to the real filesystem.
-
-    ``root`` is the rootfs: lines show in-root paths as the container sees
-    them, and after ``pivot_root``/``chroot`` absolute paths are looked up
-    under it, as they would be in the container.
-    """
-
-    planning = True
-
-    def __init__(self, root=None):
-        self.steps = []
-        self.root = os.path.normpath(root) if root else None
-        self._chroot = None
-        self._created = {}      # host path -> _VStat
-        self._links = {}        # host path -> symlink target
-        self._removed = set()   # real host paths it would have removed
-        self._vmounts = []      # (host mountpoint, type, source): what lookups below it see
-        self._umask = 0o022
-        self._fd = 1000
-
-    def _h(self, path):
-        path = _target(path)
-        if self._chroot and isinstance(path, str) and path.startswith("/"):
-            return os.path.normpath(self._chroot + path) if path != "/" else self._chroot
-        return path
-
-    def show(self, path):
-        """How a path is shown: in-root paths as the container sees them."""
-        path = _target(path)
-        if self._chroot or not isinstance(path, str):
-            return "(the old root)" if path == "." else path
-        r = self.root
-        if r and path.startswith(r.rstrip("/") + "/"):
-            return "/" + path[len(r):].lstrip("/")
-        return path
-
-    def record(self, line):
-        self.steps.append(line)
-
-    def note(self, text):
-        self.record(text)
-
-    # ---- virtual lookups ---------------------------------------------------
-
-    def lstat(self, path):
-        hp = self._h(path)
-        v = self._created.get(hp)
-        if v is not None:
-            return v
-        return os.lstat(self._real(hp, path))
-
-    def stat(self, path):
-        hp = self._h(path)
-        for _ in range(40):
-            if hp not in self._links:
-                break
-            t = self._links[hp]
-            if t.startswith("/") and self._chroot:
-                hp = self._h(t)
-            else:
-                hp = os.path.normpath(os.path.join(os.path.dirname(hp), t))
-        v = self._created.get(hp)
-        return v if v is not None else os.stat(self._real(hp, path))
-
-    def readlink(self, path):
-        hp = self._h(path)
-        return self._links[hp] if hp in self._links else os.readlink(self._real(hp, path))
-
-    def exists(self, path):
-        try:
-            self.stat(path)
-            return True
-        except OSError:
-            return False
-
-    def statvfs_flags(self, path):
-        try:
-            return os.statvfs(self._h(path)).f_flag
-        except OSError:
-            return 0
-
-    def read_text(self, path):
-        return Syscalls.read_text(self, self._h(path))
-
-    def open_in_root(self, root, path, directory=False):
-        st = self.stat(path)
-        if directory and not _stat.S_ISDIR(st.st_mode):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return Handle(None, path)
-
-    def release(self, handle):
-        pass
-
-    def open(self, path, flags, mode=0o777):
-        self._fd += 1
-        return self._fd
-
-    def close(self, fd):
-        pass
-
-    # ---- recorded changes ---------------------------------------------------
-
-    def mount(self, source, target, fstype, flags=0, data=None):
-        from ketch.linux.mountopts import flag_names
-        parts = []
-        if fstype:
-            parts.append(f"type {fstype}")
-        if flags:
-            parts.append(f"flags {flag_names(flags)}")
-        if data:
-            parts.append(f"data {data}")
-        extra = f" ({', '.join(parts)})" if parts else ""
-        self.record(f"mount {self.show(source) or 'none'} on {self.show(target)}{extra}")
-        if flags & 0x2020 or (flags & 0x1c0000 and not fstype) or not isinstance(target, (str, Handle)):
-            return  # remount, move, propagation change: no new filesystem at target
-        hp = self._h(target)
-        if hp == "." or hp == self.root and source == self.root:
-            return
-        if flags & 0x1000:
-            src = self._h(source) if self._chroot else source
-            try:
-                src = self._real(src, source)
-            except OSError:
-                pass
-            self._vmounts.append((hp, "bind", src))
-        else:
-            self._vmounts.append((hp, fstype, source))
-        self._created = {k: v for k, v in self._created.items() if not k.startswith(hp + "/")}
-
-    def umount2(self, target, flags=0):
-        self.record(f"umount {self.show(target)}" + (" (detach)" if flags & 2 else ""))
-
-    def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
-        self.record(f"mount_setattr {self.show(target)} (set {attr_set:#x}, clear {attr_clr:#x}"
-                    f"{', recursive' if recursive else ''})")
-
-    def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
-        self.record(f"mount idmapped {'r' if recursive else ''}bind {self.show(source)} on {self.show(target)}")
-
-    def userns_fd(self, uid_mappings, gid_mappings):
-        self.record("create a user namespace for the idmapped mount")
-        return -1
-
-    def pivot_root(self, new_root, put_old):
-        self.record(f"pivot_root {self.root} (the old root is detached)")
-        self._chroot = self.root
-
-    def chroot(self, path):
-        self.record(f"chroot {self.root}")
-        self._chroot = self.root
-
-    def chdir(self, path):
-        self.record(f"chdir {self.show(path)}")
-
-    def fchdir(self, fd):
-        pass
-
-    def _exists(self, hp):
-        if hp in self._created:
-            return True
-        try:
-            self._real(hp, hp)
-        except FileNotFoundError:
-            return False
-        return os.path.lexists(self._real(hp, hp))
-
-    def _real(self, hp, shown):
-        """Where a lookup of host path `hp` really goes, given the mounts it would have made."""
-        if hp in self._removed:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
-        best = None
-        for mp, kind, src in self._vmounts:
-            if (hp == mp or hp.startswith(mp + "/")) and (best is None or len(mp) >= len(best[0])):
-                best = (mp, kind, src)
-        if best is None:
-            return hp
-        mp, kind, src = best
-        rest = hp[len(mp):]
-        if kind == "bind":
-            return src + rest
-        # a fresh proc or sysfs looks like the host's; any other new filesystem starts empty
-        if kind == "proc":
-            return "/proc" + rest
-        if kind == "sysfs":
-            return "/sys" + rest
-        if rest == "":
-            return "/"
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
-
-    def mkdir(self, path, mode=0o755, root=None):
-        hp = self._h(path)
-        if self._exists(hp):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-        self._created[hp] = _VStat(_stat.S_IFDIR | (mode & ~self._umask))
-        self.record(f"mkdir {self.show(path)} (mode {mode & ~self._umask:04o})")
-
-    def create_file(self, path, mode=0o644, root=None):
-        self._created[self._h(path)] = _VStat(_stat.S_IFREG | (mode & ~self._umask))
-        self.record(f"create file {self.show(path)} (mode {mode & ~self._umask:04o})")
-
-    def mknod(self, path, mode, dev, root=None):
-        hp = self._h(path)
-        if self._exists(hp):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-        self._created[hp] = _VStat(mode, dev)
-        kind = "c" if _stat.S_ISCHR(mode) else "b" if _stat.S_ISBLK(mode) else "p"
-        self.record(f"mknod {self.show(path)} {kind} {os.major(dev)}:{os.minor(dev)} "
-                    f"(mode {_stat.S_IMODE(mode) & ~self._umask:04o})")
-
-    def symlink(self, target, path, root=None):
-        hp = self._h(path)
-        if self._exists(hp):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-        self._created[hp] = _VStat(_stat.S_IFLNK | 0o777)
-        self._removed.discard(hp)
-        self._links[hp] = target
-        self.record(f"symlink {self.show(path)} -> {target}")
-
-    def unlink(self, path, root=None):
-        hp = self._h(path)
-        self._created.pop(hp, None)
-        self._links.pop(hp, None)
-        self._removed.add(hp)
-        self.record(f"remove {self.show(path)}")
-
-    def chown(self, path, uid, gid):
-        self.record(f"chown {self.show(path)} {uid}:{gid}")
-
-    def chmod(self, path, mode):
-        self.record(f"chmod {self.show(path)} {mode:04o}")
-
-    def umask(self, mask):
-        old, self._umask = self._umask, mask
-        return old
-
-    def copy_tree(self, src, dst):
-        self.record(f"copy the contents of {self.show(src)} into {self.show(dst)}")
-
-    def set_file_label(self, path, label):
-        if label:
-            self.record(f"label {self.show(path)} {label}")
-
-    def relabel(self, path, label, shared):
-        self.record(f"relabel {path} {label} ({'shared' if shared else 'private'})")
 
 
 default = Syscalls()

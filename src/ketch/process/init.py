@@ -17,22 +17,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Step:
-    """Context manager naming the step in progress for error reports."""
-
-    current = "container init"
+    """Context manager naming the step in progress for error reports: an
+    exception leaving it becomes SetupError(name, exception), unless an
+    inner step already made it one."""
 
     def __init__(self, name):
         self.name = name
 
     def __enter__(self):
-        Step.current = self.name
+        pass
 
     def __exit__(self, et, ev, tb):
-        if ev is not None and not hasattr(ev, "_ketch_step"):
-            try:
-                ev._ketch_step = self.name
-            except AttributeError:
-                pass
+        if isinstance(ev, Exception) and not isinstance(ev, errors.SetupError):
+            raise errors.SetupError(self.name, ev) from ev
         return False
 
 
@@ -42,15 +39,13 @@ def main(ctx, sock):
         ready = _setup(ctx, sock)
         _release_and_exec(ctx)
     except BaseException as e:  # noqa: BLE001
-        step = getattr(e, "_ketch_step", Step.current)
-        if isinstance(e, errors.SetupError):
-            step = e.step
+        step = e.step if isinstance(e, errors.SetupError) else "container init"
         if not ready:
             sync.report_error(sock, step, e)
         else:
             text = errors.describe_oserror(e) if isinstance(e, OSError) else str(e)
-            if isinstance(e, errors.SetupError) and e.cause is not None:
-                text = errors.describe_oserror(e.cause)
+            if isinstance(e, errors.SetupError) and e.reason:
+                text = e.reason
             try:
                 os.write(2, f"ketch: {step}: {text}\n".encode())
             except OSError:
@@ -67,8 +62,8 @@ def import_modules(cfg):
     import fcntl  # noqa: F401
     import struct  # noqa: F401
 
-    from ..linux import _libc, capabilities, devices, mounts, syscalls  # noqa: F401
-    from ..runtime import rootfs  # noqa: F401
+    from ..linux import capabilities, devices, libc, mounts, syscalls  # noqa: F401
+    from . import rootfs  # noqa: F401
 
     proc = cfg.get("process") or {}
     linux = cfg.get("linux") or {}
@@ -94,7 +89,7 @@ def _preload(ctx, cfg):
         # load it into the kernel just before execve.
         from ..linux import seccomp
 
-        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=_warn)
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=warn)
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         from ..linux import label
 
@@ -104,7 +99,7 @@ def _preload(ctx, cfg):
             # Opened on the host's procfs, not one the container's mounts could fake.
             ctx.selinux_exec_fd = label.open_exec_attr()
     if hooks.get("createContainer") or hooks.get("startContainer"):
-        from ..runtime import hooks as hk
+        from . import hooks as hk
 
         hk.preload()
 
@@ -140,12 +135,12 @@ def _setup(ctx, sock):
         hooks = (cfg.get("hooks") or {}).get("createContainer")
         if hooks:
             with Step("createContainer hook"):
-                from ..runtime import hooks as hk
+                from . import hooks as hk
 
                 # Still "creating" (runc too): create has not finished.
                 hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "creating"), "createContainer")
 
-    from ..runtime import rootfs
+    from . import rootfs
 
     with Step("prepare rootfs"):
         rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
@@ -168,7 +163,7 @@ def _setup(ctx, sock):
         rootfs.finalize(cfg)
 
     if "uts" in nsmap and not nsmap["uts"]:
-        from ..linux import _libc
+        from ..linux import libc as _libc
 
         if cfg.get("hostname"):
             with Step(f"set hostname {cfg['hostname']!r}"):
@@ -195,7 +190,7 @@ def apply_process_attrs(ctx, proc):
     ``id``, ``nsmap``, ``no_new_keyring``, ``setgroups_denied``; optional
     ``keep_undumpable`` (exec stays non-dumpable until execve); sets
     ``ctx.exec_path``."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     with Step("find the user's home directory"):
         home = home_env(proc.get("env") or [], (proc.get("user") or {}).get("uid", 0))
@@ -256,13 +251,13 @@ def apply_process_attrs(ctx, proc):
             _libc.setgroups(list(user.get("additionalGids") or []))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-        if (uid != 0 or "user" in ctx.nsmap) and not getattr(ctx, "keep_undumpable", False):
+        if (uid != 0 or "user" in ctx.nsmap) and not ctx.keep_undumpable:
             # Non-dumpable (set in stage-1, and again by setuid) makes
             # /proc/self/fd belong to host root: the exec fifo could not be
             # reopened through it.  A process that is not host root can't
             # write the host's interpreter, so being dumpable exposes nothing
             # (CVE-2019-5736 needs host root): host-root inits stay non-dumpable.
-            _libc.prctl(4, 1)  # PR_SET_DUMPABLE
+            _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
 
     with Step("chdir after setuid"):
         # The directory may only be reachable as the container user (root
@@ -270,11 +265,11 @@ def apply_process_attrs(ctx, proc):
         _chdir(proc.get("cwd") or "/")
 
     with Step("set capabilities"):
-        capabilities.apply(caps or {}, warn=_warn)
+        capabilities.apply(caps or {}, warn=warn)
 
     if proc.get("noNewPrivileges"):
         with Step("set no_new_privs"):
-            _libc.prctl(38, 1)  # PR_SET_NO_NEW_PRIVS
+            _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
 
     if proc.get("apparmorProfile"):
         with Step(f"apply AppArmor profile {proc['apparmorProfile']!r}"):
@@ -290,7 +285,7 @@ def apply_process_attrs(ctx, proc):
                 # Running unconfined when confinement was asked for is refused (runc too).
                 raise errors.ConfigError("selinux label is specified in config, "
                                          "but selinux is disabled or not supported")
-            label.set_exec_label(proc["selinuxLabel"], fd=getattr(ctx, "selinux_exec_fd", None))
+            label.set_exec_label(proc["selinuxLabel"], fd=ctx.selinux_exec_fd)
 
     # With no_new_privs: as late as we can while the parent is still there
     # to pass a notify listener fd on (listenerPath is a host path).
@@ -309,12 +304,12 @@ _apply_process_attrs = apply_process_attrs
 
 
 def _load_seccomp(ctx):
-    if getattr(ctx, "seccomp_filter", None) is None:
+    if ctx.seccomp_filter is None:
         return
     from ..linux import seccomp as sc
 
     with Step("load seccomp filter"):
-        sock = getattr(ctx, "sync_sock", None)
+        sock = ctx.sync_sock
 
         def to_parent(fd):
             sync.send_fd(sock, fd, sync.SECCOMP_FD, listenerPath=ctx.seccomp_filter.listener_path,
@@ -341,13 +336,13 @@ def _release_and_exec(ctx):
     hooks = (cfg.get("hooks") or {}).get("startContainer")
     if hooks:
         with Step("startContainer hook"):
-            from ..runtime import hooks as hk
+            from . import hooks as hk
 
             # "created", as runc: the user's program has not been executed yet.
             hk.run_hooks(hooks, ctx.hook_state(os.getpid(), "created"), "startContainer")
 
     with Step(f"exec {proc['args'][0]!r}"):
-        os.execve(ctx.exec_path, proc["args"], _env_dict(proc.get("env") or []))
+        os.execve(ctx.exec_path, proc["args"], env_dict(proc.get("env") or []))
 
 
 def home_env(env, uid, passwd="/etc/passwd"):
@@ -379,7 +374,7 @@ def home_env(env, uid, passwd="/etc/passwd"):
     return "HOME=" + home
 
 
-def _env_dict(env):
+def env_dict(env):
     d = {}
     for kv in env:
         k, sep, v = kv.partition("=")
@@ -411,7 +406,7 @@ def _chdir(cwd):
     os.chdir(cwd)
 
 
-def _warn(msg):
+def warn(msg):
     try:
         os.write(2, f"ketch: warning: {msg}\n".encode())
     except OSError:
@@ -459,7 +454,7 @@ def _loopback_up():
 
 def _setup_console(ctx, proc, mount_label):
     from ..linux import console
-    from ..runtime import rootfs
+    from . import rootfs
 
     master, slave_path = console.open_pty()
     size = proc.get("consoleSize") or {}

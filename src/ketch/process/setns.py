@@ -72,6 +72,8 @@ class ExecContext:
         self.cgroup_v2 = ""            # which of them is on the unified hierarchy
         self.exec_path = None
         self.seccomp_filter = None
+        self.selinux_exec_fd = None
+        self.sync_sock = None
         self.root_fd = -1
         self.bundle = ""
         self.sigmask = None            # the mask to restore in the children
@@ -123,7 +125,7 @@ def spawn(ctx):
             _intermediate(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - everything goes to the parent
-            sync.report_error(child_sock, getattr(e, "_ketch_step", "join container"), e)
+            sync.report_error(child_sock, "join container", e)
         finally:
             os._exit(code)
     # ------------------------------------------------------------------- parent
@@ -197,20 +199,18 @@ def _kill_and_reap(pid):
 # --------------------------------------------------------------- intermediate
 
 def _step(e, name):
-    if not hasattr(e, "_ketch_step"):
-        try:
-            e._ketch_step = name
-        except AttributeError:
-            pass
+    """``e`` as the failure of step ``name`` (an inner step's SetupError stays)."""
+    if isinstance(e, Exception) and not isinstance(e, errors.SetupError):
+        return errors.SetupError(name, e)
     return e
 
 
 def _intermediate(ctx, sock):
-    from ..linux import _libc
+    from ..linux import libc as _libc
     from ..linux import namespaces as ns
 
     # First of all: see the module docstring (CVE-2019-5736).
-    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
     if ctx.sigmask is not None:
         import _signal
 
@@ -225,7 +225,7 @@ def _intermediate(ctx, sock):
         raise _step(e, "load runtime modules")
     _close_fds(ctx, keep={sock.fileno(), ctx.root_fd, ctx.pidfd,
                           ctx.console_sock.fileno() if ctx.console_sock is not None else -1,
-                          getattr(ctx, "selinux_exec_fd", None) or -1})
+                          ctx.selinux_exec_fd or -1})
     sync.expect(sock, sync.GO)
 
     types = _types_to_join(ctx)
@@ -322,7 +322,7 @@ def _preload(ctx):
     import struct  # noqa: F401
 
     from .. import _json  # noqa: F401
-    from ..linux import _libc, capabilities, fdpass, namespaces  # noqa: F401
+    from ..linux import capabilities, fdpass, libc, namespaces  # noqa: F401
     from . import init  # noqa: F401
 
     proc = ctx.process
@@ -343,7 +343,7 @@ def _preload(ctx):
     if linux.get("seccomp"):
         from ..linux import seccomp
 
-        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=init._warn)
+        ctx.seccomp_filter = seccomp.compile(linux["seccomp"], warn=init.warn)
     # Names the CLI's error path and os.strerror use lazily.
     errors.describe_oserror(OSError(2, "x"))
 
@@ -373,15 +373,14 @@ def _process(ctx, sock):
 
                 sc.load(ctx.seccomp_filter, seccomp, state=None)
         with Step(f"exec {proc['args'][0]!r}"):
-            os.execve(ctx.exec_path, proc["args"], init._env_dict(proc.get("env") or []))
+            os.execve(ctx.exec_path, proc["args"], init.env_dict(proc.get("env") or []))
     except BaseException as e:  # noqa: BLE001
-        step = getattr(e, "_ketch_step", Step.current)
-        if isinstance(e, errors.SetupError):
-            step = e.step
-        if isinstance(e, errors.KetchError) and not isinstance(e, errors.SetupError):
+        step = e.step if isinstance(e, errors.SetupError) else "container init"
+        cause = e.cause if isinstance(e, errors.SetupError) and e.cause is not None else e
+        if isinstance(cause, errors.KetchError) and not isinstance(cause, errors.SetupError):
             # Already a complete sentence (executable not found...).
             try:
-                sync.send(sock, sync.ERROR, step=str(e), msg="")
+                sync.send(sock, sync.ERROR, step=str(cause), msg="")
             except OSError:
                 pass
         else:

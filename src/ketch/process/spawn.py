@@ -8,6 +8,7 @@ thread alive, unshare(CLONE_NEWUSER) and setns into a mount namespace fail.
 import os
 
 from .. import errors
+from ..trace import trace
 from ..linux import namespaces as ns
 from . import sync
 
@@ -37,7 +38,7 @@ def spawn(ctx):
         gate = _GateWriter(ctx._high(w))
         ctx.cgroup_paths = CgroupGate(ctx._high(r))
     ctx.wait_go = not early
-    sync.trace("fork stage-1")
+    trace("fork stage-1")
     stage1 = os.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
@@ -48,7 +49,7 @@ def spawn(ctx):
             _stage1(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
-            sync.report_error(child_sock, getattr(e, "_ketch_step", "create namespaces"), e)
+            sync.report_error(child_sock, "create namespaces", e)
         finally:
             os._exit(code)
     # ------------------------------------------------------------------ parent
@@ -63,7 +64,7 @@ def spawn(ctx):
             mgr = ctx.plan_cgroups()
             v2 = mgr is not None and bool(mgr.v2_dirs())
         ctx.setup_cgroups(stage1, apply_v2=v2 and gate is None)
-        sync.trace("cgroups set up")
+        trace("cgroups set up")
         if early:
             # The init joins these itself when _drive opens the gate, at PID:
             # not before, or the init's messages (READY) could overtake the
@@ -79,7 +80,7 @@ def spawn(ctx):
         # _drive raised before returning the pid (a failing createRuntime
         # hook): the init must die before it sees the socket close, or it
         # reports that EOF as an error of its own in front of the real one.
-        init_pid = init_pid or getattr(ctx, "init_pid", 0)
+        init_pid = init_pid or ctx.init_pid
         if init_pid:
             _kill_and_reap(init_pid)
         parent_sock.close()
@@ -124,7 +125,7 @@ class _GateWriter:
 
     def open(self):
         self._send(("1" + "".join("\n" + d for d in self.v1_dirs)).encode())
-        sync.trace("cgroups gate open")
+        trace("cgroups gate open")
 
     def cancel(self):
         self._send(b"0")
@@ -213,7 +214,7 @@ def _drive(ctx, sock, stage1, gate=None):
                 # (The grace period the unified cgroup's write waits for
                 # started as ketch did: runtime.container._prime_unified.)
                 ctx.apply_cgroups(init_pid)
-                sync.trace("cgroups applied")
+                trace("cgroups applied")
                 gate.open()
             _reap(stage1)
             ctx.on_init_pid(init_pid)
@@ -232,7 +233,7 @@ def _drive(ctx, sock, stage1, gate=None):
                     os.close(fd)
             sync.send(sock, sync.CONTINUE)
         elif t == sync.READY:
-            sync.trace("ready")
+            trace("ready")
             return init_pid
         elif t == sync.ERROR:
             if init_pid:
@@ -249,7 +250,7 @@ def _raise_died(stage1, init_pid):
 def how_it_ended(status):
     """'killed by SIGKILL' / 'exited with status 3' for a wait status (None: unknown)."""
     if status is not None and os.WIFSIGNALED(status):
-        from ..runtime.container import signal_name
+        from ..linux.signals import signal_name
 
         return f"killed by {signal_name(os.WTERMSIG(status))}"
     if status is not None and os.WIFEXITED(status):
@@ -286,32 +287,30 @@ def _preload(ctx):
 
 
 def _stage1(ctx, sock):
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     _preload(ctx)
     if ctx.wait_go:
         sync.expect(sock, sync.GO)
         ctx.join_cgroups()
-    sync.trace("stage-1 go")
+    trace("stage-1 go")
     nsmap = ctx.nsmap
     # Not dumpable: a process in the container's pid namespace must not be
     # able to open /proc/<pid>/exe of the runtime (the host's interpreter,
     # the CVE-2019-5736 class) while we are still the runtime.
-    _libc.prctl(4, 0)  # PR_SET_DUMPABLE
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
     fds = ns.open_paths(nsmap)
     try:
         ns.join([(t, fd) for t, fd in fds if t == "user"])
         ns.join([(t, fd) for t, fd in fds if t != "user"])
     except OSError as e:
-        e._ketch_step = "join namespaces"
-        raise
+        raise errors.SetupError("join namespaces", e) from e
     flags = ns.unshare_flags(nsmap)
     if flags & ns.CLONE_NEWUSER:
         try:
             _libc.unshare(ns.CLONE_NEWUSER)
         except OSError as e:
-            e._ketch_step = "unshare user namespace"
-            raise
+            raise errors.SetupError("unshare user namespace", e) from e
         sync.send(sock, sync.USERMAP)
         sync.expect(sock, sync.MAPPED)
         os.setresgid(0, 0, 0)
@@ -322,13 +321,12 @@ def _stage1(ctx, sock):
             _libc.unshare(flags)
         except OSError as e:
             names = [t for t, (bit, _) in ns.TYPES.items() if flags & bit]
-            e._ketch_step = f"unshare namespaces ({', '.join(names)})"
-            raise
+            raise errors.SetupError(f"unshare namespaces ({', '.join(names)})", e) from e
     if flags & ns.CLONE_NEWTIME:
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------- init
-        sync.trace("init forked")
+        trace("init forked")
         from . import init
 
         init.main(ctx, sock)  # never returns
@@ -347,5 +345,4 @@ def _write_time_offsets(offsets):
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(lines))
         except OSError as e:
-            e._ketch_step = "write time namespace offsets"
-            raise
+            raise errors.SetupError("write time namespace offsets", e) from e

@@ -54,19 +54,6 @@ SECCOMP_FD = "seccomp-fd"  # init -> parent, with the notify fd (SCM_RIGHTS)
 
 _MAX = 1 << 16
 
-# KETCH_TRACE=1: each process of a create writes "ketch-trace <CLOCK_MONOTONIC
-# seconds> <pid> <event>" lines to stderr, for profiling (bench/startup.py
-# --profile).  Off, it costs one environment lookup at import.
-_TRACE = "KETCH_TRACE" in os.environ
-
-
-def trace(event):
-    if _TRACE:
-        import time
-
-        os.write(2, f"ketch-trace {time.monotonic():.6f} {os.getpid()} {event}\n".encode())
-
-
 def pair():
     return fdpass.socketpair()
 
@@ -114,11 +101,9 @@ def report_error(sock, step, exc):
     from ..errors import SetupError, describe_oserror
 
     if isinstance(exc, SetupError):
-        step, text = exc.step, (describe_oserror(exc.cause) if exc.cause is not None else "")
+        step, text = exc.step, exc.reason
     elif isinstance(exc, OSError):
-        text = describe_oserror(exc)
-        if exc.filename and str(exc.filename) not in step:
-            text = f"{exc.filename}: {text}"
+        text = describe_oserror(exc, step)
     else:
         text = str(exc)
     try:

@@ -14,8 +14,12 @@ import os
 import _signal as signal
 
 from .. import errors
+from ..linux import signals
+from ..trace import trace as _trace
 from . import status as st
-from .store import Store, proc_start_time, now_rfc3339
+from ..log import now_rfc3339
+from ..linux.procfs import proc_start_time
+from .store import Store
 
 
 class CreateOptions:
@@ -60,6 +64,9 @@ class CreateContext:
         self.init_pid = 0
         self.exec_path = None
         self.seccomp_filter = None
+        self.selinux_exec_fd = None
+        self.sync_sock = None  # the init's end of the socket to the parent
+        self.keep_undumpable = False
         # ketch writes the id maps as real root, so setgroups stays allowed in
         # a new user namespace (an unprivileged writer would have to deny it).
         self.setgroups_denied = False
@@ -102,10 +109,8 @@ class CreateContext:
     # -- cgroups ---------------------------------------------------------------
     def plan_cgroups(self):
         """Where the container's cgroups go (no change to them yet)."""
-        try:
-            from ..linux import cgroups
-        except ImportError:  # pragma: no cover
-            return None
+        from ..linux import cgroups
+
         try:
             self.cgroups = cgroups.Manager.from_spec(self.id, self.config.get("linux") or {})
         except OSError as e:
@@ -147,9 +152,10 @@ class CreateContext:
         if self.cgroups is not None:
             try:
                 self.cgroups.join_v1()
-            except errors.KetchError as e:
-                e._ketch_step = "join cgroups"
+            except errors.SetupError:
                 raise
+            except errors.KetchError as e:
+                raise errors.SetupError("join cgroups", e) from e
 
     def apply_cgroups(self, pid):
         """Move ``pid`` into the unified hierarchy (v1: see ``join_cgroups``)."""
@@ -210,7 +216,7 @@ class CreateContext:
         hooks = self.config.get("hooks") or {}
         if not (hooks.get("prestart") or hooks.get("createRuntime")):
             return
-        from . import hooks as hk
+        from ..process import hooks as hk
 
         state = self.hook_state(pid, st.CREATING)
         for phase in ("prestart", "createRuntime"):
@@ -340,13 +346,6 @@ def _reap_primer():
         _primer_pid = 0
 
 
-def _trace(event):
-    if "KETCH_TRACE" in os.environ:
-        from ..process.sync import trace
-
-        trace(event)
-
-
 def _undo_create(c, ctx):
     if ctx is not None and ctx.init_pid:
         _kill_wait(ctx.init_pid)
@@ -432,7 +431,7 @@ def _run_poststart(c):
     hooks = (c.state.get("hooks") or {}).get("poststart")
     if not hooks:
         return
-    from . import hooks as hk
+    from ..process import hooks as hk
 
     # The spec: a failing poststart hook is a warning; the container runs on.
     hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart", warn=_warn)
@@ -442,40 +441,6 @@ def _state_for_hooks(c, status):
     s = c.state
     return {"ociVersion": s.get("ociVersion"), "id": c.id, "status": status,
             "pid": s.get("pid", 0), "bundle": s.get("bundle"), "annotations": s.get("annotations") or {}}
-
-
-SIGNALS = {n[3:]: getattr(signal, n) for n in dir(signal)
-           if n.startswith("SIG") and not n.startswith("SIG_") and n not in ("SIGRTMIN", "SIGRTMAX")}
-
-
-def signal_name(num):
-    for name, n in SIGNALS.items():
-        if n == num and name not in ("IOT", "POLL", "CLD"):
-            return "SIG" + name
-    return f"signal {num}"
-
-
-def parse_signal(text):
-    t = text.upper()
-    if t.isdigit():
-        n = int(t)
-        if 0 < n < 65:
-            return n
-    else:
-        if t.startswith("SIG"):
-            t = t[3:]
-        if t in SIGNALS:
-            return SIGNALS[t]
-        if t.startswith("RTMIN") or t.startswith("RTMAX"):
-            base = signal.SIGRTMIN if t.startswith("RTMIN") else signal.SIGRTMAX
-            off = t[5:]
-            try:
-                n = base + int(off) if off else base
-                if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
-                    return n
-            except ValueError:
-                pass
-    raise errors.UsageError(f"unknown signal {text!r}")
 
 
 def kill(store, cid, sig, all_procs=False):
@@ -614,7 +579,7 @@ def _destroy(c):
                 time.sleep(0.01)
     hooks = (c.state.get("hooks") or {}).get("poststop")
     if hooks:
-        from . import hooks as hk
+        from ..process import hooks as hk
 
         # The spec: a poststop failure is logged, the deletion goes on.
         hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop", warn=_warn)
@@ -624,21 +589,23 @@ def _destroy(c):
 def _unmount_under(root):
     """Undo the mounts a container without its own mount namespace made in
     ours: everything at or below its rootfs, deepest (latest) first."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
+    from ..linux.mountopts import MNT_DETACH
+    from ..linux.mounts import unescape_mountinfo
 
     root = root.rstrip("/")
     with open("/proc/self/mountinfo", "rb") as f:
-        points = [line.split()[4].decode().encode().decode("unicode_escape") for line in f]
+        points = [unescape_mountinfo(os.fsdecode(line.split()[4])) for line in f]
     for mp in reversed(points):
         if mp == root or mp.startswith(root + "/"):
             try:
-                _libc.umount2(mp, 2)  # MNT_DETACH
+                _libc.umount2(mp, MNT_DETACH)
             except OSError:
                 pass
 
 
 def _warn(msg):
-    from ..cli import log
+    from .. import log
 
     log.warning(msg)
 
@@ -666,7 +633,7 @@ def run(store, cid, opts):
     signals, delete.  Returns the exit code for the CLI."""
     store.path(cid)
     _prime_unified()
-    from ..linux import _libc
+    from ..linux import libc as _libc
 
     if opts.detach:
         c = create(store, cid, opts, _keep_lock=True)
@@ -679,7 +646,7 @@ def run(store, cid, opts):
 
     # Become the subreaper: when stage-1 exits, the init is re-parented to us
     # so that we can wait for it and return its exit status.
-    _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
     tty = None
     from .. import spec
 
@@ -696,7 +663,7 @@ def run(store, cid, opts):
             tty.close()
         raise
     pid = c.pid
-    forward = _forward_signals(pid)
+    forward = signals.forward_signals(pid)
     try:
         if tty:
             tty.receive_master()
@@ -705,12 +672,12 @@ def run(store, cid, opts):
         status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
         _trace("init exited")
     except BaseException:
-        _restore_signals(forward)
+        signals.restore_signals(forward)
         if tty:
             tty.close()
         _try_force_delete(store, cid)
         raise
-    _restore_signals(forward)
+    signals.restore_signals(forward)
     if tty:
         tty.close()
     if not opts.keep:
@@ -725,56 +692,8 @@ def _try_force_delete(store, cid):
         pass
 
 
-def exit_code(status):
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
-
-
-def reap_until(pid):
-    """Reap children until ``pid`` exits and return its wait status; other
-    orphans that reach us as subreaper (containers without a pid namespace)
-    are reaped on the way.  255 as the exit status if it was never ours."""
-    while True:
-        try:
-            got, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 255 << 8
-        if got == pid:
-            return status
-
-
 def _wait_init(pid):
-    return exit_code(reap_until(pid))
-
-
-_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGURG, signal.SIGWINCH}
-
-
-def _forward_signals(pid):
-    def handler(sig, frame):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    old = {}
-    for s in range(1, signal.NSIG):
-        if s in _NOT_FORWARDED:
-            continue
-        try:
-            old[s] = signal.signal(s, handler)
-        except (OSError, ValueError):
-            pass
-    return old
-
-
-def _restore_signals(old):
-    for s, h in old.items():
-        try:
-            signal.signal(s, h)
-        except (OSError, ValueError, TypeError):
-            pass
+    return signals.exit_code(signals.reap_until(pid))
 
 
 def default_store(root=None):

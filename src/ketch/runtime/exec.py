@@ -215,7 +215,7 @@ def _load_config(c):
 
 def exec_process(store, cid, opts):
     """Start the process; in the foreground wait for it and return its exit code."""
-    from ..linux import _libc
+    from ..linux import libc as _libc
     from ..process import setns
 
     if opts.preserve_fds < 0:
@@ -264,7 +264,7 @@ def exec_process(store, cid, opts):
             if not opts.detach:
                 # The process is our grandchild: when the intermediate exits it
                 # is re-parented to us, so we can wait for it.
-                _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+                _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
                 # A signal that arrives between the fork and the forwarding
                 # handlers must reach the process, not kill us: hold them
                 # pending; the children restore the mask at once.
@@ -272,7 +272,7 @@ def exec_process(store, cid, opts):
             try:
                 pid = setns.spawn(ctx)
             except errors.SetupError as e:
-                raise ExecFailed(e.step, e.cause) from None
+                raise ExecFailed(e.step, e.reason) from None
         finally:
             os.close(pidfd)
     except BaseException:
@@ -293,9 +293,9 @@ def exec_process(store, cid, opts):
 
 
 def _forwarded():
-    from .container import _NOT_FORWARDED
+    from ..linux.signals import NOT_FORWARDED
 
-    return [s for s in signal.valid_signals() if s not in _NOT_FORWARDED
+    return [s for s in signal.valid_signals() if s not in NOT_FORWARDED
             and s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
@@ -349,9 +349,9 @@ def _caller_size():
 
 
 def _wait(pid, tty, sigmask):
-    from .container import _forward_signals, _restore_signals, exit_code
+    from ..linux.signals import exit_code, forward_signals, restore_signals
 
-    forward = _forward_signals(pid)
+    forward = forward_signals(pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     try:
         if tty is not None:
@@ -365,6 +365,6 @@ def _wait(pid, tty, sigmask):
             if got == pid:
                 return exit_code(status)
     finally:
-        _restore_signals(forward)
+        restore_signals(forward)
         if tty is not None:
             tty.close()

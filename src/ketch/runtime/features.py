@@ -36,10 +36,8 @@ def _version():
 
 
 def _caps():
-    try:
-        from ..linux import capabilities
-    except ImportError:  # pragma: no cover
-        return []
+    from ..linux import capabilities
+
     return [capabilities.name(i) for i in range(capabilities.last_cap() + 1)]
 
 

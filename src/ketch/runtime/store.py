@@ -16,10 +16,13 @@ import fcntl
 from .. import _json as json
 import os
 
+from .. import RUN_DIR
+
 from ..errors import ContainerExists, ContainerNotFound, KetchError
+from ..linux.procfs import proc_start_time
 from . import status as st
 
-DEFAULT_ROOT = "/run/ketch"
+DEFAULT_ROOT = RUN_DIR
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 FIFO = "exec.fifo"
@@ -37,28 +40,6 @@ def validate_id(cid):
         raise KetchError(f"invalid container id {cid!r}: use letters, digits and _ . + - "
                          "(starting with a letter or digit), not a path")
     return cid
-
-
-def proc_start_time(pid):
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), and the state letter.
-
-    Returns (None, None) when the pid does not exist.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None, None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    return int(rest[19]), rest[0].decode()
-
-
-def now_rfc3339():
-    import time
-
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%09dZ" % int((t % 1) * 1e9)
 
 
 class Store:

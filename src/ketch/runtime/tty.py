@@ -47,7 +47,7 @@ class ForegroundTerminal:
 
     def proxy_until_exit(self, pid):
         """Copy stdin -> pty and pty -> stdout until the init exits; return its exit code."""
-        from .container import exit_code, reap_until
+        from ..linux.signals import exit_code, reap_until
 
         pidfd = os.pidfd_open(pid)
         poller = select.poll()

@@ -127,7 +127,7 @@ class Networks:
         """The conflist of a network named by name, an alias of the default or an id prefix."""
         if ref in C.BRIDGE_ALIASES or ref == C.DEFAULT_NETWORK:
             return self._default()
-        conf = self._read(ref) if C._NAME_RE.match(ref or "") else None
+        conf = self._read(ref) if C.NAME_RE.match(ref or "") else None
         if conf is not None:
             return conf
         hits = [c for c in self._all() if c["ketch"]["id"].startswith(ref or "-")]
@@ -214,7 +214,7 @@ class Networks:
             # the network going is the time.
             subprocess.run(["ip", "link", "delete", bridge, "type", "bridge"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            _iptables_drop_isolation(bridge)
+            iptables_drop_isolation(bridge)
 
     def prune(self, in_use=()):
         """Remove user networks no container uses (`in_use`: names containers are configured for),
@@ -492,7 +492,7 @@ def _summary(result, ifname):
     return out
 
 
-def _iptables_drop_isolation(bridge):
+def iptables_drop_isolation(bridge):
     """The firewall plugin's same-bridge ingress policy leaves one rule per bridge in
     CNI-ISOLATION-STAGE-1/2 (it cannot know the last container of a bridge went);
     remove those of a bridge that is gone."""
@@ -509,7 +509,7 @@ def _iptables_drop_isolation(bridge):
 
 
 def _now():
-    from ketch.runtime.store import now_rfc3339
+    from ketch.log import now_rfc3339
     return now_rfc3339()
 
 

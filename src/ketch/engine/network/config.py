@@ -13,14 +13,14 @@ DEFAULT_NETWORK = "ketch0"
 DEFAULT_SUBNET = "10.89.0.0/24"
 BRIDGE_ALIASES = ("bridge", "default")
 IFNAME = "eth0"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 # Subnets ketch hands out to `network create` without --subnet: next to the
 # default, away from podman's 10.88.0.0/16 and Docker's 172.17.0.0/16.
 AUTO_SUBNETS = ("10.89.%d.0/24", range(1, 256))
 
 
 def valid_network_name(name):
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 64:
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
         raise ConfigError(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
     if name in ("host", "none") or name in BRIDGE_ALIASES or name.startswith("container:"):
         raise ConfigError(f"network name {name!r} is reserved")
@@ -115,7 +115,7 @@ def parse_network_mode(text):
         if not ref:
             raise ConfigError(f"invalid --network {text!r}: want container:NAME")
         return "container", ref
-    if not _NAME_RE.match(text):
+    if not NAME_RE.match(text):
         raise ConfigError(f"invalid --network {text!r}: want none, host, bridge, NAME or container:NAME")
     return "bridge", text
 

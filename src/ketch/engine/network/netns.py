@@ -4,7 +4,7 @@ path; DEL still finds the interfaces after the container died)."""
 
 import os
 
-from ketch.errors import KetchError
+from ketch.errors import KetchError, describe_oserror
 
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 0x1000
@@ -14,7 +14,7 @@ _MNT_DETACH = 2
 def create(path):
     """A new network namespace bound at `path` (a new file).  Only the calling thread
     enters it, and returns to its own before this returns."""
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
     orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -33,7 +33,8 @@ def create(path):
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise KetchError(f"create network namespace {path}: {os.strerror(e.errno or 0).lower()}") from e
+            what = f"create network namespace {path}"
+            raise KetchError(f"{what}: {describe_oserror(e, what)}") from e
         raise
     os.close(orig)
     return path
@@ -50,7 +51,7 @@ def is_mounted(path):
 
 def remove(path):
     """Unmount and delete a namespace file; the namespace goes when its last user does."""
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
     for _ in range(8):  # stacked binds (a mount repeated by a crash loop) come off one by one
         try:
             _libc.umount2(path, _MNT_DETACH)

@@ -47,11 +47,11 @@ def prepare(store, o, cid):
         target = store.resolve(arg)
         if target == cid:
             raise ConfigError("a container cannot join its own network namespace")
-        trec = store._load(target)
+        trec = store.state(target)
         tnet = trec.get("KetchNetwork") or {}
         if tnet.get("mode") == "container":  # join what the other one joined
             target = tnet["container"]
-            trec = store._load(target)
+            trec = store.state(target)
             tnet = trec.get("KetchNetwork") or {}
         net["container"] = target
         net["hostname"] = trec["Config"]["Hostname"]

@@ -19,7 +19,8 @@ import stat
 
 from ketch.errors import StorageError, describe_oserror
 from ketch.engine import idmap
-from ketch.engine.storage import Driver, changes as _changes, check_id
+from ketch.engine.storage import changes as _changes
+from ketch.engine.storage.driver import Driver, check_id
 from ketch.engine.storage.vfs import set_label
 from ketch.engine.util import atomic_write, mkdir_all, remove_tree
 
@@ -46,7 +47,7 @@ class OverlayDriver(Driver):
         except OSError:
             return False
         import tempfile
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         parent = home
         while not os.path.isdir(parent):
             parent = os.path.dirname(parent)
@@ -154,12 +155,9 @@ class OverlayDriver(Driver):
             return merged
         data = f"lowerdir={lower},upperdir={layer_id}/diff,workdir={layer_id}/work"
         if mount_label:
-            try:
-                from ketch.linux.label import format_mount_label
-                data = format_mount_label(data, mount_label)
-            except ImportError:
-                pass
-        from ketch.linux import _libc
+            from ketch.linux.label import format_mount_label
+            data = format_mount_label(data, mount_label)
+        from ketch.linux import libc as _libc
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
             os.chdir(self.home)
@@ -175,7 +173,7 @@ class OverlayDriver(Driver):
         merged = os.path.join(self._dir(layer_id), "merged")
         if not os.path.ismount(merged):
             return
-        from ketch.linux import _libc
+        from ketch.linux import libc as _libc
         try:
             _libc.umount2(merged, 0)
         except OSError as e:

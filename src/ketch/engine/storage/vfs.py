@@ -9,18 +9,17 @@ import stat
 
 from ketch.errors import StorageError, describe_oserror
 from ketch.engine import idmap
-from ketch.engine.storage import Driver, changes as _changes, check_id
+from ketch.engine.storage import changes as _changes
+from ketch.engine.storage.driver import Driver, check_id
 from ketch.engine.util import mkdir_all, remove_tree
 
 
 def set_label(path, mount_label):
-    """Label `path` for the container's MAC context; a no-op until ketch.linux.label exists."""
+    """Label `path` for the container's MAC context."""
     if not mount_label:
         return
-    try:
-        from ketch.linux.label import set_file_label
-    except ImportError:
-        return
+    from ketch.linux.label import set_file_label
+
     set_file_label(path, mount_label)
 
 

@@ -45,9 +45,9 @@ def cgroup_mounts_for(pid="self", hierarchies=None, proc="/proc"):
 
 def detect_layout(mountinfo="/proc/self/mountinfo"):
     """"v1", "v2", "hybrid" or "none" for this host."""
-    from .mounts import layout_of, read_mountinfo
+    from .mounts import layout_of, read_hierarchies
 
-    return layout_of(read_mountinfo(mountinfo))
+    return layout_of(read_hierarchies(mountinfo))
 
 
 __all__ = ["CgroupError", "Manager", "cgroup_mounts_for", "cgroup_path", "detect_layout"]

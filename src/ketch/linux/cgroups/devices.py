@@ -134,7 +134,7 @@ _BPF_F_ALLOW_MULTI = 2
 def _bpf(cmd, attr, what):
     import ctypes
 
-    from ketch.linux import _libc
+    from ketch.linux import libc as _libc
 
     try:
         return _libc.bpf(cmd, ctypes.addressof(attr), ctypes.sizeof(attr))

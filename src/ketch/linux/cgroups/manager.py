@@ -53,8 +53,8 @@ class Manager:
         linux = linux or {}
         path = cgroup_path(container_id, linux.get("cgroupsPath"), root_cgroup_parent)
         if hierarchies is None:
-            from .mounts import read_mountinfo
-            hierarchies = read_mountinfo()
+            from .mounts import read_hierarchies
+            hierarchies = read_hierarchies()
         if not hierarchies:
             raise CgroupError("no cgroup hierarchy is mounted (none in /proc/self/mountinfo)")
         dirs = {}

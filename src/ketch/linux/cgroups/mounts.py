@@ -49,44 +49,24 @@ class Hierarchy:
         return f"Hierarchy({self.mountpoint!r}, {self.root!r}, {self.subsystems!r}, v{self.version})"
 
 
-def _unescape(field):
-    # mountinfo octal-escapes space, tab, newline and backslash.
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text):
+def hierarchies_in(text):
     """Cgroup hierarchies in mountinfo ``text``, one per hierarchy, in mount order.
 
     When a hierarchy is mounted more than once, the mount of its root wins,
     else the first mount seen.
     """
+    from ketch.linux.mounts import parse_mountinfo
+
     found = {}
-    for line in text.splitlines():
-        pre, sep, post = line.partition(" - ")
-        if not sep:
+    for m in parse_mountinfo(text):
+        if m.fstype not in ("cgroup", "cgroup2"):
             continue
-        post = post.split()
-        if len(post) < 3 or post[0] not in ("cgroup", "cgroup2"):
-            continue
-        pre = pre.split()
-        if len(pre) < 5:
-            continue
-        root, mountpoint = _unescape(pre[3]), _unescape(pre[4])
-        if post[0] == "cgroup2":
+        root, mountpoint = m.root, m.mountpoint
+        if m.fstype == "cgroup2":
             subs, version = (), 2
         else:
             subs = []
-            for opt in post[2].split(","):
+            for opt in m.super_options:
                 if opt in V1_SUBSYSTEMS or opt.startswith("name="):
                     subs.append(opt)
             version = 1
@@ -97,9 +77,9 @@ def parse_mountinfo(text):
     return list(found.values())
 
 
-def read_mountinfo(path="/proc/self/mountinfo"):
+def read_hierarchies(path="/proc/self/mountinfo"):
     with open(path) as f:
-        return parse_mountinfo(f.read())
+        return hierarchies_in(f.read())
 
 
 def layout_of(hierarchies):
@@ -152,7 +132,7 @@ def cgroup_mounts_for(pid="self", hierarchies=None, proc="/proc"):
     symlink per controller name; for v2 a fresh cgroup2 mount.
     """
     if hierarchies is None:
-        hierarchies = read_mountinfo(f"{proc}/self/mountinfo")
+        hierarchies = read_hierarchies(f"{proc}/self/mountinfo")
     member = proc_cgroup(pid, proc)
     out = []
     for h in hierarchies:

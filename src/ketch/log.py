@@ -12,6 +12,13 @@ import sys
 _state = {"path": "", "format": "text", "debug": False}
 
 
+def now_rfc3339():
+    import time
+
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%09dZ" % int((t % 1) * 1e9)
+
+
 def configure(path, fmt, debug):
     _state["path"] = path
     _state["format"] = fmt
@@ -20,12 +27,9 @@ def configure(path, fmt, debug):
 
 def _record(level, msg):
     if _state["format"] == "json":
-        from .. import _json as json
-        from ..runtime.store import now_rfc3339
+        from . import _json as json
 
         return json.dumps({"level": level, "msg": msg, "time": now_rfc3339()}) + "\n"
-    from ..runtime.store import now_rfc3339
-
     esc = msg.replace("\\", "\\\\").replace('"', '\\"')
     return f'time="{now_rfc3339()}" level={level} msg="{esc}"\n'
 

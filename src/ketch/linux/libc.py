@@ -1,6 +1,7 @@
 """Thin ctypes wrappers over the Linux syscalls Python 3.11 does not expose.
 
-Every wrapper raises ``OSError(errno, strerror, path)`` on failure, retries
+Every wrapper raises ``ketch.errors.SyscallError`` on failure (an OSError of
+the errno's own subclass that also names the call, ``.op``), retries
 EINTR, and turns a syscall the kernel lacks into ENOSYS so callers can fall
 back.  Nothing here knows about containers.
 
@@ -18,6 +19,8 @@ import errno as _errno
 import os
 
 from _ctypes import Structure, byref, get_errno, sizeof
+
+from ketch.errors import syscall_error
 
 
 class c_int(_ctypes._SimpleCData):
@@ -80,20 +83,20 @@ if _MACHINE == "x86_64":
     NR = dict(pivot_root=155, setns=308, capget=125, capset=126, openat2=437,
               open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
               clone3=435, ioprio_set=251, personality=135, keyctl=250,
-              sched_setattr=314, fsopen=430, fsconfig=431, fsmount=432)
+              sched_setattr=314, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=252)
 elif _MACHINE == "aarch64":
     NR = dict(pivot_root=41, setns=268, capget=90, capset=91, openat2=437,
               open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
               clone3=435, ioprio_set=30, personality=92, keyctl=219,
-              sched_setattr=274, fsopen=430, fsconfig=431, fsmount=432)
+              sched_setattr=274, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=31)
 else:  # pragma: no cover
     NR = {}
 
 
-def _check(ret, what, path=None, path2=None):
+def check(ret, what, path=None, path2=None):
     if ret == -1:
         e = get_errno()
-        raise OSError(e, os.strerror(e), path, None, path2) if path2 else OSError(e, os.strerror(e), path)
+        raise syscall_error(what, e, path, path2 or None)
     return ret
 
 
@@ -127,15 +130,15 @@ _libc.umount2.argtypes = [c_char_p, c_int]
 
 def mount(source, target, fstype, flags=0, data=None):
     ret = _retry(_libc.mount, _b(source), _b(target), _b(fstype), flags, _b(data) if data else None)
-    return _check(ret, "mount", target)
+    return check(ret, "mount", target)
 
 
 def umount2(target, flags=0):
-    return _check(_retry(_libc.umount2, _b(target), flags), "umount2", target)
+    return check(_retry(_libc.umount2, _b(target), flags), "umount2", target)
 
 
 def pivot_root(new_root, put_old):
-    return _check(raw_syscall("pivot_root", _b(new_root), _b(put_old)), "pivot_root", new_root)
+    return check(raw_syscall("pivot_root", _b(new_root), _b(put_old)), "pivot_root", new_root)
 
 
 class OpenHow(Structure):
@@ -157,7 +160,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 def openat2(dirfd, path, flags, mode=0, resolve=0):
     how = OpenHow(flags, mode, resolve)
     ret = raw_syscall("openat2", c_int(dirfd), _b(path), byref(how), c_size_t(sizeof(how)))
-    return _check(ret, "openat2", path)
+    return check(ret, "openat2", path)
 
 
 OPEN_TREE_CLONE = 1
@@ -166,13 +169,13 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 
 def open_tree(dirfd, path, flags):
-    return _check(raw_syscall("open_tree", c_int(dirfd), _b(path), c_uint(flags)), "open_tree", path)
+    return check(raw_syscall("open_tree", c_int(dirfd), _b(path), c_uint(flags)), "open_tree", path)
 
 
 def move_mount(from_dirfd, from_path, to_dirfd, to_path, flags):
     ret = raw_syscall("move_mount", c_int(from_dirfd), _b(from_path), c_int(to_dirfd),
                       _b(to_path), c_uint(flags))
-    return _check(ret, "move_mount", to_path)
+    return check(ret, "move_mount", to_path)
 
 
 class MountAttr(Structure):
@@ -184,59 +187,63 @@ def mount_setattr(dirfd, path, flags, attr_set=0, attr_clr=0, propagation=0, use
     attr = MountAttr(attr_set, attr_clr, propagation, userns_fd)
     ret = raw_syscall("mount_setattr", c_int(dirfd), _b(path), c_uint(flags),
                       byref(attr), c_size_t(sizeof(attr)))
-    return _check(ret, "mount_setattr", path)
+    return check(ret, "mount_setattr", path)
 
 
 # ---- namespaces and processes ----------------------------------------------
 
 def unshare(flags):
-    return _check(_retry(_libc.unshare, c_int(flags)), "unshare")
+    return check(_retry(_libc.unshare, c_int(flags)), "unshare")
 
 
 def setns(fd, nstype=0):
-    return _check(raw_syscall("setns", c_int(fd), c_int(nstype)), "setns")
+    return check(raw_syscall("setns", c_int(fd), c_int(nstype)), "setns")
 
 
 _libc.prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
 
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
 
 def prctl(option, a2=0, a3=0, a4=0, a5=0):
-    return _check(_retry(_libc.prctl, option, a2, a3, a4, a5), "prctl")
+    return check(_retry(_libc.prctl, option, a2, a3, a4, a5), "prctl")
 
 
 def sethostname(name):
     b = _b(name)
-    return _check(_libc.sethostname(b, c_size_t(len(b))), "sethostname")
+    return check(_libc.sethostname(b, c_size_t(len(b))), "sethostname")
 
 
 def setdomainname(name):
     b = _b(name)
-    return _check(_libc.setdomainname(b, c_size_t(len(b))), "setdomainname")
+    return check(_libc.setdomainname(b, c_size_t(len(b))), "setdomainname")
 
 
 def setgroups(gids):
     arr = (c_uint * len(gids))(*gids)
-    return _check(_libc.setgroups(c_size_t(len(gids)), arr), "setgroups")
+    return check(_libc.setgroups(c_size_t(len(gids)), arr), "setgroups")
 
 
 def personality(persona):
     ret = raw_syscall("personality", c_ulong(persona))
-    return _check(ret, "personality")
+    return check(ret, "personality")
 
 
 def ioprio_set(which, who, ioprio):
-    return _check(raw_syscall("ioprio_set", c_int(which), c_int(who), c_int(ioprio)),
+    return check(raw_syscall("ioprio_set", c_int(which), c_int(who), c_int(ioprio)),
                   "ioprio_set")
 
 
 def keyctl(op, a2=0, a3=0, a4=0, a5=0):
-    return _check(raw_syscall("keyctl", c_int(op), c_ulong(a2), c_ulong(a3),
+    return check(raw_syscall("keyctl", c_int(op), c_ulong(a2), c_ulong(a3),
                               c_ulong(a4), c_ulong(a5)), "keyctl")
 
 
 def keyctl_join_session(name):
     # KEYCTL_JOIN_SESSION_KEYRING = 1
-    return _check(raw_syscall("keyctl", c_int(1), _b(name)), "keyctl")
+    return check(raw_syscall("keyctl", c_int(1), _b(name)), "keyctl")
 
 
 class CapHeader(Structure):
@@ -254,7 +261,7 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 def capget(pid=0):
     hdr = CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = (CapData * 2)()
-    _check(raw_syscall("capget", byref(hdr), data), "capget")
+    check(raw_syscall("capget", byref(hdr), data), "capget")
     join = lambda f: getattr(data[0], f) | (getattr(data[1], f) << 32)  # noqa: E731
     return join("effective"), join("permitted"), join("inheritable")
 
@@ -267,7 +274,7 @@ def capset(effective, permitted, inheritable, pid=0):
         data[i].effective = (effective >> sh) & 0xFFFFFFFF
         data[i].permitted = (permitted >> sh) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> sh) & 0xFFFFFFFF
-    return _check(raw_syscall("capset", byref(hdr), data), "capset")
+    return check(raw_syscall("capset", byref(hdr), data), "capset")
 
 
 # ---- misc ---------------------------------------------------------------------
@@ -291,4 +298,4 @@ def bpf(cmd, attr_addr, size):
         raise OSError(_errno.ENOSYS, f"bpf unsupported on {_MACHINE}")
     ret = _retry(_syscall, c_long(_NR_BPF), c_int(cmd), c_void_p(attr_addr),
                  c_uint(size))
-    return _check(ret, "bpf")
+    return check(ret, "bpf")

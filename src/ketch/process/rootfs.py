@@ -22,8 +22,9 @@ import stat as _stat
 
 from ketch.errors import ConfigError, SecurityError, SetupError, describe_oserror
 from ketch.linux import paths
-from ketch.linux.mountopts import MS, parse_options
+from ketch.linux.mountopts import MNT_DETACH, MS, parse_options
 from ketch.linux.mounts import describe, ms_from_statvfs
+from ketch.trace import trace as _trace
 
 # Mounts over procfs files that cannot reach beyond the container (runc's list).
 PROC_ALLOWED = frozenset((
@@ -40,14 +41,6 @@ _ROOT_PROPAGATION = {
 # Flags the kernel locks on a mount made in a less privileged user namespace;
 # a bind remount that would drop one of them fails with EPERM.
 _LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIRATIME | MS.RELATIME
-_MNT_DETACH = 2
-
-
-def _trace(event):
-    if "KETCH_TRACE" in os.environ:
-        from ketch.process.sync import trace
-
-        trace(event)
 
 
 def _default_sys(sys):
@@ -77,20 +70,16 @@ def _labeling(label):
     """True when files are to be labeled: a label given and SELinux on (so plan shows only real steps)."""
     if not label:
         return False
-    try:
-        from ketch.linux import label as lab
-    except ImportError:
-        return False
-    return getattr(lab, "enabled", lambda: True)()
+    from ketch.linux import label as lab
+
+    return lab.enabled()
 
 
 def _label_data(data, label):
     if not label:
         return data
-    try:
-        from ketch.linux.label import format_mount_label
-    except ImportError:
-        return data
+    from ketch.linux.label import format_mount_label
+
     return format_mount_label(data, label)
 
 
@@ -355,9 +344,9 @@ def _tmpcopyup(eng, m, host, flags, data):
             eng.on_mount(host, lambda h: sys.copy_tree(old.proc, h.proc), f"tmpcopyup: copy {m.dest}")
         except SetupError as e:
             try:
-                eng.on_mount(host, lambda h: sys.umount2(h, _MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
+                eng.on_mount(host, lambda h: sys.umount2(h, MNT_DETACH), f"tmpcopyup: unmount {m.dest}")
             except SetupError as e2:
-                raise SetupError(e.step, f"{e.cause}; and then {e2}") from e
+                raise SetupError(e.step, f"{e.reason}; and then {e2}") from e
             raise
     finally:
         sys.release(old)
@@ -495,49 +484,32 @@ _HANDLERS = {
 def cgroup_hierarchies(sys, given=None):
     """[{version, mountpoint, root, subsystems, path}] for this process, one per hierarchy.
 
-    `given` (from ketch.linux.cgroups) may be dicts or objects with those names.
-    Otherwise derived from /proc/self/cgroup and /proc/self/mountinfo.
+    `given` (tests, plans) is a list of such dicts, missing keys defaulted.
+    Otherwise the hierarchies of ketch.linux.cgroups.mounts this process is in,
+    read through ``sys`` from /proc/self/mountinfo and /proc/self/cgroup.
     """
     if given is not None:
         out = []
         for g in given:
-            get = g.get if isinstance(g, dict) else (lambda k, g=g: getattr(g, k, None))
-            out.append({"version": get("version") or (2 if not get("subsystems") else 1),
-                        "mountpoint": get("mountpoint"), "root": get("root") or "/",
-                        "subsystems": list(get("subsystems") or ()), "path": get("path") or "/"})
+            out.append({"version": g.get("version") or (2 if not g.get("subsystems") else 1),
+                        "mountpoint": g.get("mountpoint"), "root": g.get("root") or "/",
+                        "subsystems": list(g.get("subsystems") or ()), "path": g.get("path") or "/"})
         return out
-    from ketch.linux.mounts import parse_mountinfo, parse_proc_cgroup
+    from ketch.linux.cgroups.mounts import hierarchies_in, parse_proc_cgroup
 
-    own = parse_proc_cgroup(sys.read_text("/proc/self/cgroup"))
-    by_ctrl = {}
-    v2_path = None
-    for _hid, ctrls, path in own:
-        if not ctrls:
-            v2_path = path
-        for c in ctrls:
-            by_ctrl[c] = path
+    member = parse_proc_cgroup(sys.read_text("/proc/self/cgroup"))
     out = []
-    seen = set()
-    for mi in parse_mountinfo(sys.read_text("/proc/self/mountinfo")):
-        if mi.fstype == "cgroup":
-            subs = [o for o in mi.super_options if o in by_ctrl]
-            if not subs or tuple(subs) in seen:
-                continue
-            seen.add(tuple(subs))
-            out.append({"version": 1, "mountpoint": mi.mountpoint, "root": mi.root,
-                        "subsystems": subs, "path": by_ctrl[subs[0]]})
-        elif mi.fstype == "cgroup2" and v2_path is not None and ("v2",) not in seen:
-            seen.add(("v2",))
-            out.append({"version": 2, "mountpoint": mi.mountpoint, "root": mi.root,
-                        "subsystems": [], "path": v2_path})
+    for h in hierarchies_in(sys.read_text("/proc/self/mountinfo")):
+        if h.version == 1 and not h.subsystems:
+            continue
+        path = member.get(",".join(sorted(h.subsystems)))
+        if path is not None:
+            out.append({"version": h.version, "mountpoint": h.mountpoint, "root": h.root,
+                        "subsystems": list(h.subsystems), "path": path})
     return out
 
 
 # ---- the ordered steps ---------------------------------------------------------
-
-def _namespaces(config):
-    return {ns.get("type"): ns.get("path") for ns in ((config.get("linux") or {}).get("namespaces") or ())}
-
 
 def _check_rootfs(eng):
     for d in ("/proc", "/sys"):
@@ -665,7 +637,7 @@ def _pivot(eng, no_pivot):
             sys.fchdir(oldfd)
             # slave first, so unmounting the old root does not propagate to the host
             eng.step("make the old root a slave", sys.mount, None, ".", None, MS.SLAVE | MS.REC, None)
-            eng.step("unmount the old root", sys.umount2, ".", _MNT_DETACH)
+            eng.step("unmount the old root", sys.umount2, ".", MNT_DETACH)
         finally:
             sys.close(oldfd)
             sys.close(newfd)
@@ -679,7 +651,9 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     sys = _default_sys(sys)
     eng = _Engine(rootfs_path, sys, mount_label)
     mounts = [Mount(m, bundle) for m in (config.get("mounts") or ())]
-    nss = _namespaces(config)
+    from ketch.spec import namespaces
+
+    nss = namespaces(config)
     _check_rootfs(eng)
 
     # Without a mount namespace of its own the container shares the runtime's:
@@ -794,7 +768,7 @@ def rootfs_of(config, bundle):
 
 def plan(config, bundle):
     """The ordered steps prepare/mount_console/finalize would carry out, changing nothing."""
-    from ketch.linux.syscalls import PlanningSyscalls
+    from ketch.linux.planning import PlanningSyscalls
 
     bundle = os.path.abspath(bundle)
     root = rootfs_of(config, bundle)
