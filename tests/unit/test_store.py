@@ -90,3 +90,21 @@ def test_save_is_atomic(tmp_path):
     c.save()
     assert sorted(os.listdir(c.dir)) == ["state.json"]
     c.remove_dir()
+
+
+def test_a_create_killed_before_state_json_is_found_only_by_delete_force(tmp_path):
+    """A create that died between its mkdir and its first state.json (issue 18):
+    invisible to list and to plain verbs, found as a stopped container by
+    the half_made lookup delete --force uses, which removes the directory."""
+    s = Store(str(tmp_path / "root"))
+    c = s.new("half")
+    with open(os.path.join(c.dir, "config.json"), "w") as f:
+        f.write("{}")
+    c.unlock()  # the creator's death releases its lock
+    assert s.ids() == []
+    with pytest.raises(ContainerNotFound):
+        s.get("half")
+    h = s.get("half", half_made=True)
+    assert h.status() == "stopped"
+    h.remove_dir()
+    assert not os.path.exists(os.path.join(s.root, "half"))

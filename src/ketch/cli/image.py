@@ -63,7 +63,11 @@ def parse_sub(group, subs, aliases, opts, args):
     """(sub-verb name, its options merged with the group's, its arguments), or (None, ...) after help."""
     from ..errors import UsageError
     from .main import parse_flags
-    if not args or args[0] in ("help", "--help", "-h"):
+    if not args:
+        # A failure is one line on stderr (the usage is what --help is for).
+        raise UsageError(f"ketch {group}: a command is required: {', '.join(subs)} "
+                         f"(see 'ketch {group} --help')")
+    if args[0] in ("help", "--help", "-h"):
         sys.stdout.write(usage(group, subs))
         return None, None, None
     name = aliases.get(args[0], args[0])

@@ -196,6 +196,7 @@ class ContainerStore:
         name = None
         try:
             with self._lock():
+                self._sweep_half_made()
                 name = _valid_name(o["name"]) if o["name"] else self._new_name()
                 try:
                     os.symlink(cid, self._p("names", name))
@@ -208,6 +209,9 @@ class ContainerStore:
                 # uid) must be able to reach the files bind-mounted from here.
                 os.mkdir(cdir, 0o711)
                 os.chmod(cdir, 0o711)
+                me = os.getpid()
+                with open(os.path.join(cdir, "creating"), "w") as f:
+                    f.write(f"{me} {proc_start_time(me)[0]}")
             labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)
@@ -439,8 +443,47 @@ class ContainerStore:
 
     # -- removal --
 
+    def _sweep_half_made(self):
+        """Under the lock: remove what a create or rm killed half-way left --
+        a container directory without record.json whose creator is gone (its
+        name, its layer and the layer's mount with it), a renamed-away
+        directory of an rm.  Found by `tests/reliability/faults.py`
+        (SIGKILL of `container run` between the layer's mount and the record)."""
+        try:
+            entries = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for n in entries:
+            d = self._p(n)
+            if n.startswith(".rm-") and len(n) == 68:
+                remove_tree(d)
+                continue
+            if len(n) != 64 or os.path.exists(os.path.join(d, "record.json")):
+                continue
+            try:
+                with open(os.path.join(d, "creating")) as f:
+                    pid, start = f.read().split()
+                if _alive(int(pid), int(start) if start != "None" else None):
+                    continue
+            except (FileNotFoundError, ValueError):
+                pass  # killed between the mkdir and the marker (both under the lock)
+            try:
+                self.driver.remove(n)  # unmounts it first
+            except (OSError, KetchError):
+                pass  # never made
+            for link in os.listdir(self._p("names")):
+                lp = self._p("names", link)
+                try:
+                    if os.readlink(lp) == n:
+                        os.unlink(lp)
+                except OSError:
+                    pass
+            remove_tree(d)
+
     def remove(self, ref, force=False):
         from ketch.runtime import mcs
+        with self._lock():
+            self._sweep_half_made()
         cid = self.resolve(ref)
         rec = self.state(cid)
         if rec["State"]["Status"] in ("running", "starting"):

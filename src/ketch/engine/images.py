@@ -577,6 +577,11 @@ class ImageStore:
                 cfg_name, layer_names = e["Config"], list(e["Layers"])
             except (KeyError, TypeError):
                 raise ImageError("manifest.json: an entry lacks Config or Layers") from None
+            tags = e.get("RepoTags") or []
+            if not isinstance(cfg_name, str) or not all(isinstance(x, str) for x in layer_names) \
+                    or not isinstance(tags, list) or not all(isinstance(x, str) for x in tags):
+                raise ImageError("manifest.json: Config, Layers and RepoTags must name files and tags "
+                                 "(strings)")
             with src.open(cfg_name) as f:
                 config_bytes = f.read()
             got = hashlib.sha256(config_bytes).hexdigest()
@@ -589,7 +594,7 @@ class ImageStore:
                 with src.open(ln) as f:
                     d, size = self._put_blob(txn, f, "sha256:" + m.group(1) if m else None)
                 layers.append((d, self._layer_media_type(d), size))
-            names = [normalize_name(t) for t in (e.get("RepoTags") or [])]
+            names = [normalize_name(t) for t in tags]
             plan.append((config_bytes, layers, names))
         if name and len(plan) == 1 and normalize_name(name) not in plan[0][2]:
             plan[0][2].append(normalize_name(name))

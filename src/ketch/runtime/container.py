@@ -126,8 +126,10 @@ class CreateContext:
             return
         linux = self.config.get("linux") or {}
         try:
-            mgr.create()
+            # Recorded before the first mkdir: a create killed at any later
+            # point leaves delete --force the paths it has to remove.
             self._save_cgroups()
+            mgr.create()
             busy = mgr.pids()
             if busy:
                 # Two containers in one cgroup would share limits, and deleting
@@ -528,12 +530,14 @@ def _kill_wait(pid, timeout=10.0):
 
 
 def delete(store, cid, force=False):
-    c = store.get(cid)
+    c = store.get(cid, half_made=force)
     try:
         stat = c.status()
         if stat == st.CREATED:
-            # As runc: deleting a created container kills its waiting init.
-            _kill_wait(c.pid)
+            # As runc: deleting a created container kills its waiting init
+            # (and whatever it started if a `start` was killed between
+            # releasing it and removing the fifo).
+            _kill_all_wait(c)
         elif stat != st.STOPPED:
             if not force:
                 st.check_verb("delete", stat, cid)

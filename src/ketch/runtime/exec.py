@@ -271,8 +271,13 @@ def exec_process(store, cid, opts):
                 ctx.sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, _forwarded())
             try:
                 pid = setns.spawn(ctx)
-            except errors.SetupError as e:
-                raise ExecFailed(e.step, e.reason) from None
+            except (errors.SetupError, OSError) as e:
+                if _exited_meanwhile(pidfd, c.pid):
+                    raise errors.NotRunning(f"container {cid!r} is not running (its init exited "
+                                            "during the exec)") from None
+                if isinstance(e, errors.SetupError):
+                    raise ExecFailed(e.step, e.reason) from None
+                raise
         finally:
             os.close(pidfd)
     except BaseException:
@@ -308,6 +313,24 @@ def _init_pidfd(c):
         os.close(fd)
         raise errors.NotRunning(f"container {c.id!r} is not running")
     return fd
+
+
+def _exited_meanwhile(pidfd, pid):
+    """Whether the init died while we joined it.  A dying process loses
+    /proc/<pid>/root and its namespaces before its pidfd turns readable
+    (found by 50 exec/kill/delete at once: "exec: /proc/<pid>/root: no such
+    file or directory"): then give the exit a moment to complete."""
+    import select
+
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    if p.poll(0):
+        return True
+    try:
+        os.readlink(f"/proc/{pid}/root")
+        return False
+    except OSError:
+        return bool(p.poll(1000))
 
 
 def _setgroups_denied(pid):

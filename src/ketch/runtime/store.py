@@ -68,7 +68,15 @@ class Store:
         c.lock()
         return c
 
-    def get(self, cid, lock=True):
+    def get(self, cid, lock=True, half_made=False):
+        """The container ``cid``, locked unless ``lock`` is false.
+
+        With ``half_made`` (delete --force), a directory without state.json
+        is returned too, as a stopped container with nothing recorded: a
+        create holds the lock from its mkdir to its end, so once we hold the
+        lock, a missing state.json means a create that was killed before
+        it wrote one (and before it made any cgroup: ``CreateContext``
+        records the cgroup paths first)."""
         d = self.path(cid)
         c = Container(self, cid, d)
         try:
@@ -76,6 +84,9 @@ class Store:
                 c.lock()
             c.load()
         except FileNotFoundError:
+            if half_made and c._lockfd >= 0:
+                c.state = {"status": st.CREATING}
+                return c
             c.unlock()
             raise ContainerNotFound(cid) from None
         return c

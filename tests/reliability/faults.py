@@ -1,0 +1,492 @@
+"""Kill or fail ketch at a chosen system call, deterministically, and check
+that nothing is left that the next command cannot repair (issue 18).
+
+A scenario is one traced ketch command (``create``, ``run -d``, ``exec``,
+``container run --rm`` ...) with an untraced setup before it and a repair
+after it (``delete --force``, or the engine's next command).  A first,
+clean run under ``strace -o`` lists the command's system calls (its own
+process only: stage-1 and the init are its children and not traced, so
+"ketch killed" means the ketch process the user ran).  strace counts an
+injection's ``when=`` per system call name, so the k-th call overall is
+named as (name, occurrence) and injected with ``--inject=NAME:...:when=OCC``.
+
+    kill   SIGKILL at that call; then the repair; then nothing may be left
+    error  the call fails with an errno fitting it (ENOSPC, EIO, ENOMEM on
+           writes, mkdirs, mounts, renames, fsyncs, forks; EINTR on blocking
+           calls, which must be retried: the command then succeeds); the
+           command must fail with one "ketch: ..." line and no traceback,
+           create/run must have rolled back before the repair runs
+
+    python tests/reliability/faults.py [--mode kill|error] [--scenario NAME ...] [--all | --sample N] [--seed S]
+
+(``make faults`` runs every call of every scenario in both modes.)
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "src"))
+sys.path.insert(0, HERE)
+
+import leaks  # noqa: E402
+
+KETCH = os.environ.get("KETCH") or os.path.join(REPO, ".venv", "bin", "ketch")
+STRACE = shutil.which("strace") or "/usr/bin/strace"
+
+# errno names per system call, for the error mode (the first fitting one is
+# used for a point, rotating by occurrence so each name gets each errno).
+_WRITE_ERRS = ("ENOSPC", "EIO")
+ERRORS = {
+    "write": _WRITE_ERRS, "pwrite64": _WRITE_ERRS, "writev": _WRITE_ERRS,
+    "fsync": ("EIO", "ENOSPC"), "fdatasync": ("EIO", "ENOSPC"),
+    "mkdir": ("ENOSPC", "ENOMEM", "EIO"), "mkdirat": ("ENOSPC", "ENOMEM", "EIO"),
+    "mknodat": ("ENOSPC", "EIO"), "mknod": ("ENOSPC", "EIO"),
+    "rename": ("ENOSPC", "EIO"), "renameat": ("ENOSPC", "EIO"), "renameat2": ("ENOSPC", "EIO"),
+    "symlink": ("ENOSPC", "EIO"), "symlinkat": ("ENOSPC", "EIO"),
+    "mount": ("ENOMEM", "EIO"), "umount2": ("EIO",),
+    "clone": ("EAGAIN", "ENOMEM"), "clone3": ("EAGAIN", "ENOMEM"), "fork": ("EAGAIN", "ENOMEM"),
+    "vfork": ("EAGAIN", "ENOMEM"),
+    "socketpair": ("ENOMEM",), "pipe2": ("ENOMEM",),
+    # Blocking calls the kernel may interrupt: the caller retries (PEP 475).
+    # Not read(): most reads here are of regular files, which the kernel
+    # never interrupts (and the dynamic loader, before ketch runs, does not
+    # retry: the first exhaustive run "found" exactly that).
+    "wait4": ("EINTR",), "waitid": ("EINTR",), "recvmsg": ("EINTR",), "recvfrom": ("EINTR",),
+    "poll": ("EINTR",), "ppoll": ("EINTR",), "flock": ("EINTR",), "clock_nanosleep": ("EINTR",),
+    "select": ("EINTR",), "pselect6": ("EINTR",),
+}
+# openat / open only when they create or write (a read of a module is not
+# what this harness is about).
+_OPEN_WRITE = re.compile(r"O_(WRONLY|RDWR|CREAT)")
+_OPEN_ERRS = ("ENOSPC", "ENOMEM", "EIO")
+_LINE = re.compile(r"^([a-z0-9_]+)\(")
+
+
+def errnos_for(name, line):
+    if name in ("openat", "open"):
+        return _OPEN_ERRS if _OPEN_WRITE.search(line) else ()
+    return ERRORS.get(name, ())
+
+
+class Env:
+    """One harness run's scratch: runtime root, bundle, engine storage, image tarball."""
+
+    def __init__(self, ketch=KETCH):
+        self.ketch = ketch
+        self.base = tempfile.mkdtemp(prefix="ketch-faults-")
+        self.root = tempfile.mkdtemp(prefix="ketch-faults-root-", dir="/run")
+        self.storage = os.path.join(self.base, "storage")
+        self.bundle = os.path.join(self.base, "bundle")
+        self.tar = os.path.join(self.base, "busybox.tar")
+        self._n = 0
+        self._image = False
+        self.seen = set()
+        os.makedirs(self.bundle)
+        from ketch import busybox
+        from ketch.spec.default import default_spec
+
+        rootfs = busybox.make_rootfs(os.path.join(self.bundle, "rootfs"))
+        cfg = default_spec(terminal=False)
+        cfg["root"] = {"path": "rootfs", "readonly": False}
+        cfg["process"]["args"] = ["sleep", "300"]
+        with open(os.path.join(self.bundle, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        with tarfile.open(self.tar, "w") as t:
+            t.add(rootfs, arcname=".")
+        self.cgroups_before = set(leaks.all_ketch_cgroups())
+
+    def new_id(self, prefix="f"):
+        self._n += 1
+        return f"{prefix}{os.getpid()}-{self._n}"
+
+    def argv(self, *args):
+        return [self.ketch, "--root", self.root, *args]
+
+    def env(self):
+        return dict(os.environ, KETCH_STORAGE_ROOT=self.storage)
+
+    def sh(self, *args, check=True, timeout=60):
+        p = self.call(self.argv(*args), timeout=timeout)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"ketch {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
+
+    def call(self, argv, timeout=120):
+        """Run ``argv`` with its output in files, not pipes: a detached
+        container inherits the command's stdio and would hold a pipe open."""
+        with tempfile.TemporaryFile(dir=self.base) as out, tempfile.TemporaryFile(dir=self.base) as err:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout,
+                               env=self.env())
+            out.seek(0)
+            err.seek(0)
+            p.stdout = out.read().decode(errors="replace")
+            p.stderr = err.read().decode(errors="replace")
+        self.note_ids()
+        return p
+
+    def note_ids(self):
+        """Remember the container ids this run's stores have held: a cgroup
+        is ours only if its name is one of them (other programs on the host
+        run engine containers under /ketch too)."""
+        for d in (self.root, os.path.join(self.storage, "containers")):
+            try:
+                self.seen.update(n for n in os.listdir(d) if not n.startswith("."))
+            except FileNotFoundError:
+                pass
+
+    def ensure_image(self):
+        if not self._image:
+            self.sh("image", "import", self.tar, "bb:latest")
+            self._image = True
+
+    def leaks(self, ids, grace=2.0):
+        self.note_ids()
+        left = leaks.find(self.root, sorted(set(ids) | self.seen), [self.base], grace=grace)
+        new_cg = sorted(d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
+                        if os.path.basename(d) in self.seen or os.path.basename(d) in ids)
+        if new_cg:
+            left["cgroup"] = sorted(set(left.get("cgroup", [])) | set(new_cg))
+        store = storage_problems(self.storage)
+        if store:
+            left["storage"] = store
+        return left
+
+    def scrub(self, ids):
+        leaks.scrub(self.root, ids, [self.base])
+        for d in sorted((d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
+                         if os.path.basename(d) in self.seen), reverse=True):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    def rm_engine_containers(self):
+        if os.path.isdir(self.storage):
+            for cid in self.sh("container", "ls", "-aq", "--no-trunc", check=False).stdout.split():
+                self.sh("container", "rm", "-f", cid, check=False)
+
+    def close(self):
+        self.rm_engine_containers()
+        self.scrub([])
+        for mp in reversed(leaks.mounts([self.base])):
+            subprocess.run(["umount", "-l", mp], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def storage_problems(root):
+    """What a consistent engine store must not hold: temp files and
+    half-made layers once a change has run, records pointing at nothing."""
+    out = []
+    img = os.path.join(root, "images")
+    if not os.path.isdir(img):
+        return out
+    for sub in ("tmp",):
+        d = os.path.join(img, sub)
+        if os.path.isdir(d) and os.listdir(d):
+            out.append(f"{d}: {sorted(os.listdir(d))[:5]}")
+    for dirpath, _, files in os.walk(img):
+        for n in files:
+            if n.startswith(".tmp-") or n.endswith(".incomplete"):
+                out.append(os.path.join(dirpath, n))
+    try:
+        with open(os.path.join(img, "repositories.json")) as f:
+            repos = json.load(f)
+    except FileNotFoundError:
+        repos = {}
+    except ValueError as e:
+        out.append(f"repositories.json: {e}")
+        repos = {}
+    cdir = os.path.join(root, "containers")
+    if os.path.isdir(cdir):
+        for n in os.listdir(cdir):
+            d = os.path.join(cdir, n)
+            if n.startswith(".rm-") or (len(n) == 64 and not os.path.exists(os.path.join(d, "record.json"))):
+                out.append(f"half-made or half-removed container {d}")
+        names = os.path.join(cdir, "names")
+        if os.path.isdir(names):
+            for n in os.listdir(names):
+                if not os.path.exists(os.path.join(cdir, os.readlink(os.path.join(names, n)), "record.json")):
+                    out.append(f"container name {n} points at no container")
+    for name, iid in repos.items():
+        rec = os.path.join(img, "db", iid.split(":")[-1] + ".json")
+        if not os.path.exists(rec):
+            out.append(f"{name} -> {iid}: no image record")
+    return out
+
+
+# ------------------------------------------------------------------ scenarios
+
+class Scenario:
+    """setup(env) -> (argv to trace, ids it concerns, state); repair(env, state) runs after."""
+
+    engine = False
+
+    def __init__(self, name, setup, repair, rolls_back=False, marker=None):
+        self.name = name
+        self.setup = setup
+        self.repair = repair
+        self.rolls_back = rolls_back  # a failed command must leave nothing even before the repair
+        self.marker = marker
+
+
+def _delete(env, st):
+    p = env.sh("delete", "--force", st["id"], check=False)
+    return p
+
+
+def _fresh(verb_args):
+    def setup(env):
+        cid = env.new_id()
+        return env.argv(*[a.format(id=cid, bundle=env.bundle) for a in verb_args]), [cid], {"id": cid}
+    return setup
+
+
+def _on_created(verb_args, run=False):
+    def setup(env):
+        cid = env.new_id()
+        env.sh("run" if run else "create", *(["-d"] if run else []), "-b", env.bundle, cid)
+        return env.argv(*[a.format(id=cid) for a in verb_args]), [cid], {"id": cid}
+    return setup
+
+
+def _engine_name(env):
+    return env.new_id("e")
+
+
+def _engine_rm(env, st):
+    p = env.sh("container", "rm", "-f", st["id"], check=False)
+    if p.returncode != 0 and "no such container" not in p.stderr.lower():
+        return p
+    return subprocess.CompletedProcess(p.args, 0, p.stdout, "")
+
+
+def _engine_ids(env):
+    ids = env.sh("container", "ls", "-aq", "--no-trunc", check=False).stdout.split()
+    return ids
+
+
+def _engine_run_setup(env):
+    env.ensure_image()
+    name = _engine_name(env)
+    return env.argv("container", "run", "--rm", "--name", name, "bb", "true"), [], {"id": name}
+
+
+def _engine_running(verb):
+    def setup(env):
+        env.ensure_image()
+        name = _engine_name(env)
+        env.sh("container", "run", "-d", "--name", name, "bb", "sleep", "300")
+        args = {"stop": ("container", "stop", "-t", "1", name), "rm": ("container", "rm", "-f", name)}[verb]
+        return env.argv(*args), [], {"id": name}
+    return setup
+
+
+def _import_setup(env):
+    tag = env.new_id("imp")
+    return env.argv("image", "import", env.tar, f"{tag}:1"), [], {"tag": f"{tag}:1"}
+
+
+def _import_repair(env, st):
+    # The next change must sweep what a killed import left (the tag is there
+    # or not: an import names a new image each time), and the image must
+    # import again under the same name.
+    env.sh("image", "rm", st["tag"], check=False)
+    p = env.sh("image", "import", env.tar, st["tag"], check=False)
+    if p.returncode == 0:
+        p = env.sh("image", "rm", st["tag"], check=False)
+    return p
+
+
+SCENARIOS = {s.name: s for s in [
+    Scenario("create", _fresh(["create", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True),
+    Scenario("run-d", _fresh(["run", "-d", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True),
+    Scenario("start", _on_created(["start", "{id}"]), _delete),
+    Scenario("exec", _on_created(["exec", "{id}", "sh", "-c", "echo hi"], run=True), _delete),
+    Scenario("delete", _on_created(["delete", "--force", "{id}"], run=True), _delete),
+    Scenario("kill", _on_created(["kill", "{id}", "KILL"], run=True), _delete),
+    Scenario("pause", _on_created(["pause", "{id}"], run=True), _delete),
+    Scenario("update", _on_created(["update", "--pids-limit", "50", "{id}"], run=True), _delete),
+    Scenario("container-run", _engine_run_setup, _engine_rm, marker="containers"),
+    Scenario("container-stop", _engine_running("stop"), _engine_rm, marker="containers"),
+    Scenario("container-rm", _engine_running("rm"), _engine_rm, marker="containers"),
+    Scenario("image-import", _import_setup, _import_repair, marker="images"),
+]}
+for _s in SCENARIOS.values():
+    _s.engine = _s.name.startswith(("container-", "image-"))
+
+
+# ------------------------------------------------------------------ tracing
+
+def trace_points(env, scenario):
+    """The traced command's calls of a clean run: [(name, occurrence, line)]."""
+    argv, ids, st = scenario.setup(env)
+    out = os.path.join(env.base, "trace.txt")
+    try:
+        p = env.call([STRACE, "-qq", "-s", "64", "-o", out, *argv])
+        if p.returncode != 0:
+            raise RuntimeError(f"clean traced run of {scenario.name} failed: {p.stderr.strip()}")
+    finally:
+        scenario.repair(env, st)
+    seen = {}
+    points = []
+    with open(out, errors="replace") as f:
+        for line in f:
+            m = _LINE.match(line)
+            if not m:
+                continue
+            name = m.group(1)
+            seen[name] = seen.get(name, 0) + 1
+            points.append((name, seen[name], line.rstrip("\n")))
+    os.unlink(out)
+    left = env.leaks(ids)
+    if left:
+        raise RuntimeError(f"clean run of {scenario.name} left {left}")
+    return points
+
+
+def interesting_start(points, env, scenario):
+    """Index of the first call that touches ketch's state (the runtime root
+    or the engine store): the interpreter's start before it is the same for
+    every verb and sampled only by the exhaustive run."""
+    mark = env.storage if scenario.engine else env.root
+    for i, (name, _, line) in enumerate(points):
+        if mark in line and name != "execve":
+            return i
+    return 0
+
+
+def choose(points, env, scenario, mode, sample, seed, exhaustive=False, stride=1):
+    cand = list(range(len(points)))
+    if not exhaustive:
+        cand = cand[interesting_start(points, env, scenario):]
+    if mode == "error":
+        cand = [i for i in cand if errnos_for(points[i][0], points[i][2])]
+    if exhaustive or sample >= len(cand):
+        return cand[::stride]
+    rnd = random.Random(f"{seed}-{scenario.name}-{mode}")
+    # Spread over the run: one random call from each of `sample` equal slices.
+    out = []
+    for k in range(sample):
+        lo, hi = len(cand) * k // sample, len(cand) * (k + 1) // sample
+        if hi > lo:
+            out.append(cand[rnd.randrange(lo, hi)])
+    return out
+
+
+class Failure(Exception):
+    pass
+
+
+def run_point(env, scenario, points, index, mode):
+    """One round; returns a description of what went wrong, or None."""
+    name, occ, line = points[index]
+    argv, ids, st = scenario.setup(env)
+    if mode == "kill":
+        inject = f"{name}:signal=KILL:when={occ}"
+        what = f"SIGKILL at call {index + 1} ({line[:90]})"
+    else:
+        errs = errnos_for(name, line)
+        err = errs[occ % len(errs)]
+        inject = f"{name}:error={err}:when={occ}"
+        what = f"{err} at call {index + 1} ({line[:90]})"
+    p = env.call([STRACE, "-qq", "-o", "/dev/null", f"--inject={inject}", *argv])
+    problems = []
+    if mode == "error":
+        err_lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        if "Traceback" in p.stderr:
+            problems.append(f"traceback: {p.stderr.strip()[-600:]}")
+        elif err.startswith("EINTR") and p.returncode != 0:
+            problems.append(f"EINTR was not retried: rc={p.returncode} {p.stderr.strip()!r}")
+        elif p.returncode != 0:
+            bad = [ln for ln in err_lines if not ln.startswith("ketch: ")]
+            if len(err_lines) != 1 or bad:
+                problems.append(f"want one 'ketch: ...' error line, got rc={p.returncode} {p.stderr.strip()!r}")
+        elif p.returncode < 0:
+            problems.append(f"killed by signal {-p.returncode}")
+        if p.returncode != 0 and scenario.rolls_back:
+            left = env.leaks(ids + [st.get("id")] if st.get("id") else ids)
+            if left:
+                problems.append(f"failed without rolling back: left {left}")
+    r = scenario.repair(env, st)
+    if r.returncode != 0 or "Traceback" in r.stderr:
+        problems.append(f"repair {' '.join(r.args[3:]) if isinstance(r.args, list) else r.args} "
+                        f"failed ({r.returncode}): {r.stderr.strip()[-400:]!r}")
+    if scenario.engine:
+        # The engine's monitor may still be finishing the container.
+        deadline = time.monotonic() + 10
+        while _engine_ids(env) and time.monotonic() < deadline:
+            _engine_rm(env, st)
+            time.sleep(0.1)
+        if _engine_ids(env):
+            problems.append(f"engine still lists containers {_engine_ids(env)}")
+    allids = ids + ([st["id"]] if "id" in st else [])
+    left = env.leaks(allids)
+    if left:
+        problems.append(f"left {left}")
+        env.scrub(allids)
+    if problems:
+        return f"{scenario.name}: {what}: " + "; ".join(problems)
+    return None
+
+
+def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None, stride=1):
+    """Run rounds; return (number of rounds, [failures])."""
+    own = env is None
+    env = env or Env()
+    failures = []
+    rounds = 0
+    try:
+        for sname in scenarios:
+            sc = SCENARIOS[sname]
+            points = trace_points(env, sc)
+            for mode in modes:
+                chosen = choose(points, env, sc, mode, sample, seed, exhaustive, stride)
+                for i in chosen:
+                    rounds += 1
+                    f = run_point(env, sc, points, i, mode)
+                    if f:
+                        failures.append(f)
+                    if log:
+                        log(f"{sname} {mode} call {i + 1}/{len(points)}: {f or 'ok'}")
+    finally:
+        if own:
+            env.close()
+    return rounds, failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", action="append", choices=("kill", "error"))
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    ap.add_argument("--all", action="store_true", help="every call of the run (exhaustive)")
+    ap.add_argument("--stride", type=int, default=1, help="with --all: every K-th call")
+    ap.add_argument("--sample", type=int, default=15)
+    ap.add_argument("--seed", type=int, default=18)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    scen = a.scenario or list(SCENARIOS)
+    modes = a.mode or ["kill", "error"]
+    t0 = time.monotonic()
+    n, failures = run(scen, modes, a.sample, a.seed, a.all,
+                      log=(lambda m: print(m, flush=True)) if a.verbose else None, stride=a.stride)
+    for f in failures:
+        print("FAIL", f)
+    print(f"{n} rounds ({', '.join(modes)}; {', '.join(scen)}) in {time.monotonic() - t0:.0f} s: "
+          f"{len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
