@@ -9,9 +9,10 @@ it as an image into a ketch store and a podman store of the bench's own
 storage is never touched), then times, alternating ketch and podman inside
 every round (the order rotates from round to round):
 
-  run --rm       ``container run --rm IMAGE /bin/true`` (podman: ``run --rm
-                 --network none``; ketch's engine gives every container an
-                 empty network namespace, i.e. the same thing)
+  run --rm       ``container run --rm --network none IMAGE /bin/true``, both
+                 (an empty network namespace: ketch's engine would otherwise
+                 attach every container to its ketch0 bridge, and podman to its
+                 own, so neither pays for CNI here)
   lifecycle      ``run -d IMAGE sleep 1000`` + ``exec ID /bin/true`` +
                  ``stop -t 0 ID`` + ``rm ID``, each step timed, and the sum
   N at once      N ``run --rm IMAGE /bin/true`` started at the same time,
@@ -30,7 +31,7 @@ CAP_SYS_RESOURCE; root here lacks it).
 All clients run on the host's (hybrid) cgroup layout.  ketch's runtime state
 is on a tmpfs of the bench's own.  Everything the bench starts it stops, and
 it removes its storage; no traffic leaves loopback (no network at all in the
-containers).
+containers: every ketch and podman container here is ``--network none``).
 
 ``--profile`` adds where ``ketch container run --rm`` spends its time (see
 ``profile_run``).  Prints a markdown table and writes it to
@@ -104,8 +105,11 @@ def podman_client(tmp):
     return Client("podman", prefix, env)
 
 
+NO_NET = ("--network", "none")
+
+
 def run_args(c):
-    return ("run", "--rm", "--network", "none") if c.name == "podman" else ("run", "--rm")
+    return ("run", "--rm", *NO_NET)
 
 
 # ---------------------------------------------------------------- measurements
@@ -118,9 +122,7 @@ def bench_run(clients, n, results):
 def bench_lifecycle(clients, n, results):
     for r, c in rounds(clients, n):
         name = f"bench-life{r}"
-        d = [*run_args(c)[:1], "-d", "--name", name]
-        if c.name == "podman":
-            d += ["--network", "none"]
+        d = ["run", "-d", *NO_NET, "--name", name]
         steps = [("run -d", [*d, IMAGE, "sleep", "1000"]), ("exec", ["exec", name, "/bin/true"]),
                  ("stop", ["stop", "-t", "0", name]), ("rm", ["rm", name])]
         total = 0.0
@@ -282,7 +284,7 @@ def profile_run(ketch_c, n, opens=False):
         t0 = time.monotonic()
         p = subprocess.run(["strace", "-f", "--seccomp-bpf", "-ttt", "-qq", "-s", "512", "-o", out,
                             "-e", "trace=execve,clone,clone3,vfork,exit_group" + (",openat,mount,umount2" if opens else ""), "-e", "signal=none",
-                            *ketch_c.argv("run", "--rm", IMAGE, "/bin/true")],
+                            *ketch_c.argv("run", "--rm", *NO_NET, IMAGE, "/bin/true")],
                            env=env, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"profile: {p.stderr}")
@@ -304,7 +306,7 @@ def profile_run(ketch_c, n, opens=False):
             marks.setdefault(label, []).append(t)
         # KETCH_TRACE alone, no strace: the true offsets of the events it has
         t0 = time.monotonic()
-        p = subprocess.run(ketch_c.argv("run", "--rm", IMAGE, "/bin/true"), env=env, capture_output=True, text=True)
+        p = subprocess.run(ketch_c.argv("run", "--rm", *NO_NET, IMAGE, "/bin/true"), env=env, capture_output=True, text=True)
         t1 = time.monotonic()
         seen = {}
         for ln in p.stderr.splitlines():
@@ -327,10 +329,10 @@ def profile_steps(ketch_c, n, python):
     for r in range(n):
         name = f"bench-steps{r}"
         res.setdefault("python3 -I -S -c pass", []).append(timed([python, "-I", "-S", "-c", "pass"]))
-        res.setdefault("container create", []).append(ketch_c.timed("create", "--name", name, IMAGE, "/bin/true"))
+        res.setdefault("container create", []).append(ketch_c.timed("create", *NO_NET, "--name", name, IMAGE, "/bin/true"))
         res.setdefault("container start -a", []).append(ketch_c.timed("start", "-a", name))
         res.setdefault("container rm", []).append(ketch_c.timed("rm", name))
-        res.setdefault("container run --rm", []).append(ketch_c.timed("run", "--rm", IMAGE, "/bin/true"))
+        res.setdefault("container run --rm", []).append(ketch_c.timed("run", "--rm", *NO_NET, IMAGE, "/bin/true"))
     return [(statistics.median(v), k) for k, v in res.items()]
 
 
@@ -352,9 +354,10 @@ def profile_inproc(store, state, n):
 
 
 def _inproc_main(store, state, image, n):
-    from ketch.engine import bundle, defaults
+    from ketch.engine import bundle
     from ketch.engine import containers as C
     from ketch.engine.api import Engine
+    from ketch.engine.network import plan as netplan
     from ketch.runtime import container as rt
     from ketch.runtime import mcs
 
@@ -378,7 +381,7 @@ def _inproc_main(store, state, image, n):
     for obj, name, label in ((im_c, "runtime_config", "create: image config"), (drv_c, "create", "create: layer"),
                              (drv_c, "get", "layer mount"), (drv_c, "put", "layer unmount"),
                              (drv_c, "remove", "remove: layer"), (st_c, "remove", "remove (all)"), (mcs, "init_labels", "create: labels"),
-                             (defaults, "write_network_files", "create: network files"),
+                             (netplan, "write_files", "create: network files"),
                              (bundle, "build_config", "create: bundle config"),
                              (bundle, "write", "create: bundle write"), (st_c, "_save", "record save (fsync'd)"),
                              (rt, "create", "monitor: runtime create"), (rt, "start", "monitor: runtime start"),
@@ -399,7 +402,7 @@ def _inproc_main(store, state, image, n):
     for _ in range(n):
         k0 = len(fsyncs)
         t = time.perf_counter()
-        cid = st.create(image, cmd=["/bin/true"], auto_remove=True)
+        cid = st.create(image, cmd=["/bin/true"], auto_remove=True, network="none")
         tot.setdefault("create (all)", []).append((time.perf_counter() - t) * 1000)
         tot.setdefault("create: fsyncs", []).append(sum(fsyncs[k0:]))
         params = {"root": st.root, "runtime_root": st.runtime_root, "id": cid, "attach": True,

@@ -30,6 +30,12 @@ CREATE_FLAGS = [
     Flag(("--entrypoint",), "str", default=None, help="override the image's entrypoint"),
     Flag(("--add-host",), "list", help="add a line to /etc/hosts (host:ip)"),
     Flag(("--label", "-l"), "list", help="set a label (key=value)"),
+    Flag(("--network", "--net"), "str", default="", help="none, host, bridge (default), NAME or container:NAME"),
+    Flag(("--publish", "-p"), "list", help="publish a port: [IP:]HOSTPORT:PORT[/tcp|udp]"),
+    Flag(("--ip",), "str", default="", help="IPv4 address on a user-defined network"),
+    Flag(("--dns",), "list", help="nameserver for /etc/resolv.conf"),
+    Flag(("--dns-search",), "list", help="search domain for /etc/resolv.conf"),
+    Flag(("--dns-option",), "list", help="option for /etc/resolv.conf"),
 ]
 
 SUBS = {
@@ -83,7 +89,9 @@ def _create_opts(o, args):
                 hostname=o["hostname"] or None, shm_size=o["shm_size"] or None, name=o["name"] or None,
                 auto_remove=o["rm"], tty=o["tty"], interactive=o["interactive"],
                 entrypoint=o["entrypoint"], add_hosts=o["add_host"],
-                labels=dict(kv.partition("=")[::2] for kv in o["label"]))
+                labels=dict(kv.partition("=")[::2] for kv in o["label"]),
+                network=o["network"] or None, publish=o["publish"], ip=o["ip"] or None, dns=o["dns"],
+                dns_search=o["dns_search"], dns_options=o["dns_option"])
 
 
 def _command(rec, no_trunc):

@@ -39,6 +39,7 @@ VERBS = {
     "logout": ("logout", "log out of a container registry"),
     "container": ("container", "manage containers of the engine (run, create, start, ls, stop, kill, rm, "
                   "logs, exec, commit, inspect)"),
+    "network": ("network", "manage networks of the engine (create, ls, inspect, rm, prune)"),
 }
 
 ALIASES = {"ls": "list", "rm": "delete"}

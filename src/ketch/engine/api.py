@@ -12,7 +12,8 @@
 `images` is a ketch.engine.images.ImageStore and `containers` a
 ContainerStore with run() taking Docker's options as keywords (see
 ketch.engine.containers.RUN_DEFAULTS: env, workdir, user, volumes, tmpfs,
-read_only, hostname, shm_size, name, tty, interactive, ...).
+read_only, hostname, shm_size, name, tty, interactive, network, publish, ip, dns,
+dns_search, dns_options, add_hosts, ...); `networks` has create, list, inspect, remove, prune, check.
 """
 
 import os
@@ -108,18 +109,58 @@ class Containers:
         return self.store.commit(ref, name, comment, pause=pause)
 
 
+class NetworkVerbs:
+    """Docker's network verbs over ketch.engine.network.Networks (conflists under the storage
+    root, attachments under the runtime root)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.impl = store.networks
+
+    def create(self, name, subnet=None, gateway=None, internal=False, labels=None):
+        return self.impl.create(name, subnet=subnet, gateway=gateway, internal=internal, labels=labels)
+
+    def list(self):
+        return self.impl.list()
+
+    def inspect(self, ref):
+        return self.impl.inspect(ref)
+
+    def remove(self, ref):
+        return self.impl.remove(ref)
+
+    def prune(self):
+        """Reconcile leftovers, then remove user networks no container is configured for."""
+        from ketch.engine.network import plan
+        plan.reconcile(self.store)
+        used = set()
+        for rec in self.store.list(all=True):
+            n = (rec.get("KetchNetwork") or {}).get("network")
+            if n:
+                used.add(n)
+        return self.impl.prune(used)
+
+    def check(self, container):
+        """CNI CHECK of a running container's attachment (True, or raises)."""
+        return self.impl.check(self.store.resolve(container))
+
+
 class Engine:
     """Images and containers under `storage_root` (default /var/lib/ketch or $KETCH_STORAGE_ROOT),
     containers' runtime state under `runtime_root` (the runtime's --root, default /run/ketch)."""
 
     def __init__(self, storage_root=None, runtime_root=None, driver=None, uid_map=None, gid_map=None,
-                 progress=False):
+                 progress=False, reconcile=True):
         from ketch.engine.containers import ContainerStore
         from ketch.engine.images import ImageStore
         self.images = ImageStore(storage_root, driver, uid_map, gid_map, progress=None if progress else False)
         self.store = ContainerStore(self.images, runtime_root)
         self.images.in_use = self.store.users_of
         self.containers = Containers(self.store)
+        self.networks = NetworkVerbs(self.store)
+        if reconcile:
+            from ketch.engine.network import plan
+            plan.reconcile(self.store)  # what a killed monitor or engine left
 
     @property
     def storage_root(self):

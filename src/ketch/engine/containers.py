@@ -39,6 +39,8 @@ RUN_DEFAULTS = {
     "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
     "volumes": (), "tmpfs": (), "read_only": False, "hostname": None, "shm_size": None,
     "auto_remove": False, "tty": False, "interactive": False, "add_hosts": (), "labels": None,
+    # networking (ketch.engine.network.plan)
+    "network": None, "publish": (), "ip": None, "dns": (), "dns_search": (), "dns_options": (),
 }
 
 _ADJ = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty",
@@ -84,6 +86,13 @@ class ContainerStore:
     @property
     def driver(self):
         return self.images.driver
+
+    @property
+    def networks(self):
+        from ketch.engine.network import Networks
+        if getattr(self, "_networks", None) is None:
+            self._networks = Networks(self.root, self.runtime_root)
+        return self._networks
 
     def _p(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -214,14 +223,16 @@ class ContainerStore:
         if unknown:
             raise ConfigError(f"unknown container option(s): {', '.join(sorted(unknown))}")
         o = dict(RUN_DEFAULTS, **opts)
-        for k in ("cmd", "env", "volumes", "tmpfs", "add_hosts"):
+        for k in ("cmd", "env", "volumes", "tmpfs", "add_hosts", "publish", "dns", "dns_search", "dns_options"):
             if isinstance(o[k], str):
                 raise ConfigError(f"{k} must be a list of strings, not a string")
         image_id = self.images.resolve(image)
         image_cfg = self.images.runtime_config(image_id)
         top = self.images.top_layer(image_id)
         cid = os.urandom(32).hex()
-        hostname = o["hostname"] or cid[:12]
+        from ketch.engine.network import plan as netplan
+        net = netplan.prepare(self, o, cid)
+        hostname = o["hostname"] or net["hostname"] or cid[:12]
         if o["shm_size"] is not None:
             defaults.parse_size(o["shm_size"], "--shm-size")
         cdir = self._p(cid)
@@ -253,7 +264,7 @@ class ContainerStore:
             rootfs = self.driver.get(cid, mount_label)
             try:
                 uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
-                files = defaults.write_network_files(cdir, hostname, uid, gid, mount_label, o["add_hosts"])
+                files = netplan.write_files(net, cdir, hostname, uid, gid, mount_label, o["add_hosts"])
 
                 def volume_dir(vname, dst):
                     return self._volume_dir(cdir, vname, uid, gid)
@@ -261,6 +272,7 @@ class ContainerStore:
                 config = bundle.build_config(
                     image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,
                     self.images.uid_map, self.images.gid_map, uid, gid)
+                netplan.apply(config, net, self.networks.netns_path(net.get("container") or cid))
             finally:
                 self.driver.put(cid)
             bundle.write(os.path.join(cdir, "bundle"), config)
@@ -278,7 +290,9 @@ class ContainerStore:
                 "HostConfig": {"Binds": list(o["volumes"]), "Tmpfs": list(o["tmpfs"]),
                                "ReadonlyRootfs": bool(o["read_only"]),
                                "ShmSize": defaults.parse_size(o["shm_size"] or defaults.DEFAULT_SHM_SIZE),
-                               "AutoRemove": bool(o["auto_remove"]), "ExtraHosts": list(o["add_hosts"])},
+                               "AutoRemove": bool(o["auto_remove"]), "ExtraHosts": list(o["add_hosts"]),
+                               **netplan.host_config(net, o)},
+                "KetchNetwork": net, "NetworkSettings": netplan.network_settings(net),
                 "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "Error": "",
                           "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
                 "MountLabel": mount_label, "ProcessLabel": process_label,
@@ -544,6 +558,7 @@ class ContainerStore:
                 rt.delete(rs, cid, force=True)
             except ContainerNotFound:
                 pass
+        self.networks.detach(cid)
         self.driver.put(cid)
 
     # -- logs, exec, commit --
@@ -776,6 +791,13 @@ def _monitor(params, status_fd):
     try:
         store._cleanup_runtime(cid)  # what a monitor killed earlier left
         store.driver.get(cid, rec.get("MountLabel") or "")
+        from ketch.engine.network import plan as netplan
+        settings = netplan.up(store, rec)
+        if settings is not None:
+            with store._lock():
+                r = store._load(cid)
+                r["NetworkSettings"] = settings
+                store._save(r)
         opts = rt.CreateOptions(bundle=store._p(cid, "bundle"), detach=True)
         if tty:
             import socket
