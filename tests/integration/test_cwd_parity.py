@@ -68,3 +68,22 @@ def test_cwd_that_is_a_file_fails(rt, own_bundle, cid):
     assert p.returncode != 0
     assert "not a directory" in p.stderr, p.stderr
     assert cid not in rt.ids()
+
+
+def test_a_seccomp_profile_refusing_getcwd_does_not_stop_the_cwd_check(ketch, bundle, cid):
+    """The cwd is checked to be inside the root (CVE-2024-21626) before the
+    seccomp filter is loaded: a profile may refuse getcwd(2) itself, as the
+    runtime-tools suite's linux_seccomp does, and the process must still run
+    (and have getcwd refused)."""
+    bundle.config["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+    # Without no_new_privs the filter is loaded early, while the init still
+    # holds CAP_SYS_ADMIN: that is the order where the check could meet it.
+    bundle.process["noNewPrivileges"] = False
+    bundle.process["cwd"] = "/tmp"
+    bundle.sh("pwd -P; echo rc=$?")
+    p = ketch("run", "--bundle", bundle.write(), cid, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "rc=" in p.stdout and "/tmp" not in p.stdout.replace("rc=", ""), p.stdout

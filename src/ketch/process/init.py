@@ -271,6 +271,11 @@ def apply_process_attrs(ctx, proc):
         # entered before the user changes, as runc does.  Only a permission
         # error is tried again as the user, below.
         entered = _enter_cwd(cwd)
+    if entered:
+        # Checked before any seccomp filter is loaded: a profile may refuse
+        # getcwd(2) itself (the runtime-tools suite's linux_seccomp does).
+        with Step(f"check cwd {cwd}"):
+            check_cwd(cwd)
 
     if not proc.get("noNewPrivileges"):
         # Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: load
@@ -301,9 +306,8 @@ def apply_process_attrs(ctx, proc):
             # Only reachable as the container's user (root squashing on
             # network filesystems, a volume owned by that user).
             os.chdir(cwd)
-
-    with Step(f"check cwd {cwd}"):
-        check_cwd(cwd)
+        with Step(f"check cwd {cwd}"):
+            check_cwd(cwd)
 
     with Step("set capabilities"):
         capabilities.apply(caps or {}, warn=warn)
