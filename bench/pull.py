@@ -95,6 +95,17 @@ def start_registry(d):
     raise SystemExit("docker-registry did not start")
 
 
+def _unmount_under(path):
+    """podman's overlay driver bind-mounts its own directory on itself and
+    `system reset` leaves it there: unmount whatever is left under `path`
+    (deepest first) so the bench leaves no mount behind."""
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [mp for mp in (line.split()[4] for line in f) if mp.startswith(prefix)]  # mkdtemp: no escapes
+    for mp in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -133,6 +144,7 @@ def main():
                 if name == "podman":
                     subprocess.run(["podman", "--root", f"{t}/root", "--runroot", f"{t}/run", "system", "reset",
                                     "-f"], capture_output=True)
+                _unmount_under(t)
                 shutil.rmtree(t, ignore_errors=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"{a.layers} layers, {size / 1e6:.0f} MB compressed, {a.runs} runs, medians (s):")
@@ -143,6 +155,7 @@ def main():
         if reg is not None:
             reg.terminate()
             reg.wait()
+        _unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
