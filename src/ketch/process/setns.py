@@ -13,7 +13,10 @@ its process attributes, execve.
                                   fork ──────────────────────▶ (in the pid namespace)
  ◀─────────────────────────────── PID {pid}; exit
  reap intermediate                                              console, process attributes,
-                                                                seccomp, execve
+                                                                seccomp filter
+ ◀─────────────────────────────────────────────────────────────── SECCOMP_FD (notify filters)
+ pass it to listenerPath ─────────────────────────────────────── CONTINUE ▶
+                                                                execve
  ◀─────────────────────────────────────────────────────────────── EOF (the sync socket is
                                                                   close-on-exec): exec'd
  pid file; detach, or wait for the process and return its status
@@ -142,6 +145,7 @@ def spawn(ctx):
         ctx.console_sock.close()
         ctx.console_sock = None
     pid = 0
+    held = []  # SECCOMP_FD messages waiting for the PID
     try:
         if ctx.cgroup_v2:
             # v1 hierarchies: the intermediate joins them itself (_join_v1).
@@ -155,21 +159,33 @@ def spawn(ctx):
             sync.send(parent_sock, sync.GO)
         except OSError:
             pass  # the intermediate failed before GO: its ERROR is queued
-        msg = sync.recv(parent_sock)
-        if msg is None:
-            _raise_died(inter)
-        if msg["t"] == sync.ERROR:
-            raise errors.SetupError(msg["step"], msg["msg"] or None)
-        pid = msg["pid"]
-        _reap(inter)
-        inter = 0
-        msg = sync.recv(parent_sock)
-        if msg is not None:
-            if msg["t"] == sync.ERROR:
-                _reap(pid)
-                pid = 0
+        while True:
+            msg = sync.recv(parent_sock)
+            if msg is None:
+                if not pid:
+                    _raise_died(inter)
+                break  # EOF: the process has exec'd
+            t = msg["t"]
+            if t == sync.ERROR:
+                if pid:
+                    _reap(pid)  # it exits after reporting
+                    pid = 0
                 raise errors.SetupError(msg["step"], msg["msg"] or None)
-            raise errors.KetchError(f"internal error: unexpected {msg['t']!r} from exec process")
+            if t == sync.PID and not pid:
+                pid = msg["pid"]
+                _reap(inter)
+                inter = 0
+                while held:
+                    _pass_listener_fd(ctx, held.pop(0), pid, parent_sock)
+            elif t == sync.SECCOMP_FD:
+                # The process and the intermediate share the socket: the fd
+                # may come before the PID the listener's message names.
+                if pid:
+                    _pass_listener_fd(ctx, msg, pid, parent_sock)
+                else:
+                    held.append(msg)
+            else:
+                raise errors.KetchError(f"internal error: unexpected {t!r} from exec process")
     except BaseException:
         if inter:
             _kill_and_reap(inter)
@@ -177,8 +193,28 @@ def spawn(ctx):
             _kill_and_reap(pid)
         raise
     finally:
+        for msg in held:
+            if msg.get("fd") is not None:
+                os.close(msg["fd"])
         parent_sock.close()
     return pid
+
+
+def _pass_listener_fd(ctx, msg, pid, sock):
+    """The process's seccomp notify fd to the agent at listenerPath (a host
+    path: sent from here, in the host's mount namespace), with the state
+    runc sends for an exec: the container running, its init's pid, and the
+    exec'd process's pid as the message's."""
+    fd = msg.get("fd")
+    try:
+        from ..linux import seccomp
+
+        seccomp.send_listener_fd(msg["listenerPath"], fd, ctx.hook_state(ctx.init_pid, "running"), pid,
+                                 msg.get("metadata") or "")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    sync.send(sock, sync.CONTINUE)
 
 
 def _raise_died(pid):
@@ -391,13 +427,8 @@ def _process(ctx, sock):
         with Step("close runtime file descriptors"):
             # Before the chdir to process.cwd (CVE-2024-21626).
             init.close_runtime_fds(ctx)
+        # Loads the seccomp filter too, and hands a notify fd to the parent.
         init.apply_process_attrs(ctx, proc)
-        seccomp = (ctx.config.get("linux") or {}).get("seccomp")
-        if seccomp and ctx.seccomp_filter is not None:
-            with Step("load seccomp filter"):
-                from ..linux import seccomp as sc
-
-                sc.load(ctx.seccomp_filter, seccomp, state=None)
         with Step(f"exec {proc['args'][0]!r}"):
             os.execve(ctx.exec_path, proc["args"], init.env_dict(proc.get("env") or []))
     except BaseException as e:  # noqa: BLE001
