@@ -2,18 +2,21 @@
 pid namespace, was ptrace-able and its /proc/<pid>/fd readable by the
 container, and its fds reached the container.
 
-ketch's stage processes (stage-1, the init, exec's process until execve)
-are non-dumpable from the first thing they do after fork until their fds
-are closed (and, as host root, until execve): /proc/<pid>/fd, /environ,
-/cwd, /mem need CAP_SYS_PTRACE then, which the default capabilities lack.
-A watcher inside the container tries to read them while a runtime process
-is there; and no runtime fd is left in the container's processes.
+ketch's stage processes (stage-1, the init, exec's process) are
+non-dumpable from the first thing they do after fork until execve, whatever
+their user (as runc): /proc/<pid>/fd, /environ, /cwd, /mem need
+CAP_SYS_PTRACE then, which the default capabilities lack.  A watcher inside
+the container tries to read them while a runtime process is there; a
+process of the init's own (non-root) user tries while the init waits for
+`start`; and no runtime fd is left in the container's processes.
 """
 
 import os
 import subprocess
 import time
 import uuid
+
+import pytest
 
 from conftest import wait_for
 
@@ -111,3 +114,51 @@ def test_no_runtime_fd_in_the_container(ketch, bundle, cid):
     assert set(init_fds.split()) <= {"0", "1", "2"}, init_fds
     assert set(own.split()) <= {"0", "1", "2", "3"}, own  # 3: ls's own listing
     ketch("delete", "--force", cid)
+
+
+PEEK = ("ls /proc/1/fd >/dev/null 2>&1 && echo fd-listed; readlink /proc/1/exe >/dev/null 2>&1 && echo exe-read; "
+        "head -c1 /proc/1/environ >/dev/null 2>&1 && echo environ-read; "
+        "for f in /proc/1/fd/*; do readlink $f >/dev/null 2>&1 && echo fd-link-read; done; echo peeked")
+
+
+def _userns(own_bundle):
+    # The container's root is host uid 100000: it must reach its rootfs.
+    d = own_bundle.rootfs
+    while d != "/":
+        os.chmod(d, os.stat(d).st_mode | 0o005)
+        d = os.path.dirname(d)
+    os.chown(own_bundle.rootfs, 100000, 100000)
+    own_bundle.config["linux"]["namespaces"].append({"type": "user"})
+    for k in ("uidMappings", "gidMappings"):
+        own_bundle.config["linux"][k] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["host-ids", "userns"])
+def test_non_root_init_waiting_for_start_is_opaque(ketch, runc, own_bundle, cid, userns):
+    """An init whose user is not root waits for `start` holding the exec
+    fifo (an O_PATH fd to a host file in the runtime's state dir) while it
+    is still the host's interpreter.  A process of the same user in the
+    container (same capabilities: ptrace_may_access's other checks pass)
+    must not reach its /proc/<pid>/fd, exe or environ, so the init stays
+    non-dumpable until execve, as runc's does; `start` must still work
+    (the init reopens the fifo through its own /proc/self/fd)."""
+    os.makedirs(os.path.join(own_bundle.rootfs, "tmp"), exist_ok=True)
+    os.chmod(os.path.join(own_bundle.rootfs, "tmp"), 0o1777)
+    if userns:
+        _userns(own_bundle)
+    own_bundle.process["user"] = {"uid": 1000, "gid": 1000}
+    own_bundle.sh("id -u > /tmp/started; exec sleep 1000")
+    own_bundle.write()
+    started = os.path.join(own_bundle.rootfs, "tmp", "started")
+    for rt in (runc, ketch):
+        if os.path.exists(started):
+            os.unlink(started)
+        rt("create", "-b", own_bundle.path, cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            peek = rt("exec", "--user", "1000:1000", cid, "sh", "-c", PEEK)
+            assert peek.stdout == "peeked\n", (rt.name, peek.stdout)
+            assert rt.status(cid) == "created"
+            rt("start", cid)
+            assert wait_for(lambda: os.path.exists(started) and open(started).read() == "1000\n"), rt.name
+        finally:
+            rt("delete", "--force", cid, check=False)

@@ -218,8 +218,7 @@ def apply_process_attrs(ctx, proc):
     """Everything about the process that needs privileges, before READY.
 
     Shared with exec (process/setns.py).  ``ctx`` provides: ``config``,
-    ``id``, ``nsmap``, ``no_new_keyring``, ``setgroups_denied``; optional
-    ``keep_undumpable`` (exec stays non-dumpable until execve); sets
+    ``id``, ``nsmap``, ``no_new_keyring``, ``setgroups_denied``; sets
     ``ctx.exec_path``."""
     from ..linux import libc as _libc
 
@@ -293,13 +292,14 @@ def apply_process_attrs(ctx, proc):
             _libc.setgroups(list(user.get("additionalGids") or []))
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-        if (uid != 0 or "user" in ctx.nsmap) and not ctx.keep_undumpable:
-            # Non-dumpable (set in stage-1, and again by setuid) makes
-            # /proc/self/fd belong to host root: the exec fifo could not be
-            # reopened through it.  A process that is not host root can't
-            # write the host's interpreter, so being dumpable exposes nothing
-            # (CVE-2019-5736 needs host root): host-root inits stay non-dumpable.
-            _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
+        # Non-dumpable until execve, whatever the user, as runc: a dumpable
+        # init waiting for `start` would open its /proc/<pid>/fd (the exec
+        # fifo, a host file), exe and mem, and ptrace, to any container
+        # process of the same user and capabilities (CVE-2016-9962).  Set
+        # again: a uid change resets it to fs.suid_dumpable, which a host
+        # may have set to 1.  The fifo is still reopened through
+        # /proc/self/fd: the kernel lets a task reach its own.
+        _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
 
     if not entered:
         with Step(f"chdir to cwd {cwd}"):

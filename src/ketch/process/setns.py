@@ -71,7 +71,6 @@ class ExecContext:
         self.pidfd = pidfd
         self.no_new_keyring = False
         self.setgroups_denied = False
-        self.keep_undumpable = True
         self.preserve_fds = 0
         self.console_sock = None      # socket to send the pty master to
         self.cgroup_dirs = []          # the cgroups the intermediate joins

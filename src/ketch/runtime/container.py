@@ -79,7 +79,6 @@ class CreateContext:
         self.selinux_exec_fd = None
         self.proc = None  # procfs.ProcFS for the init's /proc writes, opened before pivot_root
         self.sync_sock = None  # the init's end of the socket to the parent
-        self.keep_undumpable = False
         # ketch writes the id maps as real root, so setgroups stays allowed in
         # a new user namespace (an unprivileged writer would have to deny it).
         self.setgroups_denied = False
