@@ -105,6 +105,8 @@ def test_exec_failing_before_the_process_runs_exits_255(both, bundle, cid, tmp_p
             codes[rt.name, name] = p.returncode
             assert needle in p.stderr, (rt.name, name, p.stderr)
             assert "exec failed" in p.stderr, (rt.name, name, p.stderr)
+            if name == "bad cwd":
+                assert "chdir" in p.stderr, (rt.name, p.stderr)  # the step, in runc's word
         # the process whose pid file could not be written does not live on
         assert _procs(rt, cid) == ["ps", "sleep"], rt.name
         assert rt("exec", cid, "sh", "-c", "exit 7", check=False).returncode == 7

@@ -105,7 +105,7 @@ def _read(outdir, name):
         return ""
 
 
-@pytest.mark.parametrize("hooks", [False, True], ids=["", "startContainer-hook"])
+@pytest.mark.parametrize("hooks", [False, True], ids=["no-hooks", "startContainer-hook"])
 @pytest.mark.parametrize("nnp", [False, True], ids=["privileged-load", "no_new_privs"])
 def test_notify_fd_for_init_and_exec_as_runc(ketch, runc, bundle, short_dir, cid, nnp, hooks):
     if seccomp.api_level() < 5:
