@@ -12,7 +12,8 @@ import tarfile
 import pytest
 
 from ketch import busybox
-from ketch.engine import Engine, defaults, storage
+from ketch.engine import Engine, storage
+from ketch.engine.network import config as netconfig
 from ketch.errors import ContainerExists, ImageError, InvalidState
 
 from conftest import KETCH, wait_for
@@ -117,7 +118,7 @@ def test_default_mounts_from_inside(eng):
     assert r.exit_code == 0, r
     resolv, hostname, hosts, rest = r.stdout.decode().split("---\n")
     with open("/etc/resolv.conf") as f:
-        assert resolv == defaults.resolv_conf(f.read())
+        assert resolv == netconfig.resolv_conf(f.read(), "bridge")
     ns = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver")]
     assert ns and not any(a.startswith("127.") or a == "::1" for a in ns)
     assert hostname == "box1\n"
