@@ -91,7 +91,8 @@ def _mounts_under(path):
 
 
 @pytest.fixture(params=DRIVERS)
-def eng(request, tmp_path, runtime_root, rootfs_tar):
+def eng(request, testns, tmp_path, runtime_root, rootfs_tar):
+    """(In a network namespace of the test's own: containers attach to the default bridge.)"""
     e = Engine(storage_root=str(tmp_path / "store"), runtime_root=runtime_root, driver=request.param)
     e.images.import_tarball(rootfs_tar, "bb", config={"Cmd": ["sh"]})
     yield e
@@ -334,7 +335,7 @@ def open_dir():
     shutil.rmtree(d)
 
 
-def test_uid_mapped_store_runs_containers_in_a_user_namespace(open_dir, runtime_root, rootfs_tar, cid):
+def test_uid_mapped_store_runs_containers_in_a_user_namespace(testns, open_dir, runtime_root, rootfs_tar, cid):
     e = Engine(storage_root=os.path.join(open_dir, "mapped"), runtime_root=runtime_root, driver="vfs",
                uid_map=MAP, gid_map=MAP)
     e.images.import_tarball(rootfs_tar, "bb")
@@ -359,7 +360,7 @@ def test_tty_run(eng):
     assert r.exit_code == 0 and r.stdout.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/pts/0", b"xterm"]
 
 
-def test_python_api_example_from_the_readme(tmp_path, runtime_root, rootfs_tar):
+def test_python_api_example_from_the_readme(testns, tmp_path, runtime_root, rootfs_tar):
     code = f"""
 from ketch.engine import Engine
 eng = Engine(storage_root={str(tmp_path / 'api')!r}, runtime_root={runtime_root!r})

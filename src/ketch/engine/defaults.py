@@ -5,8 +5,8 @@ default capabilities and environment.
 The network files are per-container files in the container's directory (their
 text per network mode: ketch.engine.network.config; written by
 ketch.engine.network.plan.write_files), bind mounted over the image's (so the
-image layer, and a commit, never see them); writable unless the rootfs is read-only, private propagation, labeled with the
-container's mount label.
+image layer, and a commit, never see them); writable unless the rootfs is
+read-only, private propagation, labeled with the container's mount label.
 """
 
 import os
