@@ -248,6 +248,40 @@ def wait_for(pred, timeout=10.0, interval=0.02):
     return pred()
 
 
+def _netns_view():
+    """Links, iptables rules (no counters) and ip_forward of this thread's network namespace."""
+    import re
+
+    def out(argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read().strip()
+    return {"links": {ln.split(":")[1].strip().split("@")[0] for ln in out(["ip", "-o", "link", "show"])},
+            "rules": {re.sub(r"\[\d+:\d+\]", "", ln) for ln in out(["iptables-save"]) if not ln.startswith("#")},
+            "ip_forward": forward}
+
+
+@pytest.fixture
+def testns():
+    """The traffic rule's fixture: a new network namespace with `lo` up, which pytest's
+    thread is in for the test, so every process the test starts (engine, monitor, CNI
+    plugins) and every socket it opens is too.  Bridges, veths, iptables rules,
+    ip_forward and port forwards the engine makes live there and go with it; the host's
+    namespace is checked unchanged afterwards."""
+    from ketch.linux import libc
+    host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    before = _netns_view()
+    try:
+        libc.unshare(0x40000000)  # CLONE_NEWNET
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        yield
+    finally:
+        libc.setns(host, 0x40000000)
+        os.close(host)
+    assert _netns_view() == before, "the host's network namespace changed"
+
+
 @pytest.fixture
 def cid():
     """A container id unique on this host: cgroup paths derive from ids, and

@@ -12,7 +12,8 @@ import tarfile
 import pytest
 
 from ketch import busybox
-from ketch.engine import Engine, defaults, storage
+from ketch.engine import Engine, storage
+from ketch.engine.network import config as netconfig
 from ketch.errors import ContainerExists, ImageError, InvalidState
 
 from conftest import KETCH, wait_for
@@ -90,7 +91,8 @@ def _mounts_under(path):
 
 
 @pytest.fixture(params=DRIVERS)
-def eng(request, tmp_path, runtime_root, rootfs_tar):
+def eng(request, testns, tmp_path, runtime_root, rootfs_tar):
+    """(In a network namespace of the test's own: containers attach to the default bridge.)"""
     e = Engine(storage_root=str(tmp_path / "store"), runtime_root=runtime_root, driver=request.param)
     e.images.import_tarball(rootfs_tar, "bb", config={"Cmd": ["sh"]})
     yield e
@@ -117,7 +119,7 @@ def test_default_mounts_from_inside(eng):
     assert r.exit_code == 0, r
     resolv, hostname, hosts, rest = r.stdout.decode().split("---\n")
     with open("/etc/resolv.conf") as f:
-        assert resolv == defaults.resolv_conf(f.read())
+        assert resolv == netconfig.resolv_conf(f.read(), "bridge")
     ns = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver")]
     assert ns and not any(a.startswith("127.") or a == "::1" for a in ns)
     assert hostname == "box1\n"
@@ -333,7 +335,7 @@ def open_dir():
     shutil.rmtree(d)
 
 
-def test_uid_mapped_store_runs_containers_in_a_user_namespace(open_dir, runtime_root, rootfs_tar, cid):
+def test_uid_mapped_store_runs_containers_in_a_user_namespace(testns, open_dir, runtime_root, rootfs_tar, cid):
     e = Engine(storage_root=os.path.join(open_dir, "mapped"), runtime_root=runtime_root, driver="vfs",
                uid_map=MAP, gid_map=MAP)
     e.images.import_tarball(rootfs_tar, "bb")
@@ -358,7 +360,7 @@ def test_tty_run(eng):
     assert r.exit_code == 0 and r.stdout.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/pts/0", b"xterm"]
 
 
-def test_python_api_example_from_the_readme(tmp_path, runtime_root, rootfs_tar):
+def test_python_api_example_from_the_readme(testns, tmp_path, runtime_root, rootfs_tar):
     code = f"""
 from ketch.engine import Engine
 eng = Engine(storage_root={str(tmp_path / 'api')!r}, runtime_root={runtime_root!r})

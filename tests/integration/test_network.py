@@ -2,12 +2,16 @@
 on real bridges and veths made by the real CNI plugins, iptables (nf_tables) rules by portmap
 and firewall.
 
-Traffic rule: only to loopback and to addresses inside network namespaces these tests create
-(the containers'); resolv.conf is checked as a file, never queried.
+Traffic rule: only to loopback and to addresses inside network namespaces these tests create.
+Every test runs in a network namespace of its own (`testns`: pytest's thread enters a new one,
+with only `lo`, for the test): every ketch command, CNI plugin, bridge, veth, iptables rule,
+ip_forward and port forward of the test lives there and goes with it; `-p` is reached on
+127.0.0.1 of that namespace; resolv.conf is checked as a file, never queried.
 
-Every test checks, before and after, that nothing of its containers is left: no veth, no
-host-local lease, no iptables rule naming a test subnet or container, no namespace mount;
-every test removes the networks it made (and the ketch0 bridge if it made it)."""
+Every test checks, before and after, that nothing of its containers is left in its namespace:
+no veth, no host-local lease, no iptables rule naming a test subnet or container, no namespace
+mount; every test removes the networks it made; and that nothing appeared in the host's
+namespace (its links, iptables rules and ip_forward are as they were)."""
 
 import json
 import os
@@ -24,7 +28,6 @@ import pytest
 from ketch import busybox
 from ketch.engine import Engine
 from ketch.engine.network import config as C
-from ketch.engine.network import iptables_drop_isolation
 
 from conftest import KETCH, wait_for
 
@@ -117,11 +120,11 @@ class K:
 
 
 @pytest.fixture
-def k(tmp_path, runtime_root, rootfs_tar):
-    had_default = os.path.exists("/sys/class/net/ketch0")
+def k(testns, tmp_path, runtime_root, rootfs_tar):
     store = str(tmp_path / "store")
     kk = K(store, runtime_root)
     kk("image", "import", rootfs_tar, "bb")
+    assert not _link_exists(C.DEFAULT_NETWORK)  # a namespace of the test's own
     snap = Snapshot(runtime_root)
     kk.snapshot = snap
     yield kk
@@ -132,12 +135,17 @@ def k(tmp_path, runtime_root, rootfs_tar):
     for n in eng.networks.list():
         if n["Name"] != C.DEFAULT_NETWORK:
             eng.networks.remove(n["Name"])
-    if not had_default and os.path.exists("/sys/class/net/ketch0"):
-        subprocess.run(["ip", "link", "delete", "ketch0"], check=True)
-        iptables_drop_isolation("ketch0")
     subprocess.run(["rm", "-rf", os.path.join(runtime_root, "networks")])
     assert not left, f"left behind: {left}"
-    assert _rules() - snap.rules == set(), "network rm left rules"
+    # The default network stays (as Docker's bridge does), with its bridge and isolation
+    # rules: they go with the test's namespace.  A user network's go with `network rm`.
+    assert {r for r in _rules() - snap.rules if not ("CNI-ISOLATION" in r and C.DEFAULT_NETWORK in r)} == set(), \
+        "network rm left rules"
+
+
+def _link_exists(name):
+    """(sysfs shows the host's namespace, the one it was mounted in: ask netlink.)"""
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
 
 
 def _free_port():
@@ -178,6 +186,17 @@ def test_default_bridge_address_route_and_docker_files(k):
     assert hostname.strip() == "box1"
 
 
+def test_default_subnet_comes_from_the_environment_when_first_made(k):
+    env = dict(os.environ, KETCH_DEFAULT_SUBNET="10.89.77.0/24")
+    r = k.sh("ip -4 -o addr show eth0; ip route", env=env)
+    assert re.search(r"inet 10\.89\.77\.\d+/24", r.stdout) and "default via 10.89.77.1" in r.stdout, r.stdout
+    # written once: the store's ketch0 keeps its subnet whatever the environment says later
+    r = k.sh("ip -4 -o addr show eth0", env=dict(os.environ, KETCH_DEFAULT_SUBNET="10.89.78.0/24"))
+    assert "inet 10.89.77." in r.stdout
+    info = json.loads(k("network", "inspect", "bridge").stdout)[0]
+    assert info["IPAM"]["Config"][0]["Subnet"] == "10.89.77.0/24"
+
+
 def test_none_has_only_loopback(k):
     r = k.sh("ip -o link; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf", "--network", "none")
     links, hosts, resolv = r.stdout.split("---\n")
@@ -189,10 +208,13 @@ def test_none_has_only_loopback(k):
 
 
 def test_host_mode_sees_the_hosts_network_and_files(k):
+    """The engine's namespace (the test's) is the container's: a link made there shows inside."""
+    subprocess.run(["ip", "link", "add", "ktbr0", "type", "bridge"], check=True)
     r = k.sh("ip -o link | cut -d: -f2; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf; echo ---; hostname",
              "--network", "host")
     links, hosts, resolv, hostname = r.stdout.split("---\n")
-    assert {ln.strip().split("@")[0] for ln in links.splitlines()} >= {"lo", "eth0"}
+    assert {ln.strip().split("@")[0] for ln in links.splitlines()} == _links()
+    assert "ktbr0" in _links()
     with open("/etc/hosts") as f:
         assert hosts == f.read()
     with open("/etc/resolv.conf") as f:
@@ -320,13 +342,13 @@ def test_network_verbs(k):
     assert p.returncode != 0 and "active endpoints" in p.stderr
     k("container", "rm", "-f", "v1")
     bridge = info["Options"]["bridge"]
-    assert os.path.exists(f"/sys/class/net/{bridge}")
+    assert _link_exists(bridge)
     k("network", "create", "tnet-unused")
     k("network", "create", "tnet-kept")
     k("container", "create", "--network", "tnet-kept", "bb", "true")  # configured for it: kept
     pruned = k("network", "prune").stdout.split()
     assert "tnet-unused" in pruned and "tnet-v" in pruned and "tnet-kept" not in pruned
-    assert not os.path.exists(f"/sys/class/net/{bridge}")
+    assert not _link_exists(bridge)
     ls = k("network", "ls").stdout
     assert "tnet-v" not in ls and "tnet-kept" in ls
     k("network", "rm", "tnet-kept")

@@ -22,6 +22,8 @@ from ketch.engine import Engine
 from conftest import KETCH
 
 REGISTRY = "/usr/bin/docker-registry"
+# The containers only print: no bridge (that would be made in the host's network namespace).
+NO_NET = ("--network", "none")
 pytestmark = pytest.mark.skipif(not (os.path.exists(REGISTRY) and shutil.which("skopeo") and shutil.which("umoci")),
                                 reason="docker-registry, skopeo and umoci are needed")
 
@@ -255,10 +257,10 @@ def test_skopeo_push_ketch_pull_run_push_skopeo_pull(plain, layout, env, tmp_pat
     # a second pull downloads nothing and gives the same image
     assert ketch(env, "image", "pull", "-q", "--tls-verify=false", src).stdout.strip() == image_id
     # the pulled image runs, by tag and by NAME@DIGEST
-    run = ketch(env, "container", "run", "--rm", src, root=runtime_root)
+    run = ketch(env, "container", "run", "--rm", *NO_NET, src, root=runtime_root)
     assert run.stdout == "pulled from a registry\n"
     by_digest = f"{plain.host}/demo/busybox@{remote['Digest']}"
-    run = ketch(env, "container", "run", "--rm", "--pull", "never", by_digest, root=runtime_root)
+    run = ketch(env, "container", "run", "--rm", *NO_NET, "--pull", "never", by_digest, root=runtime_root)
     assert run.stdout == "pulled from a registry\n"
     env_d = dict(env, KETCH_STORAGE_ROOT=str(tmp_path / "by-digest"))
     assert ketch(env_d, "image", "pull", "--tls-verify=false", by_digest).stdout.strip() == image_id
@@ -291,7 +293,7 @@ def test_ketch_push_of_an_imported_image_then_skopeo_and_ketch_pull(plain, env, 
     ketch(env, "image", "push", "-q", "--tls-verify=false", dst)
     # a second store pulls it back (also through the Python API) and runs it
     env2 = dict(env, KETCH_STORAGE_ROOT=str(tmp_path / "store2"))
-    run = ketch(env2, "container", "run", "--rm", "--tls-verify=false", dst, root=runtime_root)
+    run = ketch(env2, "container", "run", "--rm", *NO_NET, "--tls-verify=false", dst, root=runtime_root)
     assert run.stdout == "pushed-by-ketch\n"
     eng = Engine(storage_root=str(tmp_path / "store3"))
     image_id = eng.images.pull(dst, tls_verify=False)
@@ -501,11 +503,12 @@ def test_short_name_resolves_through_the_search_registries(plain, layout, env, r
     env = dict(env, KETCH_SEARCH_REGISTRIES=f"{plain.host}")
     p = ketch(env, "container", "create", "--pull", "never", "sn:1", check=False)
     assert p.returncode != 0 and "no such image" in p.stderr
-    run = ketch(env, "container", "run", "--rm", "--tls-verify=false", "sn:1", root=runtime_root)
+    run = ketch(env, "container", "run", "--rm", *NO_NET, "--tls-verify=false", "sn:1", root=runtime_root)
     assert run.stdout == "pulled from a registry\n"
     assert ketch(env, "image", "ls").stdout.splitlines()[1].split()[:2] == [f"{plain.host}/sn", "1"]
     # --pull always fetches again (the same digest: nothing new is stored); "sn:1" runs it
-    run = ketch(env, "container", "run", "--rm", "--pull", "always", "--tls-verify=false", "sn:1", root=runtime_root)
+    run = ketch(env, "container", "run", "--rm", *NO_NET, "--pull", "always", "--tls-verify=false", "sn:1",
+                root=runtime_root)
     assert run.stdout == "pulled from a registry\n"
     p = ketch(env, "container", "run", "--rm", "--pull", "sometimes", "sn:1", check=False)
     assert p.returncode != 0 and "--pull" in p.stderr
@@ -567,7 +570,7 @@ def test_a_registry_off_the_allow_list_is_refused_before_any_lookup(env, tmp_pat
     env = dict(env, KETCH_REGISTRIES_ALLOWED="127.0.0.1:*,localhost:*,[::1]:*")
     trace = tmp_path / "strace.log"
     p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=connect,sendto,sendmsg",
-                        KETCH, "--root", runtime_root, "container", "run", "--rm", "docker.io/library/busybox",
+                        KETCH, "--root", runtime_root, "container", "run", "--rm", *NO_NET, "docker.io/library/busybox",
                         "true"], capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
     assert p.returncode != 0 and p.stdout == ""
     lines = p.stderr.splitlines()

@@ -18,3 +18,10 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "security" in str(item.fspath):
                 item.add_marker(skip)
+
+
+@_pytest.fixture(autouse=True)
+def _own_network_namespace(testns):
+    """Engine containers attach to the default bridge: it, its rules and ip_forward are
+    made in a network namespace of the test's own (the traffic rule), never the host's."""
+    yield

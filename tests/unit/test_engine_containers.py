@@ -13,29 +13,7 @@ from ketch.errors import ConfigError, ContainerExists, ImageError, KetchError
 
 
 # ---- default files ------------------------------------------------------------
-
-def test_resolv_conf_drops_loopback_nameservers_and_keeps_the_rest():
-    host = ("# generated\nsearch example.org\nnameserver 127.0.0.53\nnameserver 10.0.0.2\n"
-            "nameserver ::1\nnameserver 127.1.2.3\nnameserver 2001:db8::1\noptions ndots:2\n")
-    out = defaults.resolv_conf(host).splitlines()
-    assert [ln for ln in out if ln.startswith("nameserver")] == ["nameserver 10.0.0.2", "nameserver 2001:db8::1"]
-    assert "search example.org" in out and "options ndots:2" in out
-
-
-@pytest.mark.parametrize("host", ["nameserver 127.0.0.53\n", "nameserver ::1\nsearch x\n", ""])
-def test_resolv_conf_falls_back_to_public_resolvers(host):
-    ns = [ln for ln in defaults.resolv_conf(host).splitlines() if ln.startswith("nameserver")]
-    assert ns == ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
-
-
-def test_hosts_file_has_localhost_and_the_hostname():
-    lines = defaults.hosts_file("box", ["db:10.1.2.3"]).splitlines()
-    assert lines[0] == "127.0.0.1\tlocalhost"
-    assert "::1\tlocalhost ip6-localhost ip6-loopback" in lines
-    assert "127.0.0.1\tbox" in lines and lines[-1] == "10.1.2.3\tdb"
-    with pytest.raises(ConfigError):
-        defaults.hosts_file("box", ["nocolon"])
-
+# (resolv.conf and hosts per network mode: tests/unit/test_network_config.py)
 
 @pytest.mark.parametrize("text,n", [("64m", 64 << 20), ("1g", 1 << 30), ("512k", 512 << 10), ("100", 100),
                                     ("2MB", 2 << 20), (4096, 4096), ("1.5m", 3 << 19)])

@@ -134,6 +134,13 @@ def test_resolv_conf_bridge_falls_back_when_only_loopback_remains():
     assert out == ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
 
 
+@pytest.mark.parametrize("host", ["nameserver 127.1.2.3\nnameserver ::1\nsearch x\n", ""])
+def test_resolv_conf_bridge_drops_every_loopback_and_falls_back(host):
+    ns = [ln for ln in C.resolv_conf(host, "bridge").splitlines() if ln.startswith("nameserver")]
+    assert ns == ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+    assert C.resolv_conf("nameserver ::1\nnameserver 2001:db8::1\n", "bridge") == "nameserver 2001:db8::1\n"
+
+
 def test_resolv_conf_host_is_the_hosts_file():
     assert C.resolv_conf(HOST, "host") == HOST
 
@@ -161,6 +168,8 @@ def test_hosts_per_mode():
     assert lines[0] == "127.0.0.1\tlocalhost" and "10.89.0.5\tbox" in lines
     assert lines[-2:] == ["10.1.2.3\tdb", "10.89.0.1\tgw"]
     assert "127.0.0.1\tbox" in C.hosts_file("none", "box").splitlines()
+    with pytest.raises(ConfigError):
+        C.hosts_file("none", "box", extra=["nocolon"])
     assert C.hosts_file("host", "h", host_text="1.2.3.4 x", extra=["db:10.1.2.3"]) == "1.2.3.4 x\n10.1.2.3\tdb\n"
 
 

@@ -159,7 +159,7 @@ def build_config(image_config, opts, rootfs, cid, hostname, net_files, volume_di
     """The config.json for a container.
 
     image_config: the image's `config` part; opts: creation options;
-    net_files: {dest: host file} of defaults.write_network_files;
+    net_files: {dest: host file} of network.plan.write_files;
     volume_dir(name) -> a host directory for an anonymous volume (the image's
     Volumes, -v DST) or a named one (-v NAME:DST).
     """

@@ -222,6 +222,11 @@ def parse_dns(text):
 
 # -------------------------------------------------------------- /etc files
 
+# What Docker falls back to when the host only lists resolvers on its own
+# loopback (systemd-resolved, dnsmasq): those addresses mean nothing inside
+# the container's network namespace.
+FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+
 HOSTS_HEAD = ("127.0.0.1\tlocalhost\n"
               "::1\tlocalhost ip6-localhost ip6-loopback\n"
               "fe00::0\tip6-localnet\n"
@@ -268,7 +273,7 @@ def resolv_conf(host_text, mode, dns=(), search=(), options=()):
         out.append("options " + " ".join(options))
     ns = list(dns)
     if not ns and mode == "bridge" and not any(ln.split()[:1] == ["nameserver"] for ln in out):
-        ns = ["8.8.8.8", "8.8.4.4"]
+        ns = list(FALLBACK_NAMESERVERS)
     out += [f"nameserver {n}" for n in ns]
     text = "\n".join(out).strip("\n")
     return text + "\n" if text else ""

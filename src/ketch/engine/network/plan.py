@@ -65,17 +65,16 @@ def write_files(net, cdir, hostname, uid, gid, mount_label="", add_hosts=(), res
                 hosts_source=None):
     """<cdir>/{resolv.conf,hostname,hosts} as Docker writes them for the mode (the other
     container's files for container:NAME).  Returns {dest: host path}."""
-    from ketch.engine.defaults import host_resolv_conf
     from ketch.engine.util import atomic_write
     from ketch.linux import label
     if net["mode"] == "container":
         return dict(net["files"])
     mode = net["mode"]
-    resolv = C.resolv_conf(host_resolv_conf(resolv_source or "/etc/resolv.conf"), mode, net["dns"],
+    resolv = C.resolv_conf(_read_host_file(resolv_source or "/etc/resolv.conf"), mode, net["dns"],
                            net["dns_search"], net["dns_options"])
     host_hosts = None
     if mode == "host":
-        host_hosts = host_resolv_conf(hosts_source or "/etc/hosts")
+        host_hosts = _read_host_file(hosts_source or "/etc/hosts")
     # In bridge mode the address comes at start (the monitor rewrites hosts then).
     files = {"/etc/resolv.conf": ("resolv.conf", resolv), "/etc/hostname": ("hostname", hostname + "\n"),
              "/etc/hosts": ("hosts", C.hosts_file(mode, hostname, None, add_hosts, host_hosts))}
@@ -88,6 +87,14 @@ def write_files(net, cdir, hostname, uid, gid, mount_label="", add_hosts=(), res
         label.set_file_label(p, mount_label)
         out[dest] = p
     return out
+
+
+def _read_host_file(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def apply(config, net, netns_path):
