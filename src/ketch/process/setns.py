@@ -227,9 +227,9 @@ def _intermediate(ctx, sock):
     from . import fds
 
     if ctx.sigmask is not None:
-        import _signal
+        from ..linux.signals import signal
 
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, ctx.sigmask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
     _join_v1(ctx)
     # Loading modules overlaps with the parent moving us into the unified
     # cgroup (a cgroup.procs write waits for an RCU grace period, 5-20 ms);
