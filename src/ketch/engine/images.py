@@ -52,12 +52,10 @@ _NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?
                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _CHUNK = 1 << 20
-# Caps on what is read into memory: an image config, a manifest or an index
+# A cap on what is read into memory: an image config, a manifest or an index
 # (registries refuse manifests over 4 MiB; configs with long histories are the
-# biggest JSON documents images carry), and how deep a document may nest
-# (real ones nest 5 levels; 1000 would take the parser into RecursionError).
+# biggest JSON documents images carry).  How deep one may nest: _json.MAX_DEPTH.
 MAX_JSON = 16 << 20
-MAX_DEPTH = 64
 
 
 def storage_root(root=None):
@@ -198,22 +196,18 @@ def _read_json(src, name, limit=MAX_JSON):
 
 def loads(data, what):
     """An image's JSON document (config, manifest, index), refused with one ImageError line when
-    it is not JSON or nests deeper than MAX_DEPTH (no RecursionError, here or in later walks)."""
+    it is not JSON or nests deeper than _json.MAX_DEPTH (no RecursionError, here or in later walks)."""
+    from ketch import _json
+
     try:
         doc = json.loads(data)
+        deep = _json.too_deep(doc)
     except RecursionError:
-        raise ImageError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels") from None
+        deep = True
     except ValueError as e:
         raise ImageError(f"{what}: not valid JSON: {e}") from None
-    stack = [(doc, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ImageError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
-        if isinstance(obj, dict):
-            stack.extend((v, depth + 1) for v in obj.values() if isinstance(v, (dict, list)))
-        elif isinstance(obj, list):
-            stack.extend((v, depth + 1) for v in obj if isinstance(v, (dict, list)))
+    if deep:
+        raise ImageError(f"{what}: JSON nested deeper than {_json.MAX_DEPTH} levels")
     return doc
 
 
