@@ -244,7 +244,6 @@ class ContentStore:
 
     def make_layer(self, txn, chain_id, parent_chain, diff_id, blob, label):
         """Layer `chain_id` = parent + the blob's tar; its content must hash to diff_id."""
-        from ketch.engine import archive
         lid, pid = hex_digest(chain_id), (hex_digest(parent_chain) if parent_chain else None)
         if self.layer_meta(chain_id) is not None and self.driver.exists(lid):
             return
@@ -255,20 +254,12 @@ class ContentStore:
             self.driver.remove(lid)
         self.driver.create(lid, pid)
         tick = self.progress(0, label)
+
+        def apply(hr):
+            return self.driver.apply_diff(lid, pid, hr, progress=tick), hr.drain()
+
         try:
-            with open_blob_file(self.blob_path(blob)) as raw:
-                dec = archive.open_decompressed(raw)
-                hr = archive.HashReader(dec)
-                try:
-                    size = self.driver.apply_diff(lid, pid, hr, progress=tick)
-                    got = hr.drain()
-                except Exception as e:
-                    if archive.decode_errors(e):
-                        raise ImageError(f"layer {blob}: corrupt or truncated: {e}") from None
-                    raise
-                finally:
-                    if dec is not raw:
-                        dec.close()
+            size, got = self.read_layer(blob, apply, f"layer {blob}: corrupt or truncated")
         finally:
             tick.close()
         if got != diff_id:
@@ -276,6 +267,23 @@ class ContentStore:
         atomic_write(self._p("layers", lid + ".json"), json_bytes(
             {"chainID": chain_id, "diffID": diff_id, "parent": parent_chain, "size": size, "blob": blob}), 0o600)
         os.unlink(marker)
+
+    def read_layer(self, blob, consume, what):
+        """consume(reader) over layer blob `blob`'s uncompressed content (a
+        HashReader: drain() gives its digest); an error of the decompressor
+        becomes one ImageError line, "`what`: <error>"."""
+        from ketch.engine import archive
+        with open_blob_file(self.blob_path(blob)) as raw:
+            dec = archive.open_decompressed(raw)
+            try:
+                return consume(archive.HashReader(dec))
+            except Exception as e:
+                if archive.decode_errors(e):
+                    raise ImageError(f"{what}: {e}") from None
+                raise
+            finally:
+                if dec is not raw:
+                    dec.close()
 
     def rollback(self, txn):
         for rec in txn.records:

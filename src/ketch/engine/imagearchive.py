@@ -267,18 +267,7 @@ def import_tarball(store, path, name, config=None, replace=False, comment="ketch
 
 
 def _uncompressed_digest(store, blob):
-    from ketch.engine import archive
-    with open_blob_file(store.blob_path(blob)) as raw:
-        dec = archive.open_decompressed(raw)
-        try:
-            return archive.HashReader(dec).drain()
-        except Exception as e:
-            if archive.decode_errors(e):
-                raise ImageError(f"corrupt or truncated archive: {e}") from None
-            raise
-        finally:
-            if dec is not raw:
-                dec.close()
+    return store.read_layer(blob, lambda hr: hr.drain(), "corrupt or truncated archive")
 
 
 # ---- save: an OCI archive ---------------------------------------------------------------
