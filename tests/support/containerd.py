@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -62,7 +63,8 @@ class Daemon:
         self.log = None
 
     def ctr_argv(self, *args):
-        return ["ctr", "--address", self.sock, *args]
+        # a full path: the benchmark starts it with posix_spawn, which does not search PATH
+        return [shutil.which("ctr") or "ctr", "--address", self.sock, *args]
 
     def _quiet(self, *args):
         return subprocess.run(self.ctr_argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
