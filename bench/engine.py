@@ -41,7 +41,6 @@ bench/results/engine-latest.md.
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,8 +52,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 sys.path.insert(0, HERE)
+sys.path.append(os.path.join(REPO, "tests"))  # support.containerd
 
 from startup import _launcher_python, loadavg, rounds, spawn, timed, wait  # noqa: E402
+from support.containerd import Daemon  # noqa: E402
 
 IMAGE = "localhost/busybox:bench"
 CTR_IMAGE = "docker.io/library/busybox:bench"
@@ -161,91 +162,17 @@ def bench_many(clients, count, n, results, failures):
 
 # ---------------------------------------------------------------- containerd
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-                    "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{base}/containerd.sock"
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"""
+class Containerd(Daemon):
+    """The bench's own containerd (tests/support/containerd.py), with the busybox image imported."""
 
-
-def docker_archive(rootfs_tar, out, name):
-    """A `docker save` archive of one layer: what ctr imports without a registry."""
-    import hashlib
-    import io
-    import json
-
-    with open(rootfs_tar, "rb") as f:
-        data = f.read()
-    diff = "sha256:" + hashlib.sha256(data).hexdigest()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-    cfg = json.dumps({"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-                      "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
-    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
-    layer = diff[7:] + "/layer.tar"
-    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [name], "Layers": [layer]}]).encode()
-    with tarfile.open(out, "w") as t:
-        for n, b in ((layer, data), (cfg_name, cfg), ("manifest.json", manifest)):
-            ti = tarfile.TarInfo(n)
-            ti.size = len(b)
-            ti.mode = 0o644
-            t.addfile(ti, io.BytesIO(b))
-
-
-class Containerd:
     def __init__(self, base, rootfs_tar):
-        self.base = base
-        os.makedirs(base)
-        self.sock = f"{base}/containerd.sock"
-        with open(f"{base}/config.toml", "w") as f:
-            f.write(CONTAINERD_CONFIG.format(base=base))
-        self.log = open(f"{base}/containerd.log", "w")
-        self.daemon = subprocess.Popen(["containerd", "--config", f"{base}/config.toml"], stdout=self.log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(self.sock) and self.ctr_quiet("version") == 0):
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"containerd did not start: see {base}/containerd.log")
-            time.sleep(0.1)
-        archive = f"{base}/busybox.tar"
-        docker_archive(rootfs_tar, archive, CTR_IMAGE)
-        sh(self.argv("image", "import", archive))
-
-    def argv(self, *args):
-        return [shutil.which("ctr"), "--address", self.sock, *args]
-
-    def ctr_quiet(self, *args):
-        return subprocess.run(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        super().__init__(base)
+        with open(rootfs_tar, "rb") as f:
+            self.start(f.read(), CTR_IMAGE)
 
     def run_argv(self, name, binary, cid):
-        return self.argv("run", "--rm", "--fifo-dir", f"{self.base}/fifo", "--runc-binary", binary,
-                         "--runc-root", f"{self.base}/{name}-state", CTR_IMAGE, cid, "/bin/true")
-
-    def stop(self):
-        for cid in subprocess.run(self.argv("task", "ls", "-q"), capture_output=True, text=True).stdout.split():
-            self.ctr_quiet("task", "kill", "-s", "KILL", cid)
-            self.ctr_quiet("task", "delete", "-f", cid)
-        for cid in subprocess.run(self.argv("container", "ls", "-q"), capture_output=True,
-                                  text=True).stdout.split():
-            self.ctr_quiet("container", "delete", cid)
-        self.daemon.send_signal(signal.SIGTERM)
-        try:
-            self.daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait()
-        self.log.close()
+        return self.ctr_argv("run", "--rm", "--fifo-dir", f"{self.base}/fifo", "--runc-binary", binary,
+                             "--runc-root", f"{self.base}/{name}-state", CTR_IMAGE, cid, "/bin/true")
 
 
 def bench_ctr(cd, binaries, n, results):

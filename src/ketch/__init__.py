@@ -1,8 +1,8 @@
 """ketch: a Linux container runtime (runc-compatible) and a small container engine.
 
-Importing ``ketch`` is cheap: every submodule is imported on first use, and
-``ketch.Engine`` (the engine's Python API, see ``ketch.engine``) is loaded
-only when it is first touched.
+Importing ``ketch`` is cheap: every submodule is imported on first use.  The
+engine's Python API is ``ketch.engine.Engine`` (the base package imports
+nothing of the layers above it).
 """
 
 __version__ = "0.1.0"
@@ -10,11 +10,3 @@ __version__ = "0.1.0"
 # The runtime's state (`--root`'s default) and the SELinux MCS reservations
 # live here: a tmpfs, so they last as long as the containers they describe.
 RUN_DIR = "/run/ketch"
-
-
-def __getattr__(name):
-    if name == "Engine":
-        from .engine import Engine
-
-        return Engine
-    raise AttributeError(f"module 'ketch' has no attribute {name!r}")

@@ -130,3 +130,24 @@ def _pretty(o, out, step, depth):
         out.append("\n" + step * depth + "]")
     else:
         out.append("".join(_compact(o, 0)))
+
+
+# How deep a document may nest: OCI configs and image documents nest 5
+# levels; later walks of a deeper one (copies, encodings, state) recurse
+# and would end in a RecursionError traceback instead of one error line.
+MAX_DEPTH = 64
+
+
+def too_deep(doc, limit=MAX_DEPTH):
+    """True when `doc` (parsed JSON) nests more than `limit` levels.
+    Iterative: the check itself cannot overflow."""
+    stack = [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return False

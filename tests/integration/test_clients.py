@@ -8,14 +8,11 @@ gets its own storage, state and (for containerd) daemon in a temporary
 directory, started and stopped here.
 """
 
-import hashlib
 import io
-import json
 import os
 import pty
 import select
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -24,6 +21,7 @@ import time
 import pytest
 
 from conftest import KETCH, RUNC, wait_for
+from support.containerd import Daemon
 from ketch import busybox
 
 RUNTIMES = {"ketch": KETCH, "runc": RUNC}
@@ -260,62 +258,15 @@ def test_podman_detach_exec_stop_rm(podman, runtime):
 
 # ------------------------------------------------------------------- containerd
 
-def docker_archive(rootfs, out, name):
-    """A `docker save`-format archive of one layer (ctr imports it without a registry)."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
-        t.add(rootfs, arcname=".")
-    data = layer.getvalue()
-    diff = "sha256:" + hashlib.sha256(data).hexdigest()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-    cfg = json.dumps({"architecture": arch, "os": "linux",
-                      "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
-                      "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
-    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
-    layer_name = diff[7:] + "/layer.tar"
-    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [name], "Layers": [layer_name]}]).encode()
-    with tarfile.open(out, "w") as t:
-        for n, b in ((layer_name, data), (cfg_name, cfg), ("manifest.json", manifest)):
-            ti = tarfile.TarInfo(n)
-            ti.size = len(b)
-            ti.mode = 0o644
-            t.addfile(ti, io.BytesIO(b))
-
-
 CTR_IMAGE = "docker.io/library/busybox:ketch"
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
-                    "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{base}/containerd.sock"
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.runtime.v1.linux"]
-  shim_debug = false
-"""
-
-
-class Containerd:
-    def __init__(self, base):
-        self.base = base
-        self.sock = f"{base}/containerd.sock"
-
+class Containerd(Daemon):
     def ctr(self, *args, check=True, timeout=120, **kw):
         args = self.with_fifo_dir(args)
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.run(["ctr", "--address", self.sock, *args], text=True, timeout=timeout, **kw)
+        p = subprocess.run(self.ctr_argv(*args), text=True, timeout=timeout, **kw)
         if check and p.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} failed ({p.returncode}):\n"
                                  f"stdout: {p.stdout}\nstderr: {p.stderr}")
@@ -340,34 +291,15 @@ def containerd_env(image_rootfs):
         if not shutil.which(tool):
             pytest.skip(f"{tool} not installed (scripts/setup-system installs it)")
     base = tempfile.mkdtemp(prefix="ketch-containerd-")
-    with open(f"{base}/config.toml", "w") as f:
-        f.write(CONTAINERD_CONFIG.format(base=base))
-    log = open(f"{base}/containerd.log", "w")
-    daemon = subprocess.Popen(["containerd", "--config", f"{base}/config.toml"], stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     cd = Containerd(base)
     try:
-        ok = wait_for(lambda: daemon.poll() is None and os.path.exists(cd.sock)
-                      and cd.ctr("version", check=False).returncode == 0, timeout=30)
-        if not ok:
-            raise AssertionError(f"containerd did not start:\n{open(base + '/containerd.log').read()}")
-        archive = f"{base}/busybox.tar"
-        docker_archive(image_rootfs, archive, CTR_IMAGE)
-        cd.ctr("image", "import", archive)
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
+            t.add(image_rootfs, arcname=".")
+        cd.start(layer.getvalue(), CTR_IMAGE)
         yield cd
     finally:
-        for cid in cd.ctr("task", "ls", "-q", check=False).stdout.split():
-            cd.ctr("task", "kill", "-s", "KILL", cid, check=False)
-            cd.ctr("task", "delete", "-f", cid, check=False)
-        for cid in cd.ctr("container", "ls", "-q", check=False).stdout.split():
-            cd.ctr("container", "delete", cid, check=False)
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
+        cd.stop()
         _remove_tree(base)
 
 

@@ -101,7 +101,7 @@ def eng(request, testns, tmp_path, runtime_root, rootfs_tar):
     # Nothing of a container is left: runtime state, layers, mounts, records.
     assert os.listdir(runtime_root) in ([], ["selinux"])
     assert set(e.images.driver.ids()) == {x["chainID"][7:] for i in e.images.list()
-                                          for x in e.images._record(i["Id"])["layers"]}
+                                          for x in e.images.record(i["Id"])["layers"]}
     assert _mounts_under(tmp_path) == []
     cdir = os.path.join(e.storage_root, "containers")
     assert [n for n in os.listdir(cdir) if n not in ("lock", "names")] == [] if os.path.isdir(cdir) else True

@@ -1,13 +1,14 @@
 """ketch.linux.label against the real kernel (root): security.selinux xattrs on tmpfs and ext4.
 
 This kernel has no SELinux, but ext4 and tmpfs store security.* xattrs all the
-same, so "as if enabled" mode (KETCH_SELINUXFS at a temp dir) writes real labels.
+same, so "as if enabled" (support.selinux.FakeSelinux, a temp dir as selinuxfs)
+writes real labels.
 """
 
 import errno
 import os
+import pathlib
 import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from ketch.errors import SecurityError, SetupError
 from ketch.linux import libc as _libc
 from ketch.linux import label as L
 from ketch.runtime import mcs
+from support.selinux import FakeSelinux, installed
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (security.* xattrs, mounts)")]
@@ -24,7 +26,6 @@ EXT4_MAGIC = 0xEF53
 MS_BIND, MS_REMOUNT, MS_RDONLY = 0x1000, 0x20, 0x1
 LBL = "system_u:object_r:container_file_t:s0:c7,c300"
 SHARED = "system_u:object_r:container_file_t:s0"
-SRC = os.path.dirname(os.path.dirname(os.path.dirname(L.__file__)))  # .../src
 
 
 def mounts_under(path):
@@ -33,10 +34,7 @@ def mounts_under(path):
 
 
 @pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    for k in ("KETCH_SELINUXFS", "KETCH_SELINUX_CONTEXTS", "KETCH_SELINUX_EXEC_ATTR",
-              "KETCH_SELINUX_MOUNT_CONTEXT"):
-        monkeypatch.delenv(k, raising=False)
+def env(tmp_path):
     before = mounts_under(tmp_path)
     yield
     leaked = mounts_under(tmp_path)
@@ -46,12 +44,17 @@ def env(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def fakefs(tmp_path, monkeypatch):
+def fake(tmp_path):
     d = tmp_path / "selinuxfs"
     d.mkdir()
     (d / "enforce").write_text("1")
-    monkeypatch.setenv("KETCH_SELINUXFS", str(d))
-    return d
+    with installed(FakeSelinux(d)) as k:
+        yield k
+
+
+@pytest.fixture
+def fakefs(fake):
+    return pathlib.Path(fake.fsdir)
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ def fsdir(request, tmp_path):
         want = EXT4_MAGIC
     fd = os.open(str(d), os.O_RDONLY)
     try:
-        if L._fstatfs_type(fd) != want:
+        if _libc.fstatfs_type(fd) != want:
             pytest.skip(f"{d} is not {request.param}")
     finally:
         os.close(fd)
@@ -178,8 +181,8 @@ def test_relabel_refuses_symlinked_system_dir(fakefs, tmpfs):
     assert raw(tmpfs / "etc") is None
 
 
-def test_off_writes_nothing(monkeypatch, fsdir, tmp_path):
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+def test_off_writes_nothing(fake, fsdir, tmp_path):
+    fake.fsdir = ""
     entries = make_tree(fsdir / "vol")
     assert mcs.init_labels([], str(tmp_path / "state")) == ("", "")
     L.set_file_label(str(fsdir / "vol" / "f"), LBL)
@@ -211,7 +214,7 @@ def test_readonly_selinuxfs_counts_as_off(fakefs):
     assert L.enabled()
 
 
-def test_context_mount_data_and_this_kernel(fakefs, tmp_path, monkeypatch):
+def test_context_mount_data_and_this_kernel(fake, tmp_path):
     with open("/proc/filesystems") as f:
         if "selinuxfs" in f.read():
             pytest.skip("kernel has SELinux")
@@ -225,7 +228,7 @@ def test_context_mount_data_and_this_kernel(fakefs, tmp_path, monkeypatch):
     with pytest.raises(OSError) as ei:
         _libc.mount("tmpfs", str(target), "tmpfs", 0, data)
     assert ei.value.errno == errno.EINVAL
-    monkeypatch.setenv("KETCH_SELINUX_MOUNT_CONTEXT", "0")
+    fake.mount_context_on = False
     data = L.format_mount_label("mode=755", mnt)
     assert data == "mode=755"
     _libc.mount("tmpfs", str(target), "tmpfs", 0, data)
@@ -244,7 +247,7 @@ def test_context_mount_data_and_this_kernel(fakefs, tmp_path, monkeypatch):
 def test_exec_label_on_real_procfs(fakefs):
     fd = L.open_exec_attr()  # passes the procfs check
     try:
-        assert L._fstatfs_type(fd) == L._PROC_SUPER_MAGIC
+        assert _libc.fstatfs_type(fd) == L.PROC_SUPER_MAGIC
     finally:
         os.close(fd)
     with open("/proc/filesystems") as f:
@@ -255,28 +258,26 @@ def test_exec_label_on_real_procfs(fakefs):
     assert str(ei.value) == "set SELinux exec label system_u:system_r:container_t:s0:c1,c2: invalid argument"
 
 
-def test_exec_label_reaches_child(fakefs, tmp_path, monkeypatch):
+def test_exec_label_reaches_child(fake, tmp_path):
     attr = tmp_path / "exec-attr"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
     code = ("from ketch.linux import label; label.set_exec_label('u:r:container_t:s0:c1,c2'); "
             "import os; os.execv('/bin/true', ['true'])")
-    subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {SRC!r}); {code}"],
-                   check=True, env=dict(os.environ))
+    subprocess.run(fake.python(code), check=True)
     assert attr.read_text() == "u:r:container_t:s0:c1,c2"
 
 
 WORKER = """
-import sys
-sys.path.insert(0, {src!r})
 from ketch.runtime import mcs
+from support.selinux import FakeSelinux, installed
 print("\\n".join(mcs.init_labels([], {state!r})[0] for _ in range({n})))
 """
 
 
-def test_parallel_interpreters_never_share_a_level(fakefs, tmp_path):
+def test_parallel_interpreters_never_share_a_level(fake, tmp_path):
     state = str(tmp_path / "state")
-    procs = [subprocess.Popen([sys.executable, "-I", "-c", WORKER.format(src=SRC, state=state, n=40)],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(12)]
+    procs = [subprocess.Popen(fake.python(WORKER.format(state=state, n=40)),
+                              stdout=subprocess.PIPE, text=True) for _ in range(12)]
     outs = []
     for p in procs:
         out, _ = p.communicate(timeout=60)

@@ -1,13 +1,14 @@
 """SELinux labels through real containers run by the ketch binary.
 
-This kernel has no SELinux.  "As if enabled" mode (KETCH_SELINUXFS at a
-directory holding an ``enforce`` file) makes ketch label for real:
-``security.selinux`` xattrs are stored by ext4 and tmpfs even without an LSM,
-and the exec label goes to a plain file (KETCH_SELINUX_EXEC_ATTR) because the
-real /proc attr refuses writes here.  What this kernel cannot show:
+This kernel has no SELinux.  "As if enabled" (ketch run through the test
+launcher support/selinux_ketch.py, with a directory holding an ``enforce``
+file as its selinuxfs) makes ketch label for real: ``security.selinux``
+xattrs are stored by ext4 and tmpfs even without an LSM, and the exec label
+goes to a plain file (``exec_attr``) because the real /proc attr refuses
+writes here.  What this kernel cannot show:
 
 * ``context=`` mount data: every filesystem refuses it (EINVAL) without
-  SELinux, so containers run with KETCH_SELINUX_MOUNT_CONTEXT=0 (the mount
+  SELinux, so containers run with ``mount_context=False`` (the mount
   plan with context= is in tests/unit/test_selinux_wiring.py), except the
   mqueue test, which runs into that refusal on purpose;
 * a stored label on devpts and mqueue inodes: without an LSM they refuse
@@ -23,7 +24,8 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import KETCH, Runtime, wait_for
+from support.selinux import FakeSelinux
 
 MLABEL = "system_u:object_r:container_file_t:s0:c12,c345"
 SHARED = "system_u:object_r:container_file_t:s0"
@@ -61,22 +63,28 @@ def make_tree(path):
     return path
 
 
+class AsIf(Runtime):
+    """ketch (same --root as the `ketch` fixture) with SELinux as if enabled."""
+
+    def __init__(self, root, fake):
+        super().__init__(KETCH, root, "ketch (SELinux as if enabled)")
+        self.fake = fake
+
+    def cmd(self, *args, root=True):
+        return [*self.fake.prefix(), *(["--root", self.root] if root else []), *args]
+
+
 @pytest.fixture
-def asif(tmp_path):
-    """Environment for the ketch subprocess: SELinux as if enabled."""
+def asif(ketch, tmp_path):
     fs = tmp_path / "selinuxfs"
     fs.mkdir()
     (fs / "enforce").write_text("1")
-    env = dict(os.environ, KETCH_SELINUXFS=str(fs), KETCH_SELINUX_MOUNT_CONTEXT="0",
-               KETCH_SELINUX_EXEC_ATTR=str(tmp_path / "attr_exec"))
-    env.pop("KETCH_SELINUX_CONTEXTS", None)
-    return env
+    return AsIf(ketch.root, FakeSelinux(fs, exec_attr=tmp_path / "attr_exec", mount_context=False))
 
 
 @pytest.fixture
 def off_env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KETCH_SELINUX")}
-    return env
+    return dict(os.environ)
 
 
 def strace_cmd(out, argv):
@@ -103,7 +111,7 @@ def test_z_shares_and_Z_keeps_categories_on_bind_sources(ketch, bundle, tmp_path
         {"destination": "/o", "type": "bind", "source": other, "options": ["rbind"]},
     ]
     bundle.sh("cat /s/f /p/f /p/link").write()
-    p = ketch("run", "-b", bundle.path, cid, env=asif)
+    p = asif("run", "-b", bundle.path, cid)
     assert p.stdout == "content of shared\ncontent of private\ng\n"
     s, pr = tree_labels(shared), tree_labels(private)
     assert set(s) == {".", "f", "sub", "sub/g", "link"}
@@ -120,7 +128,7 @@ def test_relabel_of_a_system_location_is_refused(ketch, bundle, tmp_path, asif, 
     bundle.config["mounts"].append({"destination": "/x", "type": "bind", "source": str(link),
                                     "options": ["rbind", "z"]})
     bundle.args("true").write()
-    p = ketch("create", "-b", bundle.path, cid, env=asif, check=False)
+    p = asif("create", "-b", bundle.path, cid, check=False)
     assert p.returncode != 0
     assert "relabel" in p.stderr and "/srv" in p.stderr and "system location" in p.stderr, p.stderr
     assert xlabel("/srv") is None
@@ -133,20 +141,19 @@ def test_exec_label_written_before_execve(ketch, bundle, tmp_path, asif, cid):
     bundle.config["process"]["selinuxLabel"] = PLABEL
     bundle.config["linux"]["mountLabel"] = MLABEL
     bundle.args("echo", "ran").write()
-    p = ketch("run", "-b", bundle.path, cid, env=asif)
+    p = asif("run", "-b", bundle.path, cid)
     assert p.stdout == "ran\n"
-    with open(asif["KETCH_SELINUX_EXEC_ATTR"]) as f:
+    with open(asif.fake.exec_attr) as f:
         assert f.read() == PLABEL
 
 
 def test_exec_process_label(ketch, bundle, tmp_path, asif, cid):
     bundle.args("sleep", "30").write()
-    ketch("run", "-d", "-b", bundle.path, cid, env=asif, stdout=subprocess.DEVNULL,
-          stderr=subprocess.DEVNULL)
+    asif("run", "-d", "-b", bundle.path, cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        p = ketch("exec", "--process-label", PLABEL, cid, "true", env=asif, check=False)
+        p = asif("exec", "--process-label", PLABEL, cid, "true", check=False)
         assert p.returncode == 0, p.stderr
-        with open(asif["KETCH_SELINUX_EXEC_ATTR"]) as f:
+        with open(asif.fake.exec_attr) as f:
             assert f.read() == PLABEL
     finally:
         ketch("delete", "--force", cid)
@@ -154,13 +161,14 @@ def test_exec_process_label(ketch, bundle, tmp_path, asif, cid):
 
 # ---- the console -------------------------------------------------------------------------------
 
-def run_on_console(ketch, bundle, tmp_path, env, cid, trace=None):
-    """create with a console socket (under strace if `trace`), start, read the pty until the output."""
+def run_on_console(ketch, bundle, tmp_path, env, cid, trace=None, rt=None):
+    """create with a console socket (under strace if `trace`), start, read the pty until the output;
+    `rt` runs the create (default: `ketch`)."""
     sock_path = str(tmp_path / "console.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     srv.listen(1)
-    argv = ketch.cmd("create", "--console-socket", sock_path, "-b", bundle.path, cid)
+    argv = (rt or ketch).cmd("create", "--console-socket", sock_path, "-b", bundle.path, cid)
     proc = subprocess.Popen(strace_cmd(trace, argv) if trace else argv, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     got = b""
@@ -196,7 +204,7 @@ def test_console_pty_labeled_before_it_becomes_dev_console(ketch, bundle, tmp_pa
     bundle.config["linux"]["mountLabel"] = MLABEL
     bundle.sh("echo on-the-pty").write()
     out = str(tmp_path / "strace.out")
-    assert b"on-the-pty" in run_on_console(ketch, bundle, tmp_path, asif, cid, trace=out)
+    assert b"on-the-pty" in run_on_console(ketch, bundle, tmp_path, None, cid, trace=out, rt=asif)
     calls = traced(out)
     # The pty is labeled and bound through one fd checked to be the pty
     # (CVE-2025-52565), never by its path.
@@ -206,8 +214,11 @@ def test_console_pty_labeled_before_it_becomes_dev_console(ketch, bundle, tmp_pa
     # devpts keeps no labels without an LSM: refused, and the container carries on
     assert calls[label_call[0]].endswith("EOPNOTSUPP (Operation not supported)")
     pty = calls[label_call[0]].split('"')[1]
-    bind = [i for i, c in enumerate(calls) if c.startswith(f'mount("{pty}", ')]
-    assert len(bind) == 1 and label_call[0] < bind[0], calls
+    # The next mount binds that very fd on /dev/console.  (Its number may
+    # name other handles later: each is closed after use, and finalize's
+    # masked-path binds reuse the number.)
+    after = [c for c in calls[label_call[0] + 1:] if c.startswith("mount(")]
+    assert after and after[0].startswith(f'mount("{pty}", ') and "MS_BIND" in after[0], calls
     assert not [c for c in calls if c.startswith('mount("/dev/pts/')], calls
 
 
@@ -215,8 +226,8 @@ def test_console_pty_labeled_before_it_becomes_dev_console(ketch, bundle, tmp_pa
 
 @needs_strace
 def test_mqueue_context_refused_then_mountpoint_labeled(ketch, own_bundle, tmp_path, asif, cid):
-    env = dict(asif)
-    del env["KETCH_SELINUX_MOUNT_CONTEXT"]  # context= goes into the mount data: the kernel refuses it
+    # context= goes into the mount data: the kernel refuses it
+    rt = AsIf(asif.root, FakeSelinux(asif.fake.fsdir, exec_attr=asif.fake.exec_attr))
     own_bundle.config["linux"]["mountLabel"] = MLABEL
     # only mounts that take no context=, and mqueue: the fallback is what runs
     own_bundle.config["mounts"] = [
@@ -227,7 +238,7 @@ def test_mqueue_context_refused_then_mountpoint_labeled(ketch, own_bundle, tmp_p
     own_bundle.config["linux"]["maskedPaths"] = []
     own_bundle.sh("grep ' /dev/mqueue ' /proc/self/mountinfo").write()
     out = str(tmp_path / "strace.out")
-    p = subprocess.run(strace_cmd(out, ketch.cmd("run", "-b", own_bundle.path, cid)), env=env,
+    p = subprocess.run(strace_cmd(out, rt.cmd("run", "-b", own_bundle.path, cid)),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert " - mqueue mqueue " in p.stdout and "context" not in p.stdout

@@ -49,8 +49,8 @@ def _swapper(host_dir):
 
 
 def _layer_bytes(eng, image_id):
-    rec = eng.images._record(image_id)
-    with open(eng.images._blob_path(rec["layers"][-1]["digest"]), "rb") as f:
+    rec = eng.images.record(image_id)
+    with open(eng.images.blob_path(rec["layers"][-1]["digest"]), "rb") as f:
         return f.read()
 
 

@@ -228,3 +228,36 @@ def test_tar_stream_reports_producer_errors():
     assert s.read() == b"partial"
     with pytest.raises(OSError):
         s.close()
+
+
+def test_a_tar_whose_walk_fails_is_abandoned_not_finished(tmp_path, monkeypatch):
+    # A refused commit: the walk fails midway, the reader closes its end.  The
+    # unfinished tar must never get its end-of-archive blocks (it would read
+    # as whole), nor have tarfile try to write them to the closed pipe later.
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("x" * 100)
+    (src / "b").write_text("y")
+
+    def add(self, tree, rel, st=None):
+        if rel == "b":
+            raise OSError(18, "changed while it was read", rel)
+        return real_add(self, tree, rel, st)
+
+    real_add = archive.TarWriter.add
+    monkeypatch.setattr(archive.TarWriter, "add", add)
+    s = archive.TarStream(lambda out: archive.write_tree(str(src), out))
+    data = s.read()
+    with pytest.raises(OSError, match="changed while"):
+        s.close()
+    gc.collect()
+    assert unraisable == []
+    assert not data.endswith(b"\0" * 1024)  # no end-of-archive blocks
+    with pytest.raises(tarfile.ReadError):
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
+            t.getmembers()

@@ -306,7 +306,7 @@ def test_names_and_unknown_images(store):
 def test_interrupted_layer_is_swept_on_next_change(tmp_path, store):
     oci_layout(str(tmp_path / "a"), [BASE], ref="a:1")
     store.load(str(tmp_path / "a"))
-    # what a kill -9 during _make_layer leaves: a marker and a driver layer without metadata
+    # what a kill -9 during make_layer leaves: a marker and a driver layer without metadata
     store.driver.create("deadbeef")
     open(os.path.join(store.dir, "layers", "deadbeef.incomplete"), "w").close()
     store.tag("a:1", "a:2")

@@ -137,7 +137,7 @@ def test_open_in_root_accepts_the_approved_path(root):
         assert os.readlink(h.proc) == os.path.realpath(os.path.join(root, "dst", "sub"))
     finally:
         s.release(h)
-        s.forget_root()
+        s.close_root()
 
 
 @pytest.mark.parametrize("target", ["other", "/other", "../../other"])
@@ -150,7 +150,7 @@ def test_a_destination_swapped_for_a_link_inside_the_root_is_refused(root, targe
         with pytest.raises(OSError) as ei:
             s.open_in_root(root, os.path.join(root, "dst"))
     finally:
-        s.forget_root()
+        s.close_root()
     assert ei.value.errno == errno.EXDEV
     assert "not to" in ei.value.strerror and "as checked" in ei.value.strerror
 
@@ -171,7 +171,7 @@ def test_the_engine_refuses_before_mounting(root):
         with pytest.raises(SecurityError) as ei:
             eng.mount("tmpfs", approved, "tmpfs", 0, None, "/data")
     finally:
-        s.forget_root()
+        s.close_root()
     assert "destination resolves to" in str(ei.value) and calls == []
 
 
@@ -182,7 +182,7 @@ def test_a_root_path_through_a_symlink_still_matches(tmp_path, root):
     s = Syscalls()
     h = s.open_in_root(str(link), str(link / "d"))
     s.release(h)
-    s.forget_root()
+    s.close_root()
     assert isinstance(h, Handle)
 
 

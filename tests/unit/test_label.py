@@ -1,36 +1,44 @@
-"""ketch.linux.label without root: selinuxfs is a temp dir (KETCH_SELINUXFS), xattrs a recording fake."""
+"""ketch.linux.label without root: selinuxfs is a temp dir (support.selinux.FakeSelinux), xattrs a
+recording fake."""
 
 import errno
 import multiprocessing
 import os
+import pathlib
 
 import pytest
 
 from ketch.errors import ConfigError, SecurityError, SetupError
 from ketch.linux import label as L
 from ketch.runtime import mcs
-
-ENV = ("KETCH_SELINUXFS", "KETCH_SELINUX_CONTEXTS", "KETCH_SELINUX_EXEC_ATTR", "KETCH_SELINUX_MOUNT_CONTEXT")
+from support.selinux import FakeSelinux, installed
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for k in ENV:
-        monkeypatch.delenv(k, raising=False)
+def host_kernel():
+    """Every test starts from the host's own (a fresh detection), restored after."""
+    with installed(L.Kernel()):
+        yield
 
 
 @pytest.fixture
-def fakefs(tmp_path, monkeypatch):
+def fake(tmp_path):
     d = tmp_path / "selinuxfs"
     d.mkdir()
     (d / "enforce").write_text("1")
-    monkeypatch.setenv("KETCH_SELINUXFS", str(d))
-    return d
+    with installed(FakeSelinux(d)) as k:
+        yield k
 
 
 @pytest.fixture
-def off(monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+def fakefs(fake):
+    return pathlib.Path(fake.fsdir)
+
+
+@pytest.fixture
+def off():
+    with installed(FakeSelinux("")):
+        yield
 
 
 @pytest.fixture
@@ -95,10 +103,10 @@ def test_disabled_without_enforce_file(fakefs):
     assert L.selinuxfs() == ""
 
 
-def test_disabled_when_forced_off_or_missing(monkeypatch, tmp_path):
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+def test_disabled_when_forced_off_or_missing(fake, tmp_path):
+    fake.fsdir = ""
     assert not L.enabled()
-    monkeypatch.setenv("KETCH_SELINUXFS", str(tmp_path / "nope"))
+    fake.fsdir = str(tmp_path / "nope")
     assert not L.enabled()
 
 
@@ -111,7 +119,7 @@ def test_enforce_must_be_a_file(fakefs):
 def test_real_detection_matches_kernel():
     with open("/proc/filesystems") as f:
         kernel_has_it = "selinuxfs" in f.read()
-    found = L._find_real_selinuxfs()
+    found = L.Kernel().selinuxfs()
     if not kernel_has_it:
         assert found == ""
     else:
@@ -158,11 +166,11 @@ def test_init_labels_reads_lxc_contexts_in_selinuxfs_dir(fakefs, state):
     assert mnt.startswith("u_u:object_r:file_t:s0:c")
 
 
-def test_init_labels_contexts_env_overrides(fakefs, state, tmp_path):
+def test_init_labels_contexts_path_overrides(fake, fakefs, state, tmp_path):
     (fakefs / "lxc_contexts").write_text('process = "a:b:ignored_t:s0"\n')
     other = tmp_path / "ctx"
     other.write_text('process = "a:b:chosen_t:s0"\nfile = "a:object_r:chosen_file_t:s0"\n')
-    os.environ["KETCH_SELINUX_CONTEXTS"] = str(other)
+    fake.contexts = str(other)
     proc, mnt = mcs.init_labels([], state)
     assert proc.split(":")[2] == "chosen_t"
     assert mnt.split(":")[2] == "chosen_file_t"
@@ -283,8 +291,8 @@ def test_torn_line_ignored(fakefs, state):
 
 
 def _worker(args):
-    env_dir, state, n = args
-    os.environ["KETCH_SELINUXFS"] = env_dir
+    # forked: the stand-in installed in the parent answers here too
+    state, n = args
     return [mcs.init_labels([], state)[0] for _ in range(n)]
 
 
@@ -293,7 +301,7 @@ def test_parallel_processes_never_collide(fakefs, state, monkeypatch):
     monkeypatch.setattr(L, "MCS_MAX", 32)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(8) as pool:
-        results = pool.map(_worker, [(str(fakefs), state, 60)] * 8)
+        results = pool.map(_worker, [(state, 60)] * 8)
     levels = [level_of(p) for r in results for p in r]
     assert len(levels) == 480
     assert len(set(levels)) == 480
@@ -301,8 +309,7 @@ def test_parallel_processes_never_collide(fakefs, state, monkeypatch):
 
 
 def _release_worker(args):
-    env_dir, state, labels = args
-    os.environ["KETCH_SELINUXFS"] = env_dir
+    state, labels = args
     for p in labels:
         mcs.release_labels(p, state)
     return [mcs.init_labels([], state)[0] for _ in range(len(labels))]
@@ -313,7 +320,7 @@ def test_parallel_release_and_reserve(fakefs, state):
     ctx = multiprocessing.get_context("fork")
     chunks = [held[i::4] for i in range(4)]
     with ctx.Pool(4) as pool:
-        results = pool.map(_release_worker, [(str(fakefs), state, c) for c in chunks])
+        results = pool.map(_release_worker, [(state, c) for c in chunks])
     new = [level_of(p) for r in results for p in r]
     assert len(set(new)) == 200
     assert sorted(mcs.reserved_levels(state)) == sorted(new)
@@ -329,9 +336,9 @@ def test_release_noops(fakefs, state, tmp_path):
     assert mcs.reserved_levels(state) == [level_of(proc)]
 
 
-def test_release_works_when_off(fakefs, state, monkeypatch):
+def test_release_works_when_off(fake, state):
     proc, _ = mcs.init_labels([], state)
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    fake.fsdir = ""
     mcs.release_labels(proc, state)
     assert mcs.reserved_levels(state) == []
 
@@ -381,13 +388,13 @@ def test_format_mount_label_quoted_commas_not_options(fakefs):
     assert L.format_mount_label(data, LBL) == f'{data},context="{LBL}"'
 
 
-def test_format_mount_label_noops(fakefs, monkeypatch):
+def test_format_mount_label_noops(fake):
     assert L.format_mount_label("mode=755", "") == "mode=755"
     assert L.format_mount_label("", "") == ""
-    monkeypatch.setenv("KETCH_SELINUX_MOUNT_CONTEXT", "0")
+    fake.mount_context_on = False
     assert L.format_mount_label("mode=755", LBL) == "mode=755"
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
-    monkeypatch.delenv("KETCH_SELINUX_MOUNT_CONTEXT")
+    fake.fsdir = ""
+    fake.mount_context_on = True
     assert L.format_mount_label("mode=755", LBL) == "mode=755"
     assert L.format_mount_label(None, LBL) == ""
 
@@ -442,11 +449,11 @@ def test_file_label_other_errors_raise(fakefs, xattrs, tmp_path):
         L.file_label(str(tmp_path / "missing"))
 
 
-def test_set_file_label_noops(fakefs, xattrs, tmp_path, monkeypatch):
+def test_set_file_label_noops(fake, xattrs, tmp_path):
     f = tmp_path / "f"
     f.write_text("x")
     L.set_file_label(str(f), "")
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    fake.fsdir = ""
     L.set_file_label(str(f), LBL)
     assert xattrs.calls == []
     xattrs.store[(str(f), L.XATTR_NAME)] = b"a:b:c:s0\0"
@@ -468,9 +475,9 @@ def test_set_file_label_errors(fakefs, xattrs, tmp_path):
 
 # ---- process labels -------------------------------------------------------------
 
-def test_set_exec_label_to_fake_attr(fakefs, tmp_path, monkeypatch):
+def test_set_exec_label_to_fake_attr(fake, tmp_path):
     attr = tmp_path / "exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
     L.set_exec_label("u:r:container_t:s0:c1,c2")
     assert attr.read_text() == "u:r:container_t:s0:c1,c2"
     L.set_process_label("u:r:other_t:s0")
@@ -478,45 +485,55 @@ def test_set_exec_label_to_fake_attr(fakefs, tmp_path, monkeypatch):
     assert L.set_process_label is L.set_exec_label
 
 
-def test_set_exec_label_with_early_fd(fakefs, tmp_path, monkeypatch):
+def test_set_exec_label_with_early_fd(fake, tmp_path):
     attr = tmp_path / "exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
     fd = L.open_exec_attr()
     try:
-        monkeypatch.delenv("KETCH_SELINUX_EXEC_ATTR")
+        fake.exec_attr = None
         L.set_exec_label("u:r:t:s0", fd=fd)
     finally:
         os.close(fd)
     assert attr.read_text() == "u:r:t:s0"
 
 
-def test_set_exec_label_noops(fakefs, tmp_path, monkeypatch):
+def test_set_exec_label_noops(fake, tmp_path):
     attr = tmp_path / "exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
     L.set_exec_label("")
     assert not attr.exists()
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    fake.fsdir = ""
     L.set_exec_label("u:r:t:s0")
     assert L.open_exec_attr() is None
     assert not attr.exists()
 
 
-def test_exec_attr_override_ignored_when_off(monkeypatch, tmp_path):
-    # Only the "as if enabled" mode may redirect the write.
-    attr = tmp_path / "exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+def test_exec_attr_untouched_when_off(off, tmp_path):
+    # Off, nothing is opened: neither the stand-in's file nor the real attribute.
+    L.kernel().exec_attr = str(tmp_path / "exec")
     L.set_exec_label("u:r:t:s0")
-    assert not attr.exists()
+    assert L.open_exec_attr() is None and L.open_exec_attr_for_child() is None
+    assert not (tmp_path / "exec").exists()
 
 
-def test_set_exec_label_bad_label(fakefs, tmp_path, monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "exec"))
+def test_the_shipped_kernel_reads_no_environment(monkeypatch):
+    # The stand-in is installed by code (label.use), never by the environment:
+    # an environment variable could turn a real SELinux host's labels off.
+    monkeypatch.setattr(os, "environ", {"KETCH_SELINUXFS": ""})
+    k = L.Kernel()
+    with open("/proc/filesystems") as f:
+        assert bool(k.selinuxfs()) == ("selinuxfs" in f.read() and L.usable("/sys/fs/selinux"))
+    assert k.mount_context() and k.open_exec_attr_for_child() is None
+
+
+def test_set_exec_label_bad_label(fake, tmp_path):
+    fake.exec_attr = str(tmp_path / "exec")
     with pytest.raises(ConfigError):
         L.set_exec_label('u:r:t"')
 
 
-def test_exec_attr_open_error(fakefs, tmp_path, monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "no" / "exec"))
+def test_exec_attr_open_error(fake, tmp_path):
+    fake.exec_attr = str(tmp_path / "no" / "exec")
     with pytest.raises(SetupError) as ei:
         L.set_exec_label("u:r:t:s0")
     assert str(ei.value) == f"open {tmp_path / 'no' / 'exec'}: no such file or directory"
@@ -525,12 +542,12 @@ def test_exec_attr_open_error(fakefs, tmp_path, monkeypatch):
 def test_fstatfs_magic(tmp_path):
     fd = os.open("/proc/self/stat", os.O_RDONLY)
     try:
-        assert L._fstatfs_type(fd) == L._PROC_SUPER_MAGIC
+        assert L._fstatfs_type(fd) == L.PROC_SUPER_MAGIC
     finally:
         os.close(fd)
     fd = os.open(str(tmp_path), os.O_RDONLY)
     try:
-        assert L._fstatfs_type(fd) != L._PROC_SUPER_MAGIC
+        assert L._fstatfs_type(fd) != L.PROC_SUPER_MAGIC
     finally:
         os.close(fd)
 
@@ -612,10 +629,10 @@ def test_relabel_shared_non_mls_label(fakefs, xattrs, tmp_path):
     assert xattrs.raw(tmp_path) == b"u:object_r:t\0"
 
 
-def test_relabel_noops(fakefs, xattrs, tmp_path, monkeypatch):
+def test_relabel_noops(fake, xattrs, tmp_path):
     make_tree(tmp_path / "vol")
     L.relabel(str(tmp_path / "vol"), "", False)
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
+    fake.fsdir = ""
     L.relabel(str(tmp_path / "vol"), LBL, True)
     L.relabel("/", LBL, True)  # off: quiet, as Docker's label package
     assert xattrs.calls == []

@@ -9,8 +9,16 @@ Three rules:
 - nobody uses another module's private names (``from m import _x``,
   ``m._x``), nor a private module (``_x.py``) outside its own package.
 
+And one place for each of two things that were done in many:
+- the signal module is imported only by ketch.linux.signals (``_signal``;
+  ``signal`` builds an enum of every signal at import), everyone else takes
+  it from there;
+- each ``KETCH_*`` environment variable is read in one module, listed in
+  ENVIRONMENT with what it is: settings of the user, never test hooks (a
+  test hook in the shipped program could change what it does on a real host).
+
 LAYERS is the one table of the layering; KNOWN lists edges that are allowed
-on purpose, each with its reason."""
+on purpose, each with its reason (none today)."""
 
 import ast
 import os
@@ -31,8 +39,21 @@ LAYERS = [
 ]
 
 # (importer, imported module or module.name) -> why it is allowed.
-KNOWN = {
-    ("ketch", "ketch.engine"): "ketch.Engine: the package lazily re-exports the engine's Python API",
+KNOWN = {}
+
+# The one module that imports the interpreter's signal module.
+SIGNAL_MODULE = "ketch.linux.signals"
+
+# KETCH_* environment variable -> (the one module that names it, what it is).
+ENVIRONMENT = {
+    "KETCH_TRACE": ("ketch.trace", "user setting: timestamps of a create's steps on stderr"),
+    "KETCH_STORAGE_ROOT": ("ketch.engine.content", "user setting: the engine's storage root"),
+    "KETCH_CNI_PATH": ("ketch.engine.network.cni", "user setting: where the CNI plugins are"),
+    "KETCH_DEFAULT_SUBNET": ("ketch.engine.network", "user setting: the default network's subnet"),
+    "KETCH_SEARCH_REGISTRIES": ("ketch.engine.registry.reference", "user setting: registries for short names"),
+    "KETCH_REGISTRIES_ALLOWED": ("ketch.engine.registry.allow", "user setting: registries the engine may contact"),
+    "KETCH_MONITOR_STATUS_FD": ("ketch.engine.containers",
+                                "plumbing: the fd the engine hands its monitor process (set and read there)"),
 }
 
 
@@ -198,3 +219,49 @@ def test_the_walk_sees_function_level_imports(mod):
               for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and n.level]
     assert nested
     assert {e.line for e in EDGES if e.src == mod} >= {n.lineno for n in nested}
+
+
+def _imports_of(mod):
+    tree = ast.parse(open(MODULES[mod]).read(), MODULES[mod])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module, node.lineno
+
+
+def test_the_signal_module_is_imported_in_one_place():
+    bad = [f"{m}:{line} imports {name}" for m in sorted(MODULES) for name, line in _imports_of(m)
+           if name in ("signal", "_signal") and m != SIGNAL_MODULE]
+    assert not bad, f"import signal through {SIGNAL_MODULE} (from ..linux.signals import signal):\n" + "\n".join(bad)
+
+
+def _env_names(mod):
+    """Every KETCH_* variable `mod` may read or set: a string that is exactly
+    its name (``os.environ.get("KETCH_X")``, ``ENV = "KETCH_X"``) or a keyword
+    (``dict(os.environ, KETCH_X=...)``); help texts and docstrings that
+    mention one are not reads."""
+    import re
+
+    tree = ast.parse(open(MODULES[mod]).read(), MODULES[mod])
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and re.fullmatch(r"KETCH_[A-Z0-9_]+", node.value):
+            out.add(node.value)
+        elif isinstance(node, ast.keyword) and node.arg and node.arg.startswith("KETCH_"):
+            out.add(node.arg)
+    return out
+
+
+def test_each_environment_variable_is_read_in_its_one_module():
+    seen = {}
+    for m in sorted(MODULES):
+        for name in _env_names(m):
+            seen.setdefault(name, set()).add(m)
+    unknown = sorted(set(seen) - set(ENVIRONMENT))
+    assert not unknown, (f"KETCH_* variables not in ENVIRONMENT: {unknown}: a user setting goes in the "
+                         "table; a test hook does not belong in src/ (see tests/support/)")
+    for name, mods in sorted(seen.items()):
+        assert mods == {ENVIRONMENT[name][0]}, f"{name} is read in {sorted(mods)}, not only in {ENVIRONMENT[name][0]}"

@@ -1,5 +1,5 @@
 """SELinux labels wired into the rootfs steps and the init, with the real label
-library in "as if enabled" mode (KETCH_SELINUXFS) and the recording fake of
+library "as if enabled" (support.selinux.FakeSelinux) and the recording fake of
 the syscall layer: context= mount data, relabel and console label steps, the
 mqueue fallback, and nothing at all with SELinux off."""
 
@@ -20,33 +20,30 @@ from ketch.errors import SetupError  # noqa: E402
 from ketch.linux import label  # noqa: E402
 from ketch.linux.mountopts import MS  # noqa: E402
 from ketch.process import rootfs  # noqa: E402
+from support.selinux import FakeSelinux, installed  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 MLABEL = "system_u:object_r:container_file_t:s0:c5,c77"
 CTX = f'context="{MLABEL}"'
-ENV = ("KETCH_SELINUXFS", "KETCH_SELINUX_CONTEXTS", "KETCH_SELINUX_EXEC_ATTR", "KETCH_SELINUX_MOUNT_CONTEXT")
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for k in ENV:
-        monkeypatch.delenv(k, raising=False)
-
-
 @pytest.fixture
-def on(tmp_path, monkeypatch):
+def fake(tmp_path):
     d = tmp_path / "selinuxfs"
     d.mkdir()
     (d / "enforce").write_text("1")
-    monkeypatch.setenv("KETCH_SELINUXFS", str(d))
-    assert label.enabled()
-    return str(d)
+    with installed(FakeSelinux(d)) as k:
+        assert label.enabled()
+        yield k
 
 
 @pytest.fixture
-def off(monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUXFS", "")
-    assert not label.enabled()
+def on(fake):
+    return fake.fsdir
+
+
+@pytest.fixture
+def off():
+    with installed(FakeSelinux("")) as k:
+        assert not label.enabled()
+        yield k
 
 
 @pytest.fixture
@@ -116,8 +113,8 @@ def test_user_context_option_wins(on, root):
     assert data_by_dest(fake)["/t"] == 'fscontext="system_u:object_r:mine_t:s0"'
 
 
-def test_kernel_without_mount_context_mode(on, root, monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUX_MOUNT_CONTEXT", "0")
+def test_kernel_without_mount_context_mode(fake, root):
+    fake.mount_context_on = False
     fake = prepare(root, rootfs_util.make_config())
     assert not any(d and "context=" in d for d in data_by_dest(fake).values())
 
@@ -247,19 +244,16 @@ def _plan_bundle(tmp_path):
     return bundle, str(src)
 
 
-def _ketch_plan(bundle, **env):
-    e = {k: v for k, v in os.environ.items() if k not in ENV}
-    e.update(env, PYTHONPATH=SRC)
-    p = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {SRC!r}); "
-                        "from ketch.cli.main import main; sys.exit(main())", "plan", "--bundle", bundle],
-                       capture_output=True, text=True, env=e, timeout=60)
+def _ketch_plan(bundle, fake):
+    p = subprocess.run(fake.prefix() + ["plan", "--bundle", bundle], capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout.splitlines()
 
 
 def test_ketch_plan_as_if_enabled(on, tmp_path):
     bundle, src = _plan_bundle(tmp_path)
-    lines = _ketch_plan(bundle, KETCH_SELINUXFS=on)
+    lines = _ketch_plan(bundle, FakeSelinux(on))
     def line(prefix):
         found = [ln for ln in lines if ln.startswith(prefix)]
         assert len(found) == 1, (prefix, lines)
@@ -280,7 +274,7 @@ def test_ketch_plan_as_if_enabled(on, tmp_path):
 
 def test_ketch_plan_off(tmp_path):
     bundle, _ = _plan_bundle(tmp_path)
-    lines = _ketch_plan(bundle, KETCH_SELINUXFS="")
+    lines = _ketch_plan(bundle, FakeSelinux(""))
     assert lines and not [ln for ln in lines if "context=" in ln or ln.startswith(("label ", "relabel "))]
 
 
@@ -290,19 +284,20 @@ class _Ctx:
     pass
 
 
-def test_init_settles_detection_and_opens_exec_attr_before_pivot(on, tmp_path, monkeypatch):
+def test_init_settles_detection_and_opens_exec_attr_before_pivot(fake, tmp_path, monkeypatch):
     from ketch.process import init
 
     monkeypatch.setattr(label, "_frozen", None)  # freeze() is undone after the test
     attr = tmp_path / "attr_exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
+    on = fake.fsdir
     ctx = _Ctx()
     cfg = rootfs_util.make_config()
     cfg["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0:c5,c77"
     init._preload(ctx, cfg)
     try:
         os.unlink(os.path.join(on, "enforce"))  # what pivot_root does to a host path
-        monkeypatch.delenv("KETCH_SELINUX_EXEC_ATTR")
+        fake.exec_attr = None
         assert label.enabled()
         label.set_exec_label(cfg["process"]["selinuxLabel"], fd=ctx.selinux_exec_fd)
     finally:
@@ -322,12 +317,13 @@ def test_init_off_opens_nothing(off, monkeypatch):
     assert not label.enabled()
 
 
-def test_exec_attr_for_a_forked_child(on, tmp_path, monkeypatch):
+def test_exec_attr_for_a_forked_child(fake, tmp_path):
     """exec forks the process that sets its label: only the as-if-enabled
     stand-in file is opened ahead (the real attribute is per thread)."""
-    assert label.open_exec_attr_for_child() is None  # real mode: the child opens its own
+    assert label.open_exec_attr_for_child() is None  # real attribute: the child opens its own
+    assert label.Kernel().open_exec_attr_for_child() is None
     attr = tmp_path / "attr-exec"
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(attr))
+    fake.exec_attr = str(attr)
     fd = label.open_exec_attr_for_child()
     try:
         label.set_exec_label("system_u:system_r:container_t:s0:c1,c2", fd=fd)
@@ -336,7 +332,7 @@ def test_exec_attr_for_a_forked_child(on, tmp_path, monkeypatch):
     assert attr.read_text() == "system_u:system_r:container_t:s0:c1,c2"
 
 
-def test_exec_attr_for_a_forked_child_off(off, tmp_path, monkeypatch):
-    monkeypatch.setenv("KETCH_SELINUX_EXEC_ATTR", str(tmp_path / "attr"))
+def test_exec_attr_for_a_forked_child_off(off, tmp_path):
+    off.exec_attr = str(tmp_path / "attr")
     assert label.open_exec_attr_for_child() is None
     assert not (tmp_path / "attr").exists()

@@ -11,7 +11,7 @@ from ketch.linux.planning import PlanningSyscalls
 from ketch.linux.syscalls import Syscalls
 
 HARMLESS = {
-    "forget_root": "closes the layer's own cached root fd, which the planning layer never opens",
+    "close_root": "closes the layer's own cached root fd, which the planning layer never opens",
 }
 
 

@@ -116,7 +116,7 @@ def _status(rec):
 
 def _attached(store, popen):
     """Wait for an attached monitor, passing our signals on to it (it forwards them to the container)."""
-    import signal
+    from ..linux.signals import signal
 
     def fwd(sig, frame):
         try:

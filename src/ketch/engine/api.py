@@ -16,7 +16,6 @@ read_only, hostname, shm_size, name, tty, interactive, network, publish, ip, dns
 dns_search, dns_options, add_hosts, ...); `networks` has create, list, inspect, remove, prune, check.
 """
 
-import os
 
 
 class RunResult:
@@ -172,4 +171,4 @@ class Engine:
 
 
 def open_engine(storage_root=None, runtime_root=None, **kw):
-    return Engine(storage_root or os.environ.get("KETCH_STORAGE_ROOT"), runtime_root, **kw)
+    return Engine(storage_root, runtime_root, **kw)  # ImageStore falls back to $KETCH_STORAGE_ROOT

@@ -609,15 +609,45 @@ class Tree:
 _TREE_OPENAT2 = True
 
 
+class _Sink:
+    """Where a TarWriter writes; dropped, it takes nothing more."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, data):
+        return len(data) if self.out is None else self.out.write(data)
+
+
 class TarWriter:
-    """A PAX tar of the entries of a Tree, with owners shifted back to container ids."""
+    """A PAX tar of the entries of a Tree, with owners shifted back to container ids.
+
+    As a context manager: closed (the end-of-archive blocks written) when the
+    block ends normally; when it raises, abandoned: nothing more is written,
+    so a half-made tar never ends as if whole, and tarfile does not try to
+    finish it later on a file its reader has closed ("write to closed file"
+    at garbage collection)."""
 
     def __init__(self, out, uid_map=None, gid_map=None):
         import tarfile
         self.tarfile = tarfile
-        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+        self.sink = _Sink(out)
+        self.tar = tarfile.open(fileobj=self.sink, mode="w|", format=tarfile.PAX_FORMAT)
         self.uid_map, self.gid_map = uid_map, gid_map
         self.inodes = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abandon()
+        else:
+            self.close()
+
+    def abandon(self):
+        self.sink.out = None
+        self.tar.close()
 
     def add(self, tree, rel, st=None):
         tf = self.tarfile
@@ -676,11 +706,9 @@ class TarWriter:
 
 def write_tree(root, out, *, uid_map=None, gid_map=None):
     """Tar every entry under `root` (not root itself) to `out`, sorted."""
-    w = TarWriter(out, uid_map, gid_map)
-    with Tree(root) as tree:
+    with TarWriter(out, uid_map, gid_map) as w, Tree(root) as tree:
         for rel, st in tree.walk():
             w.add(tree, rel, st)
-    w.close()
 
 
 class TarStream:

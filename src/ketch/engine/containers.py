@@ -759,7 +759,7 @@ def _monitor(params, status_fd):
     from ketch.engine.images import ImageStore
     from ketch.runtime import container as rt
     from ketch.linux import libc as _libc
-    import _signal as signal
+    from ketch.linux.signals import signal
 
     images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
                         progress=False)
@@ -885,8 +885,7 @@ def _monitor(params, status_fd):
 def _pump(pid, pipes, master, log, stdin_to_master, pending):
     """Copy the container's output to the log until its init exits; returns its exit code."""
     import select
-    import _signal as signal
-    from ketch.linux.signals import exit_code, reap_until
+    from ketch.linux.signals import exit_code, reap_until, signal
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     streams = {}

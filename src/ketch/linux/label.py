@@ -76,22 +76,14 @@ Where the engine and runtime call it (as Docker/runc do)
     it to /dev/console; ``set_exec_label(process_label)`` right before
     execve (and in exec's child).
 
-Running "as if enabled" (tests and the integration suite)
----------------------------------------------------------
-``KETCH_SELINUXFS=<dir>`` replaces selinuxfs detection: SELinux counts as on
-when ``<dir>/enforce`` is a file (and ``<dir>`` is not read-only).
-``KETCH_SELINUXFS=`` (empty) forces SELinux off.  In that mode only:
-
-- ``lxc_contexts`` is ``$KETCH_SELINUX_CONTEXTS`` if set, else
-  ``<dir>/lxc_contexts`` if present, else the built-in defaults; the host's
-  /etc/selinux is never read.  ``<dir>/mls`` containing ``0`` turns MCS off.
-- ``set_exec_label`` writes ``$KETCH_SELINUX_EXEC_ATTR`` (a plain file) when
-  set.  Without it the real procfs file is used, which a kernel without
-  SELinux refuses with EINVAL.
-- ``KETCH_SELINUX_MOUNT_CONTEXT=0`` makes ``format_mount_label`` leave data
-  alone: a kernel without SELinux refuses ``context=`` on every filesystem
-  ("tmpfs: Unknown parameter 'context'"), so real mounts in this mode need it;
-  mount *plans* can be checked without it.
+The kernel interface
+--------------------
+Everything this module asks of the kernel beyond xattrs (is SELinux on, where
+the policy's ``lxc_contexts`` is, may mount data carry ``context=``, the exec
+attribute) goes through one ``Kernel`` object, made on first use.  ``use(k)``
+puts another in its place for the rest of the process; ketch itself never
+calls it (the test suite's stand-in, tests/support/selinux.py, does: this
+kernel has no SELinux).
 
 Files are labeled for real: ``security.selinux`` xattrs are stored by ext4 and
 tmpfs even without SELinux (setting one needs CAP_SYS_ADMIN).
@@ -104,7 +96,7 @@ DEFAULT_FILE_LABEL = "system_u:object_r:container_file_t:s0"
 XATTR_NAME = "security.selinux"
 
 _SELINUXFS_DEFAULT = "/sys/fs/selinux"
-_PROC_SUPER_MAGIC = 0x9FA0
+PROC_SUPER_MAGIC = 0x9FA0
 MCS_MAX = 1024  # c0..c1023, the categories of the standard MCS policy
 OPTION_KEYS = ("user", "role", "type", "level", "filetype")
 _CONTEXT_OPTIONS = ("context", "fscontext", "defcontext", "rootcontext")
@@ -129,19 +121,16 @@ _SYSTEM_PATHS = frozenset((
     "/var/run", "/var/spool", "/var/tmp",
 ))
 
-_real_cache = None  # selinuxfs dir ("" when off) found on the real host; fixed for the process
-
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _LEVEL_CHARS = _NAME_CHARS | frozenset(":,")
 
 
-# ---- detection ----------------------------------------------------------------
+# ---- the kernel interface ---------------------------------------------------
 
-def _fake_mode():
-    return os.environ.get("KETCH_SELINUXFS")
-
-
-def _usable(d):
+def usable(d):
+    """SELinux is on through selinuxfs directory `d`: it has an ``enforce``
+    file and is not read-only (runtimes mount it read-only inside containers
+    to tell userland it is off)."""
     try:
         if not os.path.isfile(os.path.join(d, "enforce")):
             return False
@@ -150,25 +139,101 @@ def _usable(d):
         return False
 
 
-def _find_real_selinuxfs():
-    if _usable(_SELINUXFS_DEFAULT):
-        return _SELINUXFS_DEFAULT
-    try:
-        with open("/proc/filesystems", "rb") as f:
-            if b"selinuxfs" not in f.read():
-                return ""  # the kernel has no SELinux at all: no need to scan mounts
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                pre, sep, post = line.partition(b" - ")
-                if sep and post.split(b" ", 1)[0] == b"selinuxfs":
-                    from ketch.linux.mounts import unescape_mountinfo
+class Kernel:
+    """The host's SELinux, as the kernel shows it."""
 
-                    d = unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
-                    if _usable(d):
-                        return d
-    except OSError:
-        pass
-    return ""
+    _fsdir = None  # found on first use; fixed for the process
+
+    def selinuxfs(self):
+        if self._fsdir is None:
+            self._fsdir = self._find_selinuxfs()
+        return self._fsdir
+
+    @staticmethod
+    def _find_selinuxfs():
+        if usable(_SELINUXFS_DEFAULT):
+            return _SELINUXFS_DEFAULT
+        try:
+            with open("/proc/filesystems", "rb") as f:
+                if b"selinuxfs" not in f.read():
+                    return ""  # the kernel has no SELinux at all: no need to scan mounts
+            with open("/proc/self/mountinfo", "rb") as f:
+                for line in f:
+                    pre, sep, post = line.partition(b" - ")
+                    if sep and post.split(b" ", 1)[0] == b"selinuxfs":
+                        from ketch.linux.mounts import unescape_mountinfo
+
+                        d = unescape_mountinfo(os.fsdecode(pre.split(b" ")[4]))
+                        if usable(d):
+                            return d
+        except OSError:
+            pass
+        return ""
+
+    def contexts_path(self, fsdir):
+        policy = "targeted"
+        try:
+            with open("/etc/selinux/config") as f:
+                for line in f:
+                    k, sep, v = line.partition("=")
+                    if sep and k.strip() == "SELINUXTYPE" and v.strip():
+                        policy = v.strip().strip('"')
+        except OSError:
+            pass
+        return f"/etc/selinux/{policy}/contexts/lxc_contexts"
+
+    def mount_context(self):
+        """Mount data may carry context= (a kernel with SELinux parses it)."""
+        return True
+
+    def open_exec_attr(self, proc=None):
+        """This thread's exec attribute, opened through `proc` (a
+        ``procfs.ProcFS`` opened before the container could change /proc) or
+        a handle on /proc opened now, and checked to be procfs: no symlink,
+        magic link or mount is crossed on the way (CVE-2019-16884,
+        CVE-2025-52881)."""
+        from ketch.linux import procfs
+
+        path = "/proc/thread-self/attr/exec"
+        own = proc is None
+        try:
+            if own:
+                proc = procfs.ProcFS()
+            fd = proc.open("thread-self/attr/exec", os.O_WRONLY)
+            if _fstatfs_type(fd) != PROC_SUPER_MAGIC:
+                os.close(fd)
+                raise procfs.NotProcfs(0, "not procfs")
+        except procfs.NotProcfs:
+            from ketch.errors import SecurityError
+            raise SecurityError(f"{path} is not on procfs: refusing to write the SELinux exec label there") from None
+        except OSError as e:
+            from ketch.errors import SetupError, describe_oserror
+            raise SetupError(f"open {path}", describe_oserror(e)) from e
+        finally:
+            if own and proc is not None:
+                proc.close()
+        return fd
+
+    def open_exec_attr_for_child(self):
+        """The attribute is per thread: only the child itself may open its
+        own (after its chroot), so the parent has nothing to hand it."""
+        return None
+
+
+_kernel = None
+
+
+def kernel():
+    global _kernel
+    if _kernel is None:
+        _kernel = Kernel()
+    return _kernel
+
+
+def use(k):
+    """Answer every later call through `k` (a ``Kernel``) instead of the host's."""
+    global _kernel, _frozen
+    _kernel, _frozen = k, None
 
 
 _frozen = None  # set by freeze(): the answer for the rest of this process
@@ -178,8 +243,8 @@ def freeze():
     """Settle detection for the rest of this process and return it.
 
     The container init and exec call this before pivot_root/chroot: detection
-    reads host paths (selinuxfs, or KETCH_SELINUXFS in tests) that are gone
-    afterwards, and must not then be answered by the container's image."""
+    reads host paths (selinuxfs) that are gone afterwards, and must not then
+    be answered by the container's image."""
     global _frozen
     _frozen = None
     _frozen = selinuxfs()
@@ -188,15 +253,9 @@ def freeze():
 
 def selinuxfs():
     """The selinuxfs directory in use, or "" when SELinux is off."""
-    global _real_cache
     if _frozen is not None:
         return _frozen
-    fake = _fake_mode()
-    if fake is not None:
-        return fake if fake and _usable(fake) else ""
-    if _real_cache is None:
-        _real_cache = _find_real_selinuxfs()
-    return _real_cache
+    return kernel().selinuxfs()
 
 
 def enabled():
@@ -256,21 +315,7 @@ def level_key(pair):
 # ---- configuration ------------------------------------------------------------
 
 def contexts_path(fsdir):
-    if _fake_mode() is not None:
-        p = os.environ.get("KETCH_SELINUX_CONTEXTS")
-        if p is not None:
-            return p
-        return os.path.join(fsdir, "lxc_contexts")
-    policy = "targeted"
-    try:
-        with open("/etc/selinux/config") as f:
-            for line in f:
-                k, sep, v = line.partition("=")
-                if sep and k.strip() == "SELINUXTYPE" and v.strip():
-                    policy = v.strip().strip('"')
-    except OSError:
-        pass
-    return f"/etc/selinux/{policy}/contexts/lxc_contexts"
+    return kernel().contexts_path(fsdir)
 
 
 def read_contexts(path):
@@ -320,7 +365,7 @@ def format_mount_label(data, label, option="context"):
         raise ConfigError(f"bad SELinux mount option {option!r}: want one of {', '.join(_CONTEXT_OPTIONS)}")
     if not label or not enabled():
         return data
-    if _fake_mode() is not None and os.environ.get("KETCH_SELINUX_MOUNT_CONTEXT") == "0":
+    if not kernel().mount_context():
         return data
     _check_label_text(label, "mount label")
     conflicts = _CONFLICTS[option]
@@ -366,56 +411,19 @@ def _fstatfs_type(fd):
 
 
 def open_exec_attr(proc=None):
-    """An fd on this thread's exec attribute, checked to be procfs; None when off.
-
-    Opened through `proc` (a ``procfs.ProcFS`` opened before the container
-    could change /proc), or a handle on /proc opened now: either way no
-    symlink, magic link or mount is crossed on the way (CVE-2019-16884,
-    CVE-2025-52881)."""
+    """An fd on this thread's exec attribute, checked to be procfs; None when off."""
     if not enabled():
         return None
-    fake = _fake_mode() is not None and os.environ.get("KETCH_SELINUX_EXEC_ATTR")
-    path = fake or "/proc/thread-self/attr/exec"
-    if fake:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError as e:
-            from ketch.errors import SetupError, describe_oserror
-            raise SetupError(f"open {path}", describe_oserror(e)) from e
-    from ketch.linux import procfs
-
-    own = proc is None
-    try:
-        if own:
-            proc = procfs.ProcFS()
-        fd = proc.open("thread-self/attr/exec", os.O_WRONLY)
-        if _fstatfs_type(fd) != _PROC_SUPER_MAGIC:
-            os.close(fd)
-            raise procfs.NotProcfs(0, "not procfs")
-    except procfs.NotProcfs:
-        from ketch.errors import SecurityError
-        raise SecurityError(f"{path} is not on procfs: refusing to write the SELinux exec label there") from None
-    except OSError as e:
-        from ketch.errors import SetupError, describe_oserror
-        raise SetupError(f"open {path}", describe_oserror(e)) from e
-    finally:
-        if own and proc is not None:
-            proc.close()
-    return fd
+    return kernel().open_exec_attr(proc)
 
 
 def open_exec_attr_for_child():
     """For a process that forks the one which will exec (ketch exec): an fd
-    the child can write its exec label through after a chroot, or None.
-
-    The real attribute is per thread: only the child itself may write its
-    /proc/thread-self/attr/exec (it opens its own after the chroot, checked
-    to be procfs).  The KETCH_SELINUX_EXEC_ATTR stand-in of the as-if-enabled
-    mode is a host file the child could not reach after the chroot: it is
-    opened here."""
-    if not enabled() or _fake_mode() is None or not os.environ.get("KETCH_SELINUX_EXEC_ATTR"):
+    the child can write its exec label through after a chroot, or None (the
+    child opens its own)."""
+    if not enabled():
         return None
-    return open_exec_attr()
+    return kernel().open_exec_attr_for_child()
 
 
 def set_exec_label(label, fd=None, proc=None):

@@ -6,7 +6,8 @@ container side.
 import os
 
 # _signal, not signal: the signal module builds an IntEnum of every signal at
-# import (enum machinery, several ms on each container start).
+# import (enum machinery, several ms on each container start).  The one place
+# ketch imports it: everyone else takes ``signal`` from here.
 import _signal as signal
 
 from ..errors import UsageError

@@ -108,12 +108,12 @@ class Syscalls:
 
     def mount(self, source, target, fstype, flags=0, data=None):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
-            self.forget_root()  # a mount on the root itself hides what the fd names
+            self._forget_root()  # a mount on the root itself hides what the fd names
         _libc.mount(kernel_path(source), kernel_path(target), fstype, int(flags), data or None)
 
     def umount2(self, target, flags=0):
         if self._rootfd is not None and _shown(target) == self._rootfd[0]:
-            self.forget_root()
+            self._forget_root()
         _libc.umount2(kernel_path(target), flags)
 
     def mount_setattr(self, target, recursive, attr_set=0, attr_clr=0, propagation=0, userns_fd=0):
@@ -182,11 +182,11 @@ class Syscalls:
             os.waitpid(pid, 0)
 
     def pivot_root(self, new_root, put_old):
-        self.forget_root()
+        self._forget_root()
         _libc.pivot_root(new_root, put_old)
 
     def chroot(self, path):
-        self.forget_root()
+        self._forget_root()
         os.chroot(path)
 
     def chdir(self, path):
@@ -222,17 +222,25 @@ class Syscalls:
     def close(self, fd):
         os.close(fd)
 
-    # (root, fd) of the root directory open_in_root resolves from: one open
-    # per rootfs instead of one per lookup (~70 per container start).  A
-    # mount on the root itself, pivot_root and chroot drop it: the fd would
-    # still name the directory underneath.
+    # (root, fd, real path) of the root directory open_in_root resolves from:
+    # one open per rootfs instead of one per lookup (~70 per container
+    # start).  The layer owns it: whoever makes a Syscalls closes it (close_root(),
+    # or a with block) before the runtime's fds are closed.  A mount on the
+    # root itself, pivot_root and chroot drop it: the fd would still name the
+    # directory underneath.
     _rootfd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close_root()
 
     def _root_fd(self, root):
         cached = self._rootfd
         if cached is not None and cached[0] == root:
             return cached[1]
-        self.forget_root()
+        self._forget_root()
         fd = os.open(root, _DIR_FLAGS)
         # where the kernel says the root is (the bundle path may hold symlinks)
         self._rootfd = (root, fd, os.readlink(f"/proc/self/fd/{fd}"))
@@ -242,8 +250,11 @@ class Syscalls:
         self._root_fd(root)
         return self._rootfd[2]
 
-    def forget_root(self):
-        """Close the cached root fd (before the runtime's fds are closed, too)."""
+    def close_root(self):
+        """Close the root fd the layer caches."""
+        self._forget_root()
+
+    def _forget_root(self):
         cached = self._rootfd
         if cached is not None:
             self._rootfd = None
@@ -403,5 +414,3 @@ def _copy_tree(src, dst):
             os.chmod(d, _stat.S_IMODE(m))
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
-
-default = Syscalls()

@@ -121,6 +121,21 @@ def close_unlisted(ctx):
     close_except(allowed(ctx))
 
 
+def first_in_child(ctx):
+    """What every child of the runtime does first (stage-1, the init, exec's
+    intermediate): become non-dumpable, then close every fd not on the
+    allow-list (CVE-2024-21626).
+
+    Non-dumpable: a process in the container's pid namespace (one shared
+    with another container, or the init's own children later) must not
+    open /proc/<pid>/fd, /exe or /mem of the runtime (CVE-2016-9962, and
+    CVE-2019-5736: /exe is the host's interpreter)."""
+    from ..linux import libc as _libc
+
+    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
+    close_unlisted(ctx)
+
+
 def close_except(keep):
     low = 0
     for fd in sorted(keep):

@@ -60,7 +60,7 @@ def preload():
     runs startContainer hooks after pivot_root, when the host's Python
     library is no longer reachable."""
     import fcntl  # noqa: F401
-    import signal  # noqa: F401
+    from ..linux import signals  # noqa: F401
 
     from .. import _json  # noqa: F401
 
@@ -115,7 +115,7 @@ def run_hook(hook, state, phase="hook", index=0):
     `state` is a dict (serialised here) or bytes already serialised.
     Returns (stdout, stderr) bytes.
     """
-    import signal  # pulls in enum (~6 ms): only when there are hooks
+    from ..linux import signals
 
     validate(hook, phase, index)
     path = hook["path"]
@@ -148,7 +148,7 @@ def run_hook(hook, state, phase="hook", index=0):
             actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                        (os.POSIX_SPAWN_DUP2, err_w, 2)]
             actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds({in_r, out_w, err_w})]
-            pid = os.posix_spawn(path, argv, env, file_actions=actions, setsigdef=(signal.SIGPIPE,))
+            pid = os.posix_spawn(path, argv, env, file_actions=actions, setsigdef=(signals.signal.SIGPIPE,))
         except OSError as e:
             from ketch.errors import describe_oserror
             raise HookError(f"{what}: {describe_oserror(e)}") from e
@@ -168,7 +168,7 @@ def run_hook(hook, state, phase="hook", index=0):
     if status is None:
         msg = f"{what}: timed out after {float(timeout):.1f}s"
     elif os.WIFSIGNALED(status):
-        msg = f"{what}: killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        msg = f"{what}: killed by signal {signals.signal_name(os.WTERMSIG(status))}"
     elif os.WEXITSTATUS(status):
         msg = f"{what}: exit status {os.WEXITSTATUS(status)}"
     else:

@@ -43,11 +43,19 @@ _ROOT_PROPAGATION = {
 _LOCKABLE = MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC | MS.NOATIME | MS.NODIRATIME | MS.RELATIME
 
 
-def _default_sys(sys):
-    if sys is None:
-        from ketch.linux.syscalls import default
-        return default
-    return sys
+def _owning(fn):
+    """`fn` runs through the caller's syscall layer, or a real one of its own
+    that it closes (and the root fd the layer caches) when it returns."""
+    def run(*args, sys=None, **kw):
+        if sys is not None:
+            return fn(*args, sys=sys, **kw)
+        from ketch.linux.syscalls import Syscalls
+
+        with Syscalls() as own:
+            return fn(*args, sys=own, **kw)
+
+    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+    return run
 
 
 def _label_inode(sys, target, label):
@@ -733,6 +741,7 @@ def bind_sources(config, bundle):
     return out
 
 
+@_owning
 def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, before_pivot=None,
             no_pivot=False, sys=None, sources=None):
     """Lay out the container's root filesystem and pivot into it (in the new mount namespace).
@@ -741,7 +750,6 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
     mounts whose source the runtime opened (``bind_sources``); the fds are
     consumed."""
     _trace("rootfs prepare")
-    sys = _default_sys(sys)
     eng = _Engine(rootfs_path, sys, mount_label)
     mounts = [Mount(m, bundle) for m in (config.get("mounts") or ())]
     from ketch.spec import namespaces
@@ -848,6 +856,7 @@ def open_source(eng, path, kind, what, fd=None):
         raise SetupError(f"{what}: open {path}", describe_oserror(e)) from e
 
 
+@_owning
 def mount_console(slave_path, mount_label="", sys=None, fd=None):
     """Bind the pty slave on /dev/console (after pivot).
 
@@ -856,7 +865,6 @@ def mount_console(slave_path, mount_label="", sys=None, fd=None):
     way it is checked to be a devpts pty and bound from its fd: a
     /dev/pts/N swapped for a link to a procfs file would otherwise be bound
     on /dev/console, writable (CVE-2025-52565)."""
-    sys = _default_sys(sys)
     eng = _Engine("/", sys, mount_label)
     pty = open_source(eng, slave_path, "pty", "bind the console", fd)
     old = sys.umask(0)
@@ -875,9 +883,9 @@ def mount_console(slave_path, mount_label="", sys=None, fd=None):
         sys.release(pty)
 
 
+@_owning
 def finalize(config, sys=None):
     """After pivot: readonlyPaths, maskedPaths, a read-only /dev if asked, root.readonly."""
-    sys = _default_sys(sys)
     linux = config.get("linux") or {}
     label = linux.get("mountLabel") or ""
     eng = _Engine("/", sys, label)
@@ -894,8 +902,6 @@ def finalize(config, sys=None):
             eng.remount("/dev", m.opts.flags | MS.RDONLY, "/dev", bind=False)
     if (config.get("root") or {}).get("readonly"):
         eng.remount("/", MS.RDONLY, "/")
-    # The runtime's fds are closed next: no cached root fd may outlive that.
-    getattr(sys, "forget_root", lambda: None)()
 
 
 def _finalize_paths(eng, linux, label, null_box):

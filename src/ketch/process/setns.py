@@ -128,8 +128,10 @@ def spawn(ctx):
     if inter == 0:  # ------------------------------------------ intermediate
         code = 1
         try:
-            _first_in_child(ctx)
-            parent_sock.detach()  # closed by _first_in_child: not ours to close again
+            from .fds import first_in_child
+
+            first_in_child(ctx)
+            parent_sock.detach()  # closed by first_in_child: not ours to close again
             _intermediate(ctx, child_sock)
             code = 0
         except BaseException as e:  # noqa: BLE001 - everything goes to the parent
@@ -246,25 +248,14 @@ def _step(e, name):
     return e
 
 
-def _first_in_child(ctx):
-    """Before anything else in a child: non-dumpable (see the module
-    docstring, CVE-2019-5736 and CVE-2016-9962), then every fd not on the
-    allow-list closed (process/fds.py, CVE-2024-21626)."""
-    from ..linux import libc as _libc
-    from . import fds
-
-    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
-    fds.close_unlisted(ctx)
-
-
 def _intermediate(ctx, sock):
     from ..linux import namespaces as ns
     from . import fds
 
     if ctx.sigmask is not None:
-        import _signal
+        from ..linux.signals import signal
 
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, ctx.sigmask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ctx.sigmask)
     _join_v1(ctx)
     # Loading modules overlaps with the parent moving us into the unified
     # cgroup (a cgroup.procs write waits for an RCU grace period, 5-20 ms);

@@ -44,8 +44,10 @@ def spawn(ctx):
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
-            _first_in_child(ctx)
-            parent_sock.detach()  # closed by _first_in_child: not ours to close again
+            from .fds import first_in_child
+
+            first_in_child(ctx)
+            parent_sock.detach()  # closed by first_in_child: not ours to close again
             if gate is not None:
                 gate.fd = -1
             _stage1(ctx, child_sock)
@@ -320,22 +322,6 @@ def _preload(ctx):
     init.import_modules(ctx.config)
 
 
-def _first_in_child(ctx):
-    """What every child of the runtime does first (stage-1 and the init):
-    become non-dumpable, then close every fd not on the allow-list
-    (process/fds.py, CVE-2024-21626).
-
-    Non-dumpable: a process in the container's pid namespace (one shared
-    with another container, or the init's own children later) must not
-    open /proc/<pid>/fd, /exe or /mem of the runtime (CVE-2016-9962, and
-    CVE-2019-5736: /exe is the host's interpreter)."""
-    from ..linux import libc as _libc
-    from . import fds
-
-    _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
-    fds.close_unlisted(ctx)
-
-
 def _stage1(ctx, sock):
     from ..linux import libc as _libc
 
@@ -372,7 +358,10 @@ def _stage1(ctx, sock):
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
     pid = os.fork()
     if pid == 0:  # ------------------------------------------------- init
-        _first_in_child(ctx)
+        # not "from . import fds": _stage1's own `fds` (namespace paths) would shadow it
+        from .fds import first_in_child
+
+        first_in_child(ctx)
         trace("init forked")
         from . import init
 

@@ -9,12 +9,9 @@ killed and reaped, the cgroups removed, the state directory deleted.
 
 import os
 
-# _signal, not signal: the signal module builds an IntEnum of every signal at
-# import (enum machinery, several ms on each container start).
-import _signal as signal
-
 from .. import errors
 from ..linux import signals
+from ..linux.signals import signal
 from ..trace import trace as _trace
 from . import status as st
 from ..log import now_rfc3339

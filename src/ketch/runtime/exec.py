@@ -9,10 +9,8 @@ container's config, as for runc's setns init.
 
 import os
 
-# _signal, not signal: the signal module builds an IntEnum at import.
-import _signal as signal
-
 from .. import errors, spec
+from ..linux.signals import signal
 from . import status as st
 
 

@@ -5,9 +5,9 @@ terminal in raw mode and window-size changes passed on."""
 
 import os
 import select
-import _signal as signal
 
 from ..linux import fdpass
+from ..linux.signals import signal
 
 
 class ForegroundTerminal:

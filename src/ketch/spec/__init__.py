@@ -34,23 +34,10 @@ def load(bundle, name="config.json"):
     return cfg
 
 
-MAX_DEPTH = 64
-
-
 def check_depth(doc, origin):
-    """Refuse a document nested deeper than any OCI config is: later copies
-    and encodings of it (state, exec) recurse, and would fail with a
-    RecursionError traceback instead of one error line.  Iterative: the
-    check itself cannot overflow."""
-    stack = [(doc, 1)]
-    while stack:
-        v, d = stack.pop()
-        if d > MAX_DEPTH:
-            raise ConfigError(f"{origin}: invalid JSON: nested more than {MAX_DEPTH} levels deep")
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values() if isinstance(x, (dict, list)))
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    """Refuse a document nested deeper than any OCI config is (``_json.too_deep``)."""
+    if json.too_deep(doc):
+        raise ConfigError(f"{origin}: invalid JSON: nested more than {json.MAX_DEPTH} levels deep")
 
 
 class _V:

@@ -87,8 +87,7 @@ def read_upper(upper, lowers):
 
 def write_changes(changes, root, out, uid_map=None, gid_map=None, overlay=False):
     """The tar of `changes`, the entries read from the layer directory `root`."""
-    w = TarWriter(out, uid_map, gid_map)
-    with Tree(root) as tree:
+    with TarWriter(out, uid_map, gid_map) as w, Tree(root) as tree:
         for kind, rel, st in changes:
             if kind == DELETE:
                 w.whiteout(rel)
@@ -96,7 +95,6 @@ def write_changes(changes, root, out, uid_map=None, gid_map=None, overlay=False)
             w.add(tree, rel, st)
             if overlay and stat.S_ISDIR(st.st_mode) and tree.getxattr(rel, "trusted.overlay.opaque") == b"y":
                 w.opaque(rel)
-    w.close()
 
 
 def as_list(changes):

@@ -1,0 +1,1 @@
+"""Test-only code that ketch's tests share (never imported by ketch)."""
