@@ -342,7 +342,7 @@ INPROC = "KETCH_BENCH_ENGINE_INPROC"
 def profile_inproc(store, state, n):
     """The engine's steps timed inside one process (a child: the monitor makes
     its process a subreaper and takes signals): ``create`` and ``remove`` of a
-    container, and the monitor's ``_monitor`` for ``run --rm``, with the
+    container, and the monitor's ``run`` for ``run --rm``, with the
     functions they call wrapped in timers.  Modules are imported beforehand,
     so these are the work without the interpreters and imports."""
     env = dict(os.environ, **{INPROC: "1"})
@@ -355,7 +355,7 @@ def profile_inproc(store, state, n):
 
 def _inproc_main(store, state, image, n):
     from ketch.engine import bundle
-    from ketch.engine import containers as C
+    from ketch.engine import monitor as M
     from ketch.engine.api import Engine
     from ketch.engine.network import plan as netplan
     from ketch.runtime import container as rt
@@ -386,7 +386,7 @@ def _inproc_main(store, state, image, n):
                              (bundle, "write", "create: bundle write"), (st_c, "_save", "record save (fsync'd)"),
                              (rt, "create", "monitor: runtime create"), (rt, "start", "monitor: runtime start"),
                              (st_c, "_cleanup_runtime", "leftover check / runtime delete + unmount"),
-                             (C, "_pump", "monitor: wait for the payload")):
+                             (M, "_pump", "monitor: wait for the payload")):
         wrap(obj, name, label)
     fsyncs = []
     real_fsync = os.fsync
@@ -412,7 +412,7 @@ def _inproc_main(store, state, image, n):
         os.dup2(null, 1)
         t = time.perf_counter()
         try:
-            C._monitor(params, w)
+            M.run(params, w)
         finally:
             os.dup2(saved, 1)
         tot.setdefault("monitor (all, --rm included)", []).append((time.perf_counter() - t) * 1000)
@@ -438,7 +438,7 @@ def _strace_events(lines, re):
             role[pid] = "cli"
         r = role.get(pid, "?")
         if rest.startswith("execve("):
-            if "_monitor_main" in rest:
+            if "ketch.engine.monitor" in rest:
                 role[pid] = r = "monitor"
             elif rest.startswith('execve("/bin/true"'):
                 role[pid] = r = "payload"

@@ -29,7 +29,7 @@ def engine():
 LINES = """\
 8251  1000.000000 execve("/v/bin/ketch", ["/v/bin/ketch", "container", "run", "--rm", "bb", "/bin/true"], 0x7ffe /* 40 vars */) = 0
 8251  1000.030000 vfork( <unfinished ...>
-8256  1000.031000 execve("/v/bin/python3", ["/v/bin/python3", "-I", "-S", "-c", "import sys; from ketch.engine.containers import _monitor_main; _monitor_main()", "{}"], 0x7 /* 41 vars */) = 0
+8256  1000.031000 execve("/v/bin/python3", ["/v/bin/python3", "-I", "-S", "-c", "import sys; from ketch.engine.monitor import main; main()", "{}"], 0x7 /* 41 vars */) = 0
 8251  1000.031500 <... vfork resumed>)     = 8256
 8256  1000.050000 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD, child_tidptr=0x7f) = 8257
 8256  1000.052000 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD, child_tidptr=0x7f) = 8258

@@ -15,16 +15,11 @@ The container's layer is the storage driver's layer named by the container id;
 its runtime state lives under the runtime's --root with the same id (so its
 cgroup is /ketch/<id>).
 
-A started container is watched by a *monitor*: a small process of its own
-(started with subprocess, no fork of a big parent; its own session, so it
-outlives the command that started it).  The monitor is the runtime's caller:
-it creates and starts the container in-process, becomes the child subreaper
-the init is re-parented to, copies the container's output into the log (and,
-when attached, to the caller's stdout/stderr), and when the init exits it
-records the exit code, deletes the runtime container (cgroups, state),
-releases the layer's mount and, with --rm, removes the container.  It exits
-with the container's exit code.  A container has runtime state only while it
-runs, as with Docker, so a stopped container holds no kernel objects.
+A started container is watched by a *monitor* (ketch.engine.monitor): the
+runtime's caller, which records the container's run in the store through the
+store's public interface (the "monitor's interface" below) and, with --rm,
+removes it.  A container has runtime state only while it runs, as with
+Docker, so a stopped container holds no kernel objects.
 """
 
 import json
@@ -174,6 +169,34 @@ class ContainerStore:
             rec["State"].update(state)
             self._save(rec)
             return rec
+
+    # -- the monitor's interface (ketch.engine.monitor) --
+
+    def load(self, cid):
+        """The record of container `cid` as saved (ContainerNotFound when there is none)."""
+        return self._load(cid)
+
+    def update_state(self, cid, **state):
+        """Under the store's lock: merge `state` into the record's State; returns the record."""
+        return self._update_state(cid, **state)
+
+    def set_network_settings(self, cid, settings):
+        with self._lock():
+            rec = self._load(cid)
+            rec["NetworkSettings"] = settings
+            self._save(rec)
+
+    def runtime_store(self):
+        """The runtime's store (its --root) the containers run in."""
+        return self._runtime_store()
+
+    def cleanup_runtime(self, cid):
+        """Delete the runtime container `cid` (cgroups, state) if it exists, detach its
+        network, release its layer's mount."""
+        self._cleanup_runtime(cid)
+
+    def bundle_dir(self, cid):
+        return self._p(cid, "bundle")
 
     def resolve(self, ref):
         """The id of a container named by its name, its id or an unambiguous id prefix."""
@@ -368,7 +391,7 @@ class ContainerStore:
                   "driver": self.images.driver_name, "uid_map": self.images.uid_map,
                   "gid_map": self.images.gid_map}
         boot = (f"import sys; sys.path.insert(0, {src!r}); "
-                "from ketch.engine.containers import _monitor_main; _monitor_main()")
+                "from ketch.engine.monitor import main; main()")
         return [sys.executable, "-I", "-S", "-c", boot, json.dumps(params)]
 
     def start(self, ref, attach=False, stdin=None, stdout=None, stderr=None):
@@ -696,258 +719,3 @@ class ContainerStore:
             rec["Name"] = "/" + new
             self._save(rec)
             os.unlink(self._p("names", old))
-
-
-# ---------------------------------------------------------------------- monitor
-
-class _LogWriter:
-    """Docker's json-file lines: {"log": "...\\n", "stream": "stdout", "time": "..."}."""
-
-    def __init__(self, path, echo):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.echo = echo  # {"stdout": fd, "stderr": fd} or {}
-        self.partial = {"stdout": b"", "stderr": b""}
-
-    def write(self, stream, data):
-        fd = self.echo.get(stream)
-        if fd is not None:
-            _write_all(fd, data)
-        buf = self.partial[stream] + data
-        lines = buf.split(b"\n")
-        self.partial[stream] = lines.pop()
-        if lines:
-            self._emit(stream, [ln + b"\n" for ln in lines])
-        if len(self.partial[stream]) > 16384:
-            self._emit(stream, [self.partial[stream]])
-            self.partial[stream] = b""
-
-    def _emit(self, stream, chunks):
-        t = _now()
-        out = b"".join(json.dumps({"log": c.decode("utf-8", "surrogateescape"), "stream": stream,
-                                   "time": t}, ensure_ascii=True).encode("utf-8", "surrogateescape") + b"\n"
-                       for c in chunks)
-        _write_all(self.fd, out)
-
-    def close(self):
-        for s, b in self.partial.items():
-            if b:
-                self._emit(s, [b])
-        os.close(self.fd)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            import select
-            select.select([], [fd], [])
-        except OSError:
-            return  # the reader went away: the log still gets everything
-
-
-def _monitor_main():
-    import sys
-    params = json.loads(sys.argv[1])
-    status_fd = int(os.environ.pop("KETCH_MONITOR_STATUS_FD"))
-    os.set_inheritable(status_fd, False)
-    sys.exit(_monitor(params, status_fd))
-
-
-def _monitor(params, status_fd):
-    from ketch.engine.images import ImageStore
-    from ketch.runtime import container as rt
-    from ketch.linux import libc as _libc
-    import _signal as signal
-
-    images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
-                        progress=False)
-    store = ContainerStore(images, params["runtime_root"])
-    cid = params["id"]
-    attach = params["attach"]
-    rs = store._runtime_store()
-    rec = store._load(cid)
-    tty = rec["Config"].get("Tty")
-    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
-    me = os.getpid()
-    store._update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
-    # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
-    # become the container's while the runtime forks it.
-    my_out, my_err = os.dup(1), os.dup(2)
-    echo = {"stdout": my_out, "stderr": my_err} if attach else {}
-    log = _LogWriter(rec["LogPath"], echo)
-    pipes = []
-    sock = master = None
-    started = False
-    pending = []
-
-    def forward(sig, frame):
-        pending.append(sig)
-
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(s, forward)
-    saved_term = None
-    try:
-        store._cleanup_runtime(cid)  # what a monitor killed earlier left
-        store.driver.get(cid, rec.get("MountLabel") or "")
-        from ketch.engine.network import plan as netplan
-        settings = netplan.up(store, rec)
-        if settings is not None:
-            with store._lock():
-                r = store._load(cid)
-                r["NetworkSettings"] = settings
-                store._save(r)
-        opts = rt.CreateOptions(bundle=store._p(cid, "bundle"), detach=True)
-        if tty:
-            import socket
-            sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            opts.console_socket = child
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            pipes = [(out_r, "stdout"), (err_r, "stderr")]
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.close(out_w)
-            os.close(err_w)
-        try:
-            c = rt.create(rs, cid, opts, _keep_lock=True)
-        finally:
-            os.dup2(my_out, 1)
-            os.dup2(my_err, 2)
-            if tty:
-                child.close()
-        pid = c.pid
-        pid_start = proc_start_time(pid)[0]
-        if tty:
-            from ketch.linux import console
-            master, _ = console.recv_fd(sock)
-            sock.close()
-            if attach and os.isatty(0):
-                import termios
-                import tty as ttymod
-                try:
-                    rows, cols = console.get_size(0)
-                    console.set_size(master, rows, cols)
-                except OSError:
-                    pass
-                saved_term = termios.tcgetattr(0)
-                ttymod.setraw(0)
-        rt.start(rs, cid, c)
-        started = True
-        store._update_state(cid, Status="running", Running=True, Pid=pid, PidStart=pid_start,
-                            ExitCode=0, StartedAt=_now(), FinishedAt="0001-01-01T00:00:00Z", Error="")
-        os.write(status_fd, b"ok")
-        os.close(status_fd)
-        status_fd = -1
-        code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
-    except BaseException as e:
-        msg = str(e) if isinstance(e, KetchError) else f"{type(e).__name__}: {e}"
-        if status_fd >= 0:
-            os.write(status_fd, msg.encode(errors="replace"))
-            os.close(status_fd)
-        try:
-            store._cleanup_runtime(cid)
-        except BaseException:  # noqa: BLE001 - keep the first error
-            pass
-        store._update_state(cid, Status="exited" if started else "created", Running=False, Pid=0,
-                            ExitCode=255 if started else 0, Error=msg, FinishedAt=_now())
-        log.close()
-        if saved_term is not None:
-            import termios
-            termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
-        if rec["HostConfig"].get("AutoRemove"):
-            try:
-                store.remove(cid, force=True)
-            except BaseException:  # noqa: BLE001
-                pass
-        return 125
-    if saved_term is not None:
-        import termios
-        termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
-    log.close()
-    err = ""
-    try:
-        store._cleanup_runtime(cid)
-    except KetchError as e:
-        err = str(e)
-    store._update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
-                        Error=err)
-    if rec["HostConfig"].get("AutoRemove"):
-        try:
-            store.remove(cid, force=True)
-        except KetchError as e:
-            _write_all(my_err, f"ketch: --rm: {e}\n".encode())
-    return code
-
-
-def _pump(pid, pipes, master, log, stdin_to_master, pending):
-    """Copy the container's output to the log until its init exits; returns its exit code."""
-    import select
-    import _signal as signal
-    from ketch.linux.signals import exit_code, reap_until
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    streams = {}
-    for fd, name in pipes:
-        poller.register(fd, select.POLLIN)
-        streams[fd] = name
-    if master is not None:
-        poller.register(master, select.POLLIN)
-        streams[master] = "stdout"
-    if stdin_to_master:
-        poller.register(0, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-
-    def copy(fd):
-        """One read from a container stream into the log; at EOF, forget it."""
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        if data:
-            log.write(streams[fd], data)
-        else:
-            poller.unregister(fd)
-            del streams[fd]
-
-    status = None
-    while status is None:
-        while pending:
-            try:
-                signal.pidfd_send_signal(pidfd, pending.pop(0))
-            except ProcessLookupError:
-                pass
-        try:
-            events = poller.poll(1000)
-        except InterruptedError:
-            continue
-        for fd, ev in events:
-            if fd == pidfd:
-                status = reap_until(pid)
-            elif fd == 0:
-                try:
-                    data = os.read(0, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    poller.unregister(0)
-                else:
-                    _write_all(master, data)
-            elif fd in streams:
-                copy(fd)
-    os.close(pidfd)
-    # Drain: with its own pid namespace every process died with the init, so
-    # the pipes reach EOF; give stragglers a bounded time.
-    deadline = time.monotonic() + 2
-    while streams and time.monotonic() < deadline:
-        events = poller.poll(100)
-        for fd, ev in events:
-            if fd in streams:
-                copy(fd)
-    for fd in list(streams):
-        os.close(fd)
-    return exit_code(status)
-
-
