@@ -28,7 +28,7 @@ result, then unmounts the namespace.  `reconcile` does that for every
 attachment whose container is gone or no longer running.
 """
 
-import json
+from ketch import _json as json
 import os
 
 from ketch.errors import ConfigError, KetchError
