@@ -412,7 +412,7 @@ def _inproc_main(store, state, image, n):
         os.dup2(null, 1)
         t = time.perf_counter()
         try:
-            M.run(params, w)
+            M.run(params, w, st)
         finally:
             os.dup2(saved, 1)
         tot.setdefault("monitor (all, --rm included)", []).append((time.perf_counter() - t) * 1000)
@@ -438,7 +438,7 @@ def _strace_events(lines, re):
             role[pid] = "cli"
         r = role.get(pid, "?")
         if rest.startswith("execve("):
-            if "ketch.engine.monitor" in rest:
+            if "monitor_main" in rest:
                 role[pid] = r = "monitor"
             elif rest.startswith('execve("/bin/true"'):
                 role[pid] = r = "payload"
@@ -448,9 +448,12 @@ def _strace_events(lines, re):
             if child.isdigit():
                 k = forks[r] = forks.get(r, 0) + 1
                 name = {"monitor": {1: "runtime's throwaway child", 2: "stage-1"}, "monitor>2": {1: "init"},
-                        "cli": {1: "monitor (subprocess)"}}
+                        "cli": {1: "monitor"}}
                 kid = name.get(r, {}).get(k, f"child {k}")
-                role.setdefault(int(child), "monitor>2" if (r, k) == ("monitor", 2) else f"{r}>{k}")
+                # the CLI's first child is the monitor: a fork (the CLI), or a new interpreter
+                # started with subprocess (the Python API), which its execve names as well
+                role.setdefault(int(child), "monitor>2" if (r, k) == ("monitor", 2) else
+                                "monitor" if (r, k) == ("cli", 1) else f"{r}>{k}")
                 ev.append((t, f"{r}: fork {kid}"))
         elif rest.startswith("exit_group("):
             ev.append((t, f"{r}: exit"))

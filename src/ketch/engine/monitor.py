@@ -14,7 +14,7 @@ store's public interface: load, update_state, set_network_settings,
 runtime_store, cleanup_runtime, bundle_dir, driver, remove.
 """
 
-import json
+from ketch import _json as json
 import os
 import time
 
@@ -51,7 +51,7 @@ class _LogWriter:
     def _emit(self, stream, chunks):
         t = _now()
         out = b"".join(json.dumps({"log": c.decode("utf-8", "surrogateescape"), "stream": stream,
-                                   "time": t}, ensure_ascii=True).encode("utf-8", "surrogateescape") + b"\n"
+                                   "time": t}).encode("utf-8", "surrogateescape") + b"\n"
                        for c in chunks)
         _write_all(self.fd, out)
 
@@ -74,24 +74,82 @@ def _write_all(fd, data):
             return  # the reader went away: the log still gets everything
 
 
-def main():
+class Forked:
+    """A monitor forked from this process: the part of subprocess.Popen its caller uses."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(st)
+        return self.returncode
+
+    def wait(self):
+        if self.returncode is None:
+            _, st = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(st)
+        return self.returncode
+
+
+def can_fork():
+    """Whether this process may fork a monitor: only while it runs one thread (a fork of a
+    threaded program copies locks other threads may hold)."""
     import sys
-    params = json.loads(sys.argv[1])
-    status_fd = int(os.environ.pop("KETCH_MONITOR_STATUS_FD"))
-    os.set_inheritable(status_fd, False)
-    sys.exit(run(params, status_fd))
+    t = sys.modules.get("threading")
+    return t is None or t.active_count() == 1
 
 
-def run(params, status_fd):
-    from ketch.engine.containers import ContainerStore
-    from ketch.engine.images import ImageStore
+def fork(store, params, status_fd, stdin_null, all_null):
+    """The monitor as a fork of this process (the CLI): no new interpreter and no imports,
+    since the caller holds the engine's modules already.  Its own session, as with
+    Popen(start_new_session=True); fds 0-2 inherited (/dev/null where asked), every
+    other fd but `status_fd` closed so the monitor holds nothing of its caller's.
+    Returns a Forked for the caller."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 125
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if stdin_null or all_null:
+            for fd in (0, 1, 2) if all_null else (0,):
+                os.dup2(null, fd)
+        # The caller's other fds (a lock, a socket) must not live on in the
+        # monitor; /dev/null goes over them rather than a close, so a Python
+        # object of the caller's that closes its fd later closes that, never
+        # an fd of the monitor's that reused the number.
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd not in (status_fd, null):
+                try:
+                    os.dup2(null, fd, inheritable=False)
+                except OSError:
+                    pass  # the listing's own fd, closed since
+        code = run(params, status_fd, store)
+    except BaseException:  # noqa: BLE001 - never return into the caller's code
+        try:
+            import traceback
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def run(params, status_fd, store):
+    """The monitor's work for the container params["id"] of `store` (a ContainerStore)."""
     from ketch.runtime import container as rt
     from ketch.linux import libc as _libc
     import _signal as signal
 
-    images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
-                        progress=False)
-    store = ContainerStore(images, params["runtime_root"])
     cid = params["id"]
     attach = params["attach"]
     rs = store.runtime_store()
