@@ -11,7 +11,7 @@ container's exit code.
 
 It reaches the container store (ketch.engine.containers) only through the
 store's public interface: load, update_state, set_network_settings,
-runtime_store, cleanup_runtime, bundle_dir, driver, remove.
+runtime_store, cleanup_runtime, bundle_dir, driver, remove, remove_exited.
 """
 
 from ketch import _json as json
@@ -255,9 +255,19 @@ def run(params, status_fd, store):
         store.cleanup_runtime(cid)
     except KetchError as e:
         err = str(e)
-    store.update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
-                        Error=err)
-    if rec["HostConfig"].get("AutoRemove"):
+    if rec["HostConfig"].get("AutoRemove") and not err:
+        try:
+            store.remove_exited(cid)  # the record goes: no "exited" save before
+            return code
+        except KetchError as e:
+            err = f"--rm: {e}"
+            _write_all(my_err, f"ketch: {err}\n".encode())
+    try:
+        store.update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
+                            Error=err)
+    except KetchError:
+        return code  # removed meanwhile
+    if rec["HostConfig"].get("AutoRemove") and not err.startswith("--rm"):
         try:
             store.remove(cid, force=True)
         except KetchError as e:
