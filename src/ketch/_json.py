@@ -34,6 +34,11 @@ class JSONDecodeError(ValueError):
     pass
 
 
+class TooDeep(JSONDecodeError, RecursionError):
+    """A document nested deeper than the interpreter's stack: a ValueError like any bad
+    document, and a RecursionError, as json.loads raises there."""
+
+
 _WS = " \t\n\r"
 
 
@@ -53,7 +58,7 @@ def loads(data):
     except RecursionError:
         # A document nested deeper than the interpreter's stack: one error
         # line, not a traceback (the json module would only fail again).
-        raise JSONDecodeError("nested too deeply") from None
+        raise TooDeep("nested too deeply") from None
     except Exception:  # noqa: BLE001
         # The C scanner builds most syntax errors by importing json.decoder
         # (and can fail doing it with -S); on this error path only, let the
