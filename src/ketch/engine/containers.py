@@ -29,6 +29,7 @@ import time
 from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
 from ketch.engine.util import Lock, atomic_write, remove_tree
 from ketch.linux.procfs import proc_start_time
+from ketch.trace import trace
 
 RUN_DEFAULTS = {
     "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
@@ -230,9 +231,9 @@ class ContainerStore:
         return out
 
     def _new_name(self):
-        import random
         for _ in range(100):
-            n = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
+            a, b = os.urandom(2)  # not `random`: 0.7 ms of imports for a name
+            n = f"{_ADJ[a % len(_ADJ)]}_{_NOUN[b % len(_NOUN)]}"
             if not os.path.lexists(self._p("names", n)):
                 return n
         return "c" + os.urandom(6).hex()
@@ -250,6 +251,7 @@ class ContainerStore:
         for k in ("cmd", "env", "volumes", "tmpfs", "add_hosts", "publish", "dns", "dns_search", "dns_options"):
             if isinstance(o[k], str):
                 raise ConfigError(f"{k} must be a list of strings, not a string")
+        trace("engine: create")
         image_id = self.images.resolve(image)
         image_cfg = self.images.runtime_config(image_id)
         top = self.images.top_layer(image_id)
@@ -281,10 +283,12 @@ class ContainerStore:
                 me = os.getpid()
                 with open(os.path.join(cdir, "creating"), "w") as f:
                     f.write(f"{me} {proc_start_time(me)[0]}")
+            trace("engine: name and dir taken")
             labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)
             made_layer = True
+            trace("engine: layer made")
             rootfs = self.driver.get(cid, mount_label)
             try:
                 uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
@@ -299,6 +303,7 @@ class ContainerStore:
                 netplan.apply(config, net, self.networks.netns_path(net.get("container") or cid))
             finally:
                 self.driver.put(cid)
+            trace("engine: config built, layer released")
             bundle.write(os.path.join(cdir, "bundle"), config)
             env_cfg = bundle.merge_env(image_cfg.get("Env"), o["env"])
             rec = {
@@ -330,6 +335,7 @@ class ContainerStore:
                            or (m["type"] == "tmpfs" and m["destination"] not in ("/dev", "/dev/shm"))],
                 "RuntimeRoot": self.runtime_root,
             }
+            trace("engine: bundle written")
             self._save(rec)
         except BaseException:
             if made_layer:
@@ -346,6 +352,7 @@ class ContainerStore:
             if labels[1] or labels[0]:
                 mcs.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
             raise
+        trace("engine: created")
         return cid
 
     # -- status --
@@ -440,6 +447,7 @@ class ContainerStore:
         finally:
             os.close(w)
         self._popen = [x for x in self._popen if x.poll() is None] + [p]
+        trace("engine: monitor forked")
         with os.fdopen(r, "rb") as f:
             msg = f.read().decode(errors="replace").strip()
         if msg != "ok":

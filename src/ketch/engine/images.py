@@ -32,7 +32,7 @@ import os
 import time
 
 from ketch.errors import ImageError, StorageError, describe_oserror
-from ketch.engine.util import Lock, atomic_write, remove_tree
+from ketch.engine.util import LazyRe, Lock, atomic_write, remove_tree
 
 DEFAULT_ROOT = "/var/lib/ketch"
 
@@ -47,24 +47,10 @@ _LAYER_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "": ""}
 
 
 
-class _LazyRe:
-    """A regular expression compiled at its first use: `re` (with `enum`) costs ~4.5 ms,
-    and a run of an image by its stored name needs none."""
-
-    def __init__(self, pattern):
-        self.pattern, self._re = pattern, None
-
-    def match(self, s):
-        if self._re is None:
-            import re
-            self._re = re.compile(self.pattern)
-        return self._re.match(s)
-
-
-_HEX = _LazyRe(r"(?:sha256:)?([a-f0-9]{3,64})\Z")
-_NAME = _LazyRe(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HEX = LazyRe(r"(?:sha256:)?([a-f0-9]{3,64})\Z")
+_NAME = LazyRe(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
-_TAG = _LazyRe(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_TAG = LazyRe(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _CHUNK = 1 << 20
 # Caps on what is read into memory: an image config, a manifest or an index
 # (registries refuse manifests over 4 MiB; configs with long histories are the

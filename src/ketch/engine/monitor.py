@@ -20,6 +20,7 @@ import time
 
 from ketch.errors import KetchError
 from ketch.linux.procfs import proc_start_time
+from ketch.trace import trace
 
 
 def _now():
@@ -175,12 +176,15 @@ def run(params, status_fd, store):
         signal.signal(s, forward)
     saved_term = None
     try:
+        trace("monitor: started")
         store.cleanup_runtime(cid)  # what a monitor killed earlier left
         store.driver.get(cid, rec.get("MountLabel") or "")
         from ketch.engine.network import plan as netplan
+        trace("monitor: layer mounted")
         settings = netplan.up(store, rec)
         if settings is not None:
             store.set_network_settings(cid, settings)
+        trace("monitor: network up")
         opts = rt.CreateOptions(bundle=store.bundle_dir(cid), detach=True)
         if tty:
             import socket
@@ -224,6 +228,7 @@ def run(params, status_fd, store):
         os.write(status_fd, b"ok")
         os.close(status_fd)
         status_fd = -1
+        trace("monitor: ok sent")
         code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
     except BaseException as e:
         msg = str(e) if isinstance(e, KetchError) else f"{type(e).__name__}: {e}"
@@ -249,6 +254,7 @@ def run(params, status_fd, store):
     if saved_term is not None:
         import termios
         termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
+    trace("monitor: payload exited")
     log.close()
     err = ""
     try:
@@ -257,6 +263,7 @@ def run(params, status_fd, store):
         err = str(e)
     if rec["HostConfig"].get("AutoRemove") and not err:
         try:
+            trace("monitor: runtime deleted")
             store.remove_exited(cid)  # the record goes: no "exited" save before
             return code
         except KetchError as e:
