@@ -391,10 +391,11 @@ class ContainerStore:
 
     # -- start / run --
 
-    def _monitor_params(self, cid, attach):
+    def _monitor_params(self, cid, attach, recorded=False):
+        """`recorded`: the monitor's pid is in the record already (forked under the lock)."""
         return {"root": self.root, "runtime_root": self.runtime_root, "id": cid, "attach": attach,
                 "driver": self.images.driver_name, "uid_map": self.images.uid_map,
-                "gid_map": self.images.gid_map}
+                "gid_map": self.images.gid_map, "recorded": recorded}
 
     def _monitor_argv(self, cid, attach):
         import sys
@@ -412,38 +413,54 @@ class ContainerStore:
 
         With `fork_monitor` set (the CLI does) and stdio to inherit, the monitor is a fork of
         this process rather than a new interpreter (~20 ms less a start)."""
+        from ketch.engine import monitor
         cid = self.resolve(ref)
-        with self._lock():
-            rec = self.state(cid)
-            st = rec["State"]["Status"]
-            if st == "running":
-                if attach:
-                    raise InvalidState(f"container {rec['Name'][1:]} is already running")
-                return cid
-            if st == "starting":
-                raise InvalidState(f"container {rec['Name'][1:]} is being started")
-            rec["State"].update(Status="starting", Error="", MonitorPid=0, MonitorStart=None)
-            self._save(rec)
+        p = None
+        forked = self.fork_monitor and stdin is stdout is stderr is None and monitor.can_fork()
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            open_stdin = rec["Config"].get("OpenStdin")
-            try:
-                from ketch.engine import monitor
-                if self.fork_monitor and stdin is stdout is stderr is None and monitor.can_fork():
-                    p = monitor.fork(self, self._monitor_params(cid, attach), w,
+            with self._lock():
+                rec = self.state(cid)
+                st = rec["State"]["Status"]
+                if st == "running":
+                    if attach:
+                        raise InvalidState(f"container {rec['Name'][1:]} is already running")
+                    os.close(r)
+                    return cid
+                if st == "starting":
+                    raise InvalidState(f"container {rec['Name'][1:]} is being started")
+                rec["State"].update(Status="starting", Error="", MonitorPid=0, MonitorStart=None)
+                open_stdin = rec["Config"].get("OpenStdin")
+                if forked:
+                    # Forked under the lock, the monitor is in the "starting" record at once:
+                    # one save, not a second by the monitor.  It needs the lock before it
+                    # records anything, and the lock's fd is not among those it keeps.
+                    p = monitor.fork(self, self._monitor_params(cid, attach, recorded=True), w,
                                      stdin_null=not open_stdin, all_null=not attach)
-                else:
-                    import subprocess
-                    if not attach:
-                        stdin = stdout = stderr = subprocess.DEVNULL
-                    elif not open_stdin and stdin is None:
-                        stdin = subprocess.DEVNULL
+                    rec["State"].update(MonitorPid=p.pid, MonitorStart=proc_start_time(p.pid)[0])
+                try:
+                    self._save(rec)
+                except BaseException:
+                    if p is not None:
+                        os.kill(p.pid, 9)
+                        p.wait()
+                    raise
+            if not forked:
+                import subprocess
+                if not attach:
+                    stdin = stdout = stderr = subprocess.DEVNULL
+                elif not open_stdin and stdin is None:
+                    stdin = subprocess.DEVNULL
+                try:
                     p = subprocess.Popen(self._monitor_argv(cid, attach), stdin=stdin, stdout=stdout,
                                          stderr=stderr, pass_fds=(w,), start_new_session=True,
                                          env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
-            except BaseException:
-                self._update_state(cid, Status=st)
-                raise
+                except BaseException:
+                    self._update_state(cid, Status=st)
+                    raise
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
         self._popen = [x for x in self._popen if x.poll() is None] + [p]
@@ -483,10 +500,37 @@ class ContainerStore:
                 return None
             if rec["State"]["Status"] not in ("running", "starting"):
                 return rec["State"]["ExitCode"]
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return None
+            if self._wait_monitor(rec, 1.0 if deadline is None else min(deadline - now, 1.0)):
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    @staticmethod
+    def _wait_monitor(rec, timeout):
+        """Sleep until the container's monitor exits (it records the exit first), at most
+        `timeout` s: a stop returns as soon as the monitor is done, not at the next poll of
+        a doubling sleep.  False when there is no monitor to wait on."""
+        s = rec["State"]
+        pid = s.get("MonitorPid")
+        if not pid:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            if not _alive(pid, s.get("MonitorStart")):
+                return False  # gone, or its pid is another process's now
+            import select
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            p.poll(max(0, int(timeout * 1000)))
+            return True
+        finally:
+            os.close(fd)
 
     # -- signals --
 

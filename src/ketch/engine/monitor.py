@@ -157,8 +157,9 @@ def run(params, status_fd, store):
     rec = store.load(cid)
     tty = rec["Config"].get("Tty")
     _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
-    me = os.getpid()
-    store.update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
+    if not params.get("recorded"):
+        me = os.getpid()
+        store.update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
     # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
     # become the container's while the runtime forks it.
     my_out, my_err = os.dup(1), os.dup(2)
