@@ -118,6 +118,8 @@ def fork(store, params, status_fd, stdin_null, all_null):
         return Forked(pid)
     code = 125
     try:
+        import gc
+        gc.enable()  # the CLI runs without the collector; the monitor lives as long as its container
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         if stdin_null or all_null:
