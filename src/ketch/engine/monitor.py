@@ -108,7 +108,8 @@ def fork(store, params, status_fd, stdin_null, all_null):
     """The monitor as a fork of this process (the CLI): no new interpreter and no imports,
     since the caller holds the engine's modules already.  Its own session, as with
     Popen(start_new_session=True); fds 0-2 inherited (/dev/null where asked), every
-    other fd but `status_fd` closed so the monitor holds nothing of its caller's.
+    other fd but `status_fd` made /dev/null so the monitor holds nothing of its caller's
+    (the store's lock, held by the caller across the fork, included).
     Returns a Forked for the caller."""
     import sys
     sys.stdout.flush()
