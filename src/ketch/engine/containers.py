@@ -174,8 +174,13 @@ class ContainerStore:
 
     # -- the monitor's interface (ketch.engine.monitor) --
 
-    def load(self, cid):
-        """The record of container `cid` as saved (ContainerNotFound when there is none)."""
+    def load(self, cid, locked=False):
+        """The record of container `cid` as saved (ContainerNotFound when there is none);
+        `locked`: read under the store's lock, so after any change in progress (a monitor
+        forked under the lock reads the "starting" record its caller saves after the fork)."""
+        if locked:
+            with self._lock():
+                return self._load(cid)
         return self._load(cid)
 
     def update_state(self, cid, **state):

@@ -157,7 +157,10 @@ def run(params, status_fd, store):
     cid = params["id"]
     attach = params["attach"]
     rs = store.runtime_store()
-    rec = store.load(cid)
+    # Forked under the store's lock, before the caller saved the "starting" record: wait for
+    # that save, or a concurrent engine command sees the container as "created" and
+    # reconciles away the network namespace this monitor is making.
+    rec = store.load(cid, locked=params.get("recorded", False))
     tty = rec["Config"].get("Tty")
     _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
     if not params.get("recorded"):
