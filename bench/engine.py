@@ -266,7 +266,7 @@ def profile_run(ketch_c, n, opens=False):
     of the process boundaries (execve, clone, exit_group), and with
     ``opens`` of mounts and opens (with the seccomp filter the untraced
     syscalls run at full speed; opens are many and slow it more) places
-    the CLI, the monitor (a new interpreter started with subprocess), the
+    the CLI, the monitor (a fork of the CLI; a new interpreter from the API), the
     payload, and the first and last touch of each store, bundle and module
     package by the CLI and the monitor.
     Offsets in ms from the spawn of the CLI, medians over n runs; the last
