@@ -193,7 +193,7 @@ def profile_run(ketch_c, n, opens=False):
     of the process boundaries (execve, clone, exit_group), and with
     ``opens`` of mounts and opens (with the seccomp filter the untraced
     syscalls run at full speed; opens are many and slow it more) places
-    the CLI, the monitor (a new interpreter started with subprocess), the
+    the CLI, the monitor (a fork of the CLI; a new interpreter from the API), the
     payload, and the first and last touch of each store, bundle and module
     package by the CLI and the monitor.
     Offsets in ms from the spawn of the CLI, medians over n runs; the last
@@ -269,7 +269,7 @@ INPROC = "KETCH_BENCH_ENGINE_INPROC"
 def profile_inproc(store, state, n):
     """The engine's steps timed inside one process (a child: the monitor makes
     its process a subreaper and takes signals): ``create`` and ``remove`` of a
-    container, and the monitor's ``_monitor`` for ``run --rm``, with the
+    container, and the monitor's ``run`` for ``run --rm``, with the
     functions they call wrapped in timers.  Modules are imported beforehand,
     so these are the work without the interpreters and imports."""
     env = dict(os.environ, **{INPROC: "1"})
@@ -282,7 +282,7 @@ def profile_inproc(store, state, n):
 
 def _inproc_main(store, state, image, n):
     from ketch.engine import bundle
-    from ketch.engine import containers as C
+    from ketch.engine import monitor as M
     from ketch.engine.api import Engine
     from ketch.engine.network import plan as netplan
     from ketch.runtime import container as rt
@@ -313,7 +313,7 @@ def _inproc_main(store, state, image, n):
                              (bundle, "write", "create: bundle write"), (st_c, "_save", "record save (fsync'd)"),
                              (rt, "create", "monitor: runtime create"), (rt, "start", "monitor: runtime start"),
                              (st_c, "_cleanup_runtime", "leftover check / runtime delete + unmount"),
-                             (C, "_pump", "monitor: wait for the payload")):
+                             (M, "_pump", "monitor: wait for the payload")):
         wrap(obj, name, label)
     fsyncs = []
     real_fsync = os.fsync
@@ -339,7 +339,7 @@ def _inproc_main(store, state, image, n):
         os.dup2(null, 1)
         t = time.perf_counter()
         try:
-            C._monitor(params, w)
+            M.run(params, w, st)
         finally:
             os.dup2(saved, 1)
         tot.setdefault("monitor (all, --rm included)", []).append((time.perf_counter() - t) * 1000)
@@ -365,7 +365,7 @@ def _strace_events(lines, re):
             role[pid] = "cli"
         r = role.get(pid, "?")
         if rest.startswith("execve("):
-            if "_monitor_main" in rest:
+            if "monitor_main" in rest:
                 role[pid] = r = "monitor"
             elif rest.startswith('execve("/bin/true"'):
                 role[pid] = r = "payload"
@@ -375,9 +375,12 @@ def _strace_events(lines, re):
             if child.isdigit():
                 k = forks[r] = forks.get(r, 0) + 1
                 name = {"monitor": {1: "runtime's throwaway child", 2: "stage-1"}, "monitor>2": {1: "init"},
-                        "cli": {1: "monitor (subprocess)"}}
+                        "cli": {1: "monitor"}}
                 kid = name.get(r, {}).get(k, f"child {k}")
-                role.setdefault(int(child), "monitor>2" if (r, k) == ("monitor", 2) else f"{r}>{k}")
+                # the CLI's first child is the monitor: a fork (the CLI), or a new interpreter
+                # started with subprocess (the Python API), which its execve names as well
+                role.setdefault(int(child), "monitor>2" if (r, k) == ("monitor", 2) else
+                                "monitor" if (r, k) == ("cli", 1) else f"{r}>{k}")
                 ev.append((t, f"{r}: fork {kid}"))
         elif rest.startswith("exit_group("):
             ev.append((t, f"{r}: exit"))

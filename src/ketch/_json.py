@@ -34,6 +34,11 @@ class JSONDecodeError(ValueError):
     pass
 
 
+class TooDeep(JSONDecodeError, RecursionError):
+    """A document nested deeper than the interpreter's stack: a ValueError like any bad
+    document, and a RecursionError, as json.loads raises there."""
+
+
 _WS = " \t\n\r"
 
 
@@ -53,7 +58,7 @@ def loads(data):
     except RecursionError:
         # A document nested deeper than the interpreter's stack: one error
         # line, not a traceback (the json module would only fail again).
-        raise JSONDecodeError("nested too deeply") from None
+        raise TooDeep("nested too deeply") from None
     except Exception:  # noqa: BLE001
         # The C scanner builds most syntax errors by importing json.decoder
         # (and can fail doing it with -S); on this error path only, let the
@@ -92,32 +97,47 @@ def _default(o):
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-_compact = _json.make_encoder(None, _default, _c_encode_str, None, ":", ",", False, False, True)
-_spaced = _json.make_encoder(None, _default, _c_encode_str, None, ": ", ", ", False, False, True)
+def _encoder(kv, item, sort_keys):
+    return _json.make_encoder(None, _default, _c_encode_str, None, kv, item, sort_keys, False, True)
 
 
-def dumps(obj, indent=None, separators=None):
+_compact, _spaced = _encoder(":", ",", False), _encoder(": ", ", ", False)
+_sorted = {}
+
+
+def dumps(obj, indent=None, separators=None, sort_keys=False):
     """json.dumps(obj, separators=(",", ":")) when separators is (",", ":"),
-    json.dumps(obj) by default, json.dumps(obj, indent=N) with indent."""
+    json.dumps(obj) by default, json.dumps(obj, indent=N) with indent; sort_keys as json's."""
     if indent is not None:
         out = []
-        _pretty(obj, out, " " * indent if isinstance(indent, int) else indent, 0)
+        _pretty(obj, out, " " * indent if isinstance(indent, int) else indent, 0, sort_keys)
         return "".join(out)
-    enc = _compact if separators == (",", ":") else _spaced
+    compact = separators == (",", ":")
+    if sort_keys:
+        enc = _sorted.get(compact)
+        if enc is None:
+            enc = _sorted[compact] = _encoder(":", ",", True) if compact else _encoder(": ", ", ", True)
+    else:
+        enc = _compact if compact else _spaced
     return "".join(enc(obj, 0))
 
 
-def _pretty(o, out, step, depth):
+def load(f):
+    """json.load: the whole of file object `f`."""
+    return loads(f.read())
+
+
+def _pretty(o, out, step, depth, sort_keys=False):
     if isinstance(o, dict) and o:
         pad = "\n" + step * (depth + 1)
         out.append("{")
         first = True
-        for k, v in o.items():
+        for k, v in (sorted(o.items()) if sort_keys else o.items()):
             out.append(pad if first else "," + pad)
             first = False
             out.append(_c_encode_str(str(k)))
             out.append(": ")
-            _pretty(v, out, step, depth + 1)
+            _pretty(v, out, step, depth + 1, sort_keys)
         out.append("\n" + step * depth + "}")
     elif isinstance(o, (list, tuple)) and o:
         pad = "\n" + step * (depth + 1)
@@ -126,10 +146,10 @@ def _pretty(o, out, step, depth):
         for v in o:
             out.append(pad if first else "," + pad)
             first = False
-            _pretty(v, out, step, depth + 1)
+            _pretty(v, out, step, depth + 1, sort_keys)
         out.append("\n" + step * depth + "]")
     else:
-        out.append("".join(_compact(o, 0)))
+        out.append("".join(_compact(o, 0)))  # a scalar, {} or []
 
 
 # How deep a document may nest: OCI configs and image documents nest 5

@@ -58,19 +58,11 @@ def _container_id(env, name):
 
 
 def _monitor_pid(env, name):
-    """The engine monitor of ``name``: the process whose command line names it."""
-    cid = _container_id(env, name)
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if cid.encode() in cmd and b"monitor" in cmd:
-            return int(p)
-    return 0
+    """The engine monitor of ``name``: the pid its record names (the CLI forks it, so its
+    command line is the CLI's)."""
+    import json
+
+    return json.loads(env.sh("container", "inspect", name).stdout)[0]["State"].get("MonitorPid") or 0
 
 
 def sample(env, monitor_pid=0, skip=None):

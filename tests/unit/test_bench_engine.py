@@ -29,7 +29,7 @@ def engine():
 LINES = """\
 8251  1000.000000 execve("/v/bin/ketch", ["/v/bin/ketch", "container", "run", "--rm", "bb", "/bin/true"], 0x7ffe /* 40 vars */) = 0
 8251  1000.030000 vfork( <unfinished ...>
-8256  1000.031000 execve("/v/bin/python3", ["/v/bin/python3", "-I", "-S", "-c", "import sys; from ketch.engine.containers import _monitor_main; _monitor_main()", "{}"], 0x7 /* 41 vars */) = 0
+8256  1000.031000 execve("/v/bin/python3", ["/v/bin/python3", "-I", "-S", "-c", "import sys; from ketch.engine.containers import monitor_main; monitor_main()", "{}"], 0x7 /* 41 vars */) = 0
 8251  1000.031500 <... vfork resumed>)     = 8256
 8256  1000.050000 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD, child_tidptr=0x7f) = 8257
 8256  1000.052000 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD, child_tidptr=0x7f) = 8258
@@ -48,7 +48,7 @@ def test_strace_roles(engine):
     ev = dict((label, t) for t, label in reversed(engine._strace_events(LINES.splitlines(), re)))
     assert ev["cli: execve"] == 1000.0
     assert ev["monitor: execve"] == 1000.031
-    assert ev["cli: fork monitor (subprocess)"] == 1000.0315
+    assert ev["cli: fork monitor"] == 1000.0315
     assert ev["monitor: fork runtime's throwaway child"] == 1000.05
     assert ev["monitor: fork stage-1"] == 1000.052
     assert ev["monitor>2: fork init"] == 1000.0605

@@ -9,6 +9,7 @@ import pytest
 from ketch import _json
 
 SAMPLES = [
+    {"z": {"b": 1, "a": [{"y": 2, "x": None}]}, "a": 0, "m": {}},
     {"a": 1, "b": [1, 2.5, -3e10, True, False, None], "c": {"d": "é\u2028\"\\\n"}, "": []},
     [], {}, "x", 0, -1, 1.0, 12345678901234567890, [{"k": [{}]}],
     {"ociVersion": "1.0.2", "process": {"args": ["sh", "-c", "echo hi"], "env": ["A=b c"]}},
@@ -21,6 +22,9 @@ def test_roundtrip_and_same_text(obj):
         kw = {"separators": seps} if seps else {}
         assert _json.dumps(obj, **kw) == json.dumps(obj, **kw)
     assert _json.dumps(obj, indent=2) == json.dumps(obj, indent=2)
+    # sort_keys: the engine's digests of image configs depend on it byte for byte
+    for kw in ({"separators": (",", ":")}, {}, {"indent": 1}):
+        assert _json.dumps(obj, sort_keys=True, **kw) == json.dumps(obj, sort_keys=True, **kw)
     assert _json.loads(json.dumps(obj)) == obj
     assert _json.loads(json.dumps(obj).encode()) == obj
 

@@ -182,6 +182,7 @@ def run(g, opts, args):
         return 0 if args else 1
     eng = engine(g, o)
     store = eng.store
+    store.fork_monitor = True  # this process holds the engine's modules: fork them, no new interpreter
     w = sys.stdout.write
 
     def each(refs, fn):

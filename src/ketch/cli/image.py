@@ -116,7 +116,7 @@ def _split_short(flags, argv):
 
 def engine(g, opts):
     """The Engine for the command line: the store's recorded id maps, a progress bar on a TTY."""
-    import json
+    from .. import _json as json
     from ..engine.api import Engine
     from ..engine.images import storage_root
     root = storage_root(opts.get("storage_root") or None)

@@ -176,6 +176,11 @@ def main(argv=None):
     the process ends here (see ``_exit_now``)."""
     if argv is not None:
         return _main(argv)
+    # A command lives milliseconds and makes few cycles: no collector passes over
+    # the ~6000 objects its imports make (~0.7 ms).  What outlives the command
+    # (the engine's monitor) turns it back on.
+    import gc
+    gc.disable()
     return _exit_now(_main(sys.argv[1:]))
 
 

@@ -72,13 +72,13 @@ def run_push(images, o, args):
 
 def _local(images, ref):
     """The name under which the store has `ref` (a short name tried per search registry), or None."""
-    from ..engine.registry import reference
     from ..errors import ImageError
     try:
         images.resolve(ref)
         return ref
     except ImageError:
         pass
+    from ..engine.registry import reference
     try:
         cands = reference.candidates(ref)
     except ImageError:
@@ -96,7 +96,6 @@ def _local(images, ref):
 
 def ensure_image(images, o, ref):
     """`container run/create --pull POLICY`: the name to create from, pulled as the policy says."""
-    from ..engine.registry import reference
     from ..errors import ImageError, UsageError
     policy = o.get("pull") or "missing"
     if policy not in ("missing", "always", "never", "newer"):
@@ -109,6 +108,9 @@ def ensure_image(images, o, ref):
         image_id = pull(images, o, ref, quiet=True)
     except ImageError as e:
         raise ImageError(f"no such image {ref} here, and pulling it failed: {e}") from None
+    # only now: the registry package imports http.client and ssl (~25 ms), which a
+    # run of an image the store has never needs
+    from ..engine.registry import reference
     for c in reference.candidates(ref):
         name = c.tagged() or str(c)
         try:

@@ -261,7 +261,7 @@ def build_config(image_config, opts, rootfs, cid, hostname, net_files, volume_di
 
 
 def write(bundle_dir, config):
-    import json
+    from ketch import _json as json
     from ketch.engine.util import atomic_write
     os.makedirs(bundle_dir, 0o700, exist_ok=True)
     atomic_write(os.path.join(bundle_dir, "config.json"), json.dumps(config, indent=1), 0o600)

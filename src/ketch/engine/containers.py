@@ -15,25 +15,21 @@ The container's layer is the storage driver's layer named by the container id;
 its runtime state lives under the runtime's --root with the same id (so its
 cgroup is /ketch/<id>).
 
-A started container is watched by a *monitor*: a small process of its own
-(started with subprocess, no fork of a big parent; its own session, so it
-outlives the command that started it).  The monitor is the runtime's caller:
-it creates and starts the container in-process, becomes the child subreaper
-the init is re-parented to, copies the container's output into the log (and,
-when attached, to the caller's stdout/stderr), and when the init exits it
-records the exit code, deletes the runtime container (cgroups, state),
-releases the layer's mount and, with --rm, removes the container.  It exits
-with the container's exit code.  A container has runtime state only while it
-runs, as with Docker, so a stopped container holds no kernel objects.
+A started container is watched by a *monitor* (ketch.engine.monitor): the
+runtime's caller, which records the container's run in the store through the
+store's public interface (the "monitor's interface" below) and, with --rm,
+removes it.  A container has runtime state only while it runs, as with
+Docker, so a stopped container holds no kernel objects.
 """
 
-import json
+from ketch import _json as json
 import os
 import time
 
 from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
 from ketch.engine.util import Lock, atomic_write, remove_tree
 from ketch.linux.procfs import proc_start_time
+from ketch.trace import trace
 
 RUN_DEFAULTS = {
     "name": None, "cmd": None, "entrypoint": None, "env": (), "workdir": None, "user": None,
@@ -80,6 +76,7 @@ class ContainerStore:
         self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
         self._popen = []
         self._secured = False
+        self.fork_monitor = False
 
     # -- plumbing --
 
@@ -175,6 +172,39 @@ class ContainerStore:
             self._save(rec)
             return rec
 
+    # -- the monitor's interface (ketch.engine.monitor) --
+
+    def load(self, cid, locked=False):
+        """The record of container `cid` as saved (ContainerNotFound when there is none);
+        `locked`: read under the store's lock, so after any change in progress (a monitor
+        forked under the lock reads the "starting" record its caller saves after the fork)."""
+        if locked:
+            with self._lock():
+                return self._load(cid)
+        return self._load(cid)
+
+    def update_state(self, cid, **state):
+        """Under the store's lock: merge `state` into the record's State; returns the record."""
+        return self._update_state(cid, **state)
+
+    def set_network_settings(self, cid, settings):
+        with self._lock():
+            rec = self._load(cid)
+            rec["NetworkSettings"] = settings
+            self._save(rec)
+
+    def runtime_store(self):
+        """The runtime's store (its --root) the containers run in."""
+        return self._runtime_store()
+
+    def cleanup_runtime(self, cid):
+        """Delete the runtime container `cid` (cgroups, state) if it exists, detach its
+        network, release its layer's mount."""
+        self._cleanup_runtime(cid)
+
+    def bundle_dir(self, cid):
+        return self._p(cid, "bundle")
+
     def resolve(self, ref):
         """The id of a container named by its name, its id or an unambiguous id prefix."""
         if not isinstance(ref, str) or not ref:
@@ -206,9 +236,9 @@ class ContainerStore:
         return out
 
     def _new_name(self):
-        import random
         for _ in range(100):
-            n = f"{random.choice(_ADJ)}_{random.choice(_NOUN)}"
+            a, b = os.urandom(2)  # not `random`: 0.7 ms of imports for a name
+            n = f"{_ADJ[a % len(_ADJ)]}_{_NOUN[b % len(_NOUN)]}"
             if not os.path.lexists(self._p("names", n)):
                 return n
         return "c" + os.urandom(6).hex()
@@ -226,6 +256,7 @@ class ContainerStore:
         for k in ("cmd", "env", "volumes", "tmpfs", "add_hosts", "publish", "dns", "dns_search", "dns_options"):
             if isinstance(o[k], str):
                 raise ConfigError(f"{k} must be a list of strings, not a string")
+        trace("engine: create")
         image_id = self.images.resolve(image)
         image_cfg = self.images.runtime_config(image_id)
         top = self.images.top_layer(image_id)
@@ -257,10 +288,12 @@ class ContainerStore:
                 me = os.getpid()
                 with open(os.path.join(cdir, "creating"), "w") as f:
                     f.write(f"{me} {proc_start_time(me)[0]}")
+            trace("engine: name and dir taken")
             labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
             self.driver.create(cid, top, mount_label=mount_label)
             made_layer = True
+            trace("engine: layer made")
             rootfs = self.driver.get(cid, mount_label)
             try:
                 uid, gid = idmap.root_pair(self.images.uid_map, self.images.gid_map)
@@ -275,6 +308,7 @@ class ContainerStore:
                 netplan.apply(config, net, self.networks.netns_path(net.get("container") or cid))
             finally:
                 self.driver.put(cid)
+            trace("engine: config built, layer released")
             bundle.write(os.path.join(cdir, "bundle"), config)
             env_cfg = bundle.merge_env(image_cfg.get("Env"), o["env"])
             rec = {
@@ -306,6 +340,7 @@ class ContainerStore:
                            or (m["type"] == "tmpfs" and m["destination"] not in ("/dev", "/dev/shm"))],
                 "RuntimeRoot": self.runtime_root,
             }
+            trace("engine: bundle written")
             self._save(rec)
         except BaseException:
             if made_layer:
@@ -322,6 +357,7 @@ class ContainerStore:
             if labels[1] or labels[0]:
                 mcs.release_labels(labels[1] or labels[0], state_root=self.runtime_root)
             raise
+        trace("engine: created")
         return cid
 
     # -- status --
@@ -360,50 +396,80 @@ class ContainerStore:
 
     # -- start / run --
 
+    def _monitor_params(self, cid, attach, recorded=False):
+        """`recorded`: the monitor's pid is in the record already (forked under the lock)."""
+        return {"root": self.root, "runtime_root": self.runtime_root, "id": cid, "attach": attach,
+                "driver": self.images.driver_name, "uid_map": self.images.uid_map,
+                "gid_map": self.images.gid_map, "recorded": recorded}
+
     def _monitor_argv(self, cid, attach):
         import sys
         import ketch
         src = os.path.dirname(os.path.dirname(os.path.abspath(ketch.__file__)))
-        params = {"root": self.root, "runtime_root": self.runtime_root, "id": cid, "attach": attach,
-                  "driver": self.images.driver_name, "uid_map": self.images.uid_map,
-                  "gid_map": self.images.gid_map}
         boot = (f"import sys; sys.path.insert(0, {src!r}); "
-                "from ketch.engine.containers import _monitor_main; _monitor_main()")
-        return [sys.executable, "-I", "-S", "-c", boot, json.dumps(params)]
+                "from ketch.engine.containers import monitor_main; monitor_main()")
+        return [sys.executable, "-I", "-S", "-c", boot, json.dumps(self._monitor_params(cid, attach))]
 
     def start(self, ref, attach=False, stdin=None, stdout=None, stderr=None):
         """Start a created or exited container.  Detached (attach False): returns the id once it
-        runs.  Attached: returns the subprocess.Popen of the monitor, whose stdout/stderr carry
-        the container's and whose exit status is the container's."""
-        import subprocess
+        runs.  Attached: returns the monitor's subprocess.Popen (or, forked, a
+        ketch.engine.monitor.Forked), whose stdout/stderr carry the container's and whose exit
+        status is the container's.
+
+        With `fork_monitor` set (the CLI does) and stdio to inherit, the monitor is a fork of
+        this process rather than a new interpreter (~20 ms less a start)."""
+        from ketch.engine import monitor
         cid = self.resolve(ref)
-        with self._lock():
-            rec = self.state(cid)
-            st = rec["State"]["Status"]
-            if st == "running":
-                if attach:
-                    raise InvalidState(f"container {rec['Name'][1:]} is already running")
-                return cid
-            if st == "starting":
-                raise InvalidState(f"container {rec['Name'][1:]} is being started")
-            rec["State"].update(Status="starting", Error="", MonitorPid=0, MonitorStart=None)
-            self._save(rec)
+        p = None
+        forked = self.fork_monitor and stdin is stdout is stderr is None and monitor.can_fork()
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            if not attach:
-                stdin = stdout = stderr = subprocess.DEVNULL
-            elif not rec["Config"].get("OpenStdin") and stdin is None:
-                stdin = subprocess.DEVNULL
-            try:
-                p = subprocess.Popen(self._monitor_argv(cid, attach), stdin=stdin, stdout=stdout,
-                                     stderr=stderr, pass_fds=(w,), start_new_session=True,
-                                     env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
-            except BaseException:
-                self._update_state(cid, Status=st)
-                raise
+            with self._lock():
+                rec = self.state(cid)
+                st = rec["State"]["Status"]
+                if st == "running":
+                    if attach:
+                        raise InvalidState(f"container {rec['Name'][1:]} is already running")
+                    os.close(r)
+                    return cid
+                if st == "starting":
+                    raise InvalidState(f"container {rec['Name'][1:]} is being started")
+                rec["State"].update(Status="starting", Error="", MonitorPid=0, MonitorStart=None)
+                open_stdin = rec["Config"].get("OpenStdin")
+                if forked:
+                    # Forked under the lock, the monitor is in the "starting" record at once:
+                    # one save, not a second by the monitor.  It needs the lock before it
+                    # records anything, and the lock's fd is not among those it keeps.
+                    p = monitor.fork(self, self._monitor_params(cid, attach, recorded=True), w,
+                                     stdin_null=not open_stdin, all_null=not attach)
+                    rec["State"].update(MonitorPid=p.pid, MonitorStart=proc_start_time(p.pid)[0])
+                try:
+                    self._save(rec)
+                except BaseException:
+                    if p is not None:
+                        os.kill(p.pid, 9)
+                        p.wait()
+                    raise
+            if not forked:
+                import subprocess
+                if not attach:
+                    stdin = stdout = stderr = subprocess.DEVNULL
+                elif not open_stdin and stdin is None:
+                    stdin = subprocess.DEVNULL
+                try:
+                    p = subprocess.Popen(self._monitor_argv(cid, attach), stdin=stdin, stdout=stdout,
+                                         stderr=stderr, pass_fds=(w,), start_new_session=True,
+                                         env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
+                except BaseException:
+                    self._update_state(cid, Status=st)
+                    raise
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
         self._popen = [x for x in self._popen if x.poll() is None] + [p]
+        trace("engine: monitor forked")
         with os.fdopen(r, "rb") as f:
             msg = f.read().decode(errors="replace").strip()
         if msg != "ok":
@@ -439,10 +505,37 @@ class ContainerStore:
                 return None
             if rec["State"]["Status"] not in ("running", "starting"):
                 return rec["State"]["ExitCode"]
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return None
+            if self._wait_monitor(rec, 1.0 if deadline is None else min(deadline - now, 1.0)):
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    @staticmethod
+    def _wait_monitor(rec, timeout):
+        """Sleep until the container's monitor exits (it records the exit first), at most
+        `timeout` s: a stop returns as soon as the monitor is done, not at the next poll of
+        a doubling sleep.  False when there is no monitor to wait on."""
+        s = rec["State"]
+        pid = s.get("MonitorPid")
+        if not pid:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            if not _alive(pid, s.get("MonitorStart")):
+                return False  # gone, or its pid is another process's now
+            import select
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            p.poll(max(0, int(timeout * 1000)))
+            return True
+        finally:
+            os.close(fd)
 
     # -- signals --
 
@@ -518,7 +611,6 @@ class ContainerStore:
             remove_tree(d)
 
     def remove(self, ref, force=False):
-        from ketch.runtime import mcs
         if os.path.isdir(self.dir):  # no store yet: nothing half-made, and rm of a missing one makes nothing
             with self._lock():
                 self._sweep_half_made()
@@ -535,19 +627,36 @@ class ContainerStore:
             except ContainerNotFound:
                 return cid  # removed meanwhile (--rm)
             self._cleanup_runtime(cid)
-            if self.driver.exists(cid):
-                self.driver.remove(cid)
-            name = rec["Name"].lstrip("/")
-            link = self._p("names", name)
-            if os.path.islink(link) and os.readlink(link) == cid:
-                os.unlink(link)
-            gone = self._p(f".rm-{cid}")
-            os.rename(self._p(cid), gone)
-            remove_tree(gone)
-            lab = rec.get("MountLabel") or rec.get("ProcessLabel")
-            if lab:
-                mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
+            self._remove_locked(cid, rec)
         return cid
+
+    def remove_exited(self, cid):
+        """--rm, by the container's monitor once its runtime container is deleted
+        (cleanup_runtime): no "exited" record first (one fsync'd save less a run), no
+        stop, no second cleanup."""
+        with self._lock():
+            try:
+                rec = self._load(cid)
+            except ContainerNotFound:
+                return
+            self._remove_locked(cid, rec)
+
+    def _remove_locked(self, cid, rec):
+        """Under the lock, the runtime container gone: the layer, the name, the record tree,
+        the MCS labels."""
+        from ketch.runtime import mcs
+        if self.driver.exists(cid):
+            self.driver.remove(cid)
+        name = rec["Name"].lstrip("/")
+        link = self._p("names", name)
+        if os.path.islink(link) and os.readlink(link) == cid:
+            os.unlink(link)
+        gone = self._p(f".rm-{cid}")
+        os.rename(self._p(cid), gone)
+        remove_tree(gone)
+        lab = rec.get("MountLabel") or rec.get("ProcessLabel")
+        if lab:
+            mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)
 
     def _cleanup_runtime(self, cid):
         """Delete a runtime container left by a monitor that died."""
@@ -698,255 +807,14 @@ class ContainerStore:
             os.unlink(self._p("names", old))
 
 
-# ---------------------------------------------------------------------- monitor
-
-class _LogWriter:
-    """Docker's json-file lines: {"log": "...\\n", "stream": "stdout", "time": "..."}."""
-
-    def __init__(self, path, echo):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.echo = echo  # {"stdout": fd, "stderr": fd} or {}
-        self.partial = {"stdout": b"", "stderr": b""}
-
-    def write(self, stream, data):
-        fd = self.echo.get(stream)
-        if fd is not None:
-            _write_all(fd, data)
-        buf = self.partial[stream] + data
-        lines = buf.split(b"\n")
-        self.partial[stream] = lines.pop()
-        if lines:
-            self._emit(stream, [ln + b"\n" for ln in lines])
-        if len(self.partial[stream]) > 16384:
-            self._emit(stream, [self.partial[stream]])
-            self.partial[stream] = b""
-
-    def _emit(self, stream, chunks):
-        t = _now()
-        out = b"".join(json.dumps({"log": c.decode("utf-8", "surrogateescape"), "stream": stream,
-                                   "time": t}, ensure_ascii=True).encode("utf-8", "surrogateescape") + b"\n"
-                       for c in chunks)
-        _write_all(self.fd, out)
-
-    def close(self):
-        for s, b in self.partial.items():
-            if b:
-                self._emit(s, [b])
-        os.close(self.fd)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            import select
-            select.select([], [fd], [])
-        except OSError:
-            return  # the reader went away: the log still gets everything
-
-
-def _monitor_main():
+def monitor_main():
+    """The entry of a monitor started as a new interpreter (see ContainerStore.start)."""
     import sys
+    from ketch.engine import monitor
+    from ketch.engine.images import ImageStore
     params = json.loads(sys.argv[1])
     status_fd = int(os.environ.pop("KETCH_MONITOR_STATUS_FD"))
     os.set_inheritable(status_fd, False)
-    sys.exit(_monitor(params, status_fd))
-
-
-def _monitor(params, status_fd):
-    from ketch.engine.images import ImageStore
-    from ketch.runtime import container as rt
-    from ketch.linux import libc as _libc
-    from ketch.linux.signals import signal
-
     images = ImageStore(params["root"], params["driver"], params["uid_map"], params["gid_map"],
                         progress=False)
-    store = ContainerStore(images, params["runtime_root"])
-    cid = params["id"]
-    attach = params["attach"]
-    rs = store._runtime_store()
-    rec = store._load(cid)
-    tty = rec["Config"].get("Tty")
-    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)  # the init is re-parented to us
-    me = os.getpid()
-    store._update_state(cid, MonitorPid=me, MonitorStart=proc_start_time(me)[0])
-    # Our own copies of stdout/stderr (the caller's when attached); fds 1, 2
-    # become the container's while the runtime forks it.
-    my_out, my_err = os.dup(1), os.dup(2)
-    echo = {"stdout": my_out, "stderr": my_err} if attach else {}
-    log = _LogWriter(rec["LogPath"], echo)
-    pipes = []
-    sock = master = None
-    started = False
-    pending = []
-
-    def forward(sig, frame):
-        pending.append(sig)
-
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(s, forward)
-    saved_term = None
-    try:
-        store._cleanup_runtime(cid)  # what a monitor killed earlier left
-        store.driver.get(cid, rec.get("MountLabel") or "")
-        from ketch.engine.network import plan as netplan
-        settings = netplan.up(store, rec)
-        if settings is not None:
-            with store._lock():
-                r = store._load(cid)
-                r["NetworkSettings"] = settings
-                store._save(r)
-        opts = rt.CreateOptions(bundle=store._p(cid, "bundle"), detach=True)
-        if tty:
-            import socket
-            sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            opts.console_socket = child
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            pipes = [(out_r, "stdout"), (err_r, "stderr")]
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.close(out_w)
-            os.close(err_w)
-        try:
-            c = rt.create(rs, cid, opts, _keep_lock=True)
-        finally:
-            os.dup2(my_out, 1)
-            os.dup2(my_err, 2)
-            if tty:
-                child.close()
-        pid = c.pid
-        pid_start = proc_start_time(pid)[0]
-        if tty:
-            from ketch.linux import console
-            master, _ = console.recv_fd(sock)
-            sock.close()
-            if attach and os.isatty(0):
-                import termios
-                import tty as ttymod
-                try:
-                    rows, cols = console.get_size(0)
-                    console.set_size(master, rows, cols)
-                except OSError:
-                    pass
-                saved_term = termios.tcgetattr(0)
-                ttymod.setraw(0)
-        rt.start(rs, cid, c)
-        started = True
-        store._update_state(cid, Status="running", Running=True, Pid=pid, PidStart=pid_start,
-                            ExitCode=0, StartedAt=_now(), FinishedAt="0001-01-01T00:00:00Z", Error="")
-        os.write(status_fd, b"ok")
-        os.close(status_fd)
-        status_fd = -1
-        code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
-    except BaseException as e:
-        msg = str(e) if isinstance(e, KetchError) else f"{type(e).__name__}: {e}"
-        if status_fd >= 0:
-            os.write(status_fd, msg.encode(errors="replace"))
-            os.close(status_fd)
-        try:
-            store._cleanup_runtime(cid)
-        except BaseException:  # noqa: BLE001 - keep the first error
-            pass
-        store._update_state(cid, Status="exited" if started else "created", Running=False, Pid=0,
-                            ExitCode=255 if started else 0, Error=msg, FinishedAt=_now())
-        log.close()
-        if saved_term is not None:
-            import termios
-            termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
-        if rec["HostConfig"].get("AutoRemove"):
-            try:
-                store.remove(cid, force=True)
-            except BaseException:  # noqa: BLE001
-                pass
-        return 125
-    if saved_term is not None:
-        import termios
-        termios.tcsetattr(0, termios.TCSADRAIN, saved_term)
-    log.close()
-    err = ""
-    try:
-        store._cleanup_runtime(cid)
-    except KetchError as e:
-        err = str(e)
-    store._update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
-                        Error=err)
-    if rec["HostConfig"].get("AutoRemove"):
-        try:
-            store.remove(cid, force=True)
-        except KetchError as e:
-            _write_all(my_err, f"ketch: --rm: {e}\n".encode())
-    return code
-
-
-def _pump(pid, pipes, master, log, stdin_to_master, pending):
-    """Copy the container's output to the log until its init exits; returns its exit code."""
-    import select
-    from ketch.linux.signals import exit_code, reap_until, signal
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    streams = {}
-    for fd, name in pipes:
-        poller.register(fd, select.POLLIN)
-        streams[fd] = name
-    if master is not None:
-        poller.register(master, select.POLLIN)
-        streams[master] = "stdout"
-    if stdin_to_master:
-        poller.register(0, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-
-    def copy(fd):
-        """One read from a container stream into the log; at EOF, forget it."""
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        if data:
-            log.write(streams[fd], data)
-        else:
-            poller.unregister(fd)
-            del streams[fd]
-
-    status = None
-    while status is None:
-        while pending:
-            try:
-                signal.pidfd_send_signal(pidfd, pending.pop(0))
-            except ProcessLookupError:
-                pass
-        try:
-            events = poller.poll(1000)
-        except InterruptedError:
-            continue
-        for fd, ev in events:
-            if fd == pidfd:
-                status = reap_until(pid)
-            elif fd == 0:
-                try:
-                    data = os.read(0, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    poller.unregister(0)
-                else:
-                    _write_all(master, data)
-            elif fd in streams:
-                copy(fd)
-    os.close(pidfd)
-    # Drain: with its own pid namespace every process died with the init, so
-    # the pipes reach EOF; give stragglers a bounded time.
-    deadline = time.monotonic() + 2
-    while streams and time.monotonic() < deadline:
-        events = poller.poll(100)
-        for fd, ev in events:
-            if fd in streams:
-                copy(fd)
-    for fd in list(streams):
-        os.close(fd)
-    return exit_code(status)
-
-
+    sys.exit(monitor.run(params, status_fd, ContainerStore(images, params["runtime_root"])))

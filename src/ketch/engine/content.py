@@ -25,8 +25,9 @@ what a killed process left is swept on the next change (the .incomplete
 markers, driver temp dirs).
 """
 
-import json
 import os
+
+from ketch import _json as json
 
 from ketch.errors import ImageError, StorageError, describe_oserror
 from ketch.engine.imagedoc import MAX_JSON, hex_digest, json_bytes, loads, read_capped

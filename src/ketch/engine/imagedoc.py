@@ -2,12 +2,13 @@
 (``busybox`` -> ``busybox:latest``), sha256 digests, OCI chain ids, the host's
 platform, and JSON documents read with a size and nesting cap."""
 
-import json
 import os
-import re
 import time
 
+from ketch import _json as json
+
 from ketch.errors import ImageError
+from ketch.engine.util import LazyRe
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -18,10 +19,9 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEXES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 LAYER_SUFFIX = {"gzip": "+gzip", "zstd": "+zstd", "": ""}
 
-_DIGEST = re.compile(r"sha256:([a-f0-9]{64})\Z")
-_NAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = LazyRe(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*\Z")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_TAG = LazyRe(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 # A cap on what is read into memory: an image config, a manifest or an index
 # (registries refuse manifests over 4 MiB; configs with long histories are the
 # biggest JSON documents images carry).  How deep one may nest: _json.MAX_DEPTH.
@@ -42,10 +42,10 @@ def normalize_name(ref):
 
 
 def hex_digest(digest, what="digest"):
-    m = _DIGEST.match(digest or "") if isinstance(digest, str) else None
-    if not m:
+    h = digest[7:] if isinstance(digest, str) and digest.startswith("sha256:") else ""
+    if len(h) != 64 or h.strip("0123456789abcdef"):
         raise ImageError(f"unsupported or malformed {what} {digest!r} (want sha256:<64 hex>)")
-    return m.group(1)
+    return h
 
 
 def chain_ids(diff_ids):

@@ -3,14 +3,14 @@ blobs, layers, records, transactions, GC), the archive formats
 (ketch.engine.imagearchive), and the registries (ketch.engine.registry)."""
 
 import os
-import re
 
 from ketch.errors import ImageError
+from ketch.engine.util import LazyRe
 from ketch.engine.content import ContentStore, NoTick, storage_root  # noqa: F401  (storage_root: for cli/)
 from ketch.engine.imagedoc import (MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST, chain_ids, hex_digest,
                                    json_bytes, loads, normalize_name, now)
 
-_HEX = re.compile(r"(?:sha256:)?([a-f0-9]{3,64})\Z")
+_HEX = LazyRe(r"(?:sha256:)?([a-f0-9]{3,64})\Z")
 
 
 class ImageStore(ContentStore):
@@ -117,6 +117,8 @@ class ImageStore(ContentStore):
     @staticmethod
     def name_key(ref, repos):
         """The repositories.json key `ref` names ("busybox" finds docker.io/library/busybox:latest)."""
+        if isinstance(ref, str) and ref in repos:
+            return ref  # a stored key is a valid name already
         try:
             n = normalize_name(ref)
         except ImageError:

@@ -28,7 +28,7 @@ result, then unmounts the namespace.  `reconcile` does that for every
 attachment whose container is gone or no longer running.
 """
 
-import json
+from ketch import _json as json
 import os
 
 from ketch.errors import ConfigError, KetchError
@@ -294,6 +294,8 @@ class Networks:
             prev = None
             ipam_dir = os.path.join(self.run, "ipam")
             for i, plugin in enumerate(conf["plugins"]):
+                if plugin["type"] == "loopback":
+                    continue  # netns.create brought lo up
                 if plugin["type"] == "portmap" and not runtime.get("portMappings"):
                     continue  # nothing to publish: spare the iptables work (and its DEL)
                 pc = C.plugin_config(conf, plugin, runtime, prev, ipam_dir)

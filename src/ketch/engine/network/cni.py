@@ -10,7 +10,7 @@ DEL runs them in reverse with the result ADD returned (cached by the
 caller); CHECK runs them in order with that result.
 """
 
-import json
+from ketch import _json as json
 import os
 
 from ketch.errors import KetchError

@@ -3,17 +3,17 @@
 Nothing here touches the host; everything is unit-tested without root.
 """
 
-import ipaddress
-import re
-
 from ketch.errors import ConfigError
+from ketch.engine.util import LazyModule, LazyRe
+
+ipaddress = LazyModule("ipaddress")  # imported at first use: a run needs none
 
 CNI_VERSION = "1.0.0"
 DEFAULT_NETWORK = "ketch0"
 DEFAULT_SUBNET = "10.89.0.0/24"
 BRIDGE_ALIASES = ("bridge", "default")
 IFNAME = "eth0"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+NAME_RE = LazyRe(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 # Subnets ketch hands out to `network create` without --subnet: next to the
 # default, away from podman's 10.88.0.0/16 and Docker's 172.17.0.0/16.
 AUTO_SUBNETS = ("10.89.%d.0/24", range(1, 256))

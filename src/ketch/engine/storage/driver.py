@@ -2,15 +2,17 @@
 Driver, and the registry in ketch.engine.storage picks one by name."""
 
 import os
-import re
 
 from ketch.errors import StorageError
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
+# [A-Za-z0-9][A-Za-z0-9_.+-]{0,127}, checked without `re` (~4 ms to import, every run)
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.+-")
 
 
 def check_id(layer_id):
-    if not isinstance(layer_id, str) or not _ID.match(layer_id):
+    if not isinstance(layer_id, str) or not 0 < len(layer_id) <= 128 or layer_id[0] not in _ALNUM \
+            or not _ID_CHARS.issuperset(layer_id):
         raise StorageError(f"invalid layer id {layer_id!r}: want [A-Za-z0-9][A-Za-z0-9_.+-]*")
     return layer_id
 
