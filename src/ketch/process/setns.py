@@ -117,8 +117,10 @@ def spawn(ctx):
         ctx.console_sock = fdpass.wrap(_high(ctx.console_sock.detach(), floor))
     ctx.root_fd = _high(os.open(f"/proc/{ctx.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
                         floor)
+    from ..linux import libc as _libc
+
     try:
-        inter = os.fork()
+        inter = _libc.fork()
     except BaseException:
         child_sock.close()
         parent_sock.close()
@@ -277,8 +279,10 @@ def _intermediate(ctx, sock):
 
     # The pid and time namespaces joined apply to children only: the process
     # is forked into them.
+    from ..linux import libc as _libc
+
     try:
-        pid = os.fork()
+        pid = _libc.fork()
     except OSError as e:
         import errno
 

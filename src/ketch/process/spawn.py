@@ -40,7 +40,9 @@ def spawn(ctx):
     ctx.wait_go = not early
     ctx.sync_sock = child_sock
     trace("fork stage-1")
-    stage1 = os.fork()
+    from ..linux import libc as _libc
+
+    stage1 = _libc.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
@@ -370,7 +372,7 @@ def _stage1(ctx, sock):
             raise errors.SetupError(f"unshare namespaces ({', '.join(names)})", e) from e
     if flags & ns.CLONE_NEWTIME:
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
-    pid = os.fork()
+    pid = _libc.fork()
     if pid == 0:  # ------------------------------------------------- init
         _first_in_child(ctx)
         trace("init forked")
