@@ -366,7 +366,10 @@ def _prime_unified():
             break
     else:
         return
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        return  # best effort (see above); the forks that matter retry EAGAIN
     if pid == 0:  # pragma: no cover - child
         try:
             with open("/proc/self/cgroup", "rb") as f:
@@ -396,6 +399,7 @@ def _undo_create(c, ctx):
     if ctx is not None and ctx.cgroups is not None:
         try:
             ctx.cgroups.destroy()
+            ctx.cgroups.destroy_made_parents()
         except Exception:  # noqa: BLE001 - best effort; the original error matters more
             pass
     c.remove_dir()
