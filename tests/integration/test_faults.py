@@ -46,3 +46,28 @@ def test_fault_at_sampled_calls(fault_env, scenario, mode):
     n, failures = faults.run([scenario], [mode], sample=SAMPLE, env=fault_env)
     assert n > 0
     assert not failures, "\n".join(failures)
+
+
+# The forked children (stage-1, the init, exec's child) traced with
+# `strace -f`: mounts, mkdirs, device nodes, namespaces and forks in the
+# root filesystem's setup fail or are killed there.
+@pytest.mark.parametrize("mode", ["ckill", "cerror"])
+@pytest.mark.parametrize("scenario", [n for n, s in faults.SCENARIOS.items() if s.children])
+def test_fault_in_the_children_at_sampled_calls(fault_env, scenario, mode):
+    n, failures = faults.run([scenario], [mode], sample=SAMPLE, env=fault_env)
+    assert n > 0
+    assert not failures, "\n".join(failures)
+
+
+def test_stage1_failing_at_its_start_leaves_no_cgroup(fault_env):
+    """Regression: a create whose stage-1 failed right after the fork left an
+    empty cgroup ketch/<id> in every hierarchy."""
+    for inject in ("prctl:error=EIO:when=1", "close_range:error=ENOMEM:when=1"):
+        cid = fault_env.new_id("s1")
+        p = faults.traced(fault_env, fault_env.argv("create", "-b", fault_env.bundle, cid),
+                          os.path.join(fault_env.base, "s1.trace"), inject)
+        left = fault_env.leaks([cid])
+        fault_env.sh("delete", "--force", cid, check=False)
+        assert not left, (inject, p.returncode, p.stderr, left)
+        if p.returncode:
+            assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("ketch: "), p.stderr
