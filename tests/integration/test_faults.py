@@ -62,9 +62,10 @@ def test_fault_in_the_children_at_sampled_calls(fault_env, scenario, mode):
 def test_stage1_failing_at_its_start_leaves_no_cgroup(fault_env):
     """Regression: a create whose stage-1 failed right after the fork left an
     empty cgroup ketch/<id> in every hierarchy."""
-    for inject in ("prctl:error=EIO:when=1", "close_range:error=ENOMEM:when=1"):
+    for bundle, inject in [(b, i) for b in (fault_env.bundle, faults._bundle_cgns(fault_env))
+                           for i in ("prctl:error=EIO:when=1", "close_range:error=ENOMEM:when=1")]:
         cid = fault_env.new_id("s1")
-        p = faults.traced(fault_env, fault_env.argv("create", "-b", fault_env.bundle, cid),
+        p = faults.traced(fault_env, fault_env.argv("create", "-b", bundle, cid),
                           os.path.join(fault_env.base, "s1.trace"), inject)
         left = fault_env.leaks([cid])
         fault_env.sh("delete", "--force", cid, check=False)

@@ -285,6 +285,26 @@ class Scenario:
         self.children = children  # forks stage-1 and the init: the child modes reach them
 
 
+def _bundle_cgns(env):
+    """The bundle with a cgroup namespace of its own: stage-1 joins the
+    cgroups before it forks the init (the path without the cgroup gate)."""
+    d = os.path.join(env.base, "bundle-cgns")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        with open(os.path.join(env.bundle, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["root"]["path"] = os.path.join(env.bundle, "rootfs")
+        cfg["linux"]["namespaces"].append({"type": "cgroup"})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+    return d
+
+
+def _create_cgns(env):
+    cid = env.new_id()
+    return env.argv("create", "-b", _bundle_cgns(env), cid), [cid], {"id": cid}
+
+
 def _delete(env, st):
     p = env.sh("delete", "--force", st["id"], check=False)
     return p
@@ -383,6 +403,7 @@ SCENARIOS = {s.name: s for s in [
     Scenario("create", _fresh(["create", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True, children=True),
     Scenario("run-d", _fresh(["run", "-d", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True,
              children=True),
+    Scenario("create-cgns", _create_cgns, _delete, rolls_back=True, children=True),
     Scenario("start", _on_created(["start", "{id}"]), _delete),
     Scenario("exec", _on_created(["exec", "{id}", "sh", "-c", "echo hi"], run=True), _delete, children=True),
     Scenario("delete", _on_created(["delete", "--force", "{id}"], run=True), _delete),
