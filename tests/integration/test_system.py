@@ -59,8 +59,8 @@ def test_check_finds_what_a_crash_or_a_bad_disk_leaves_and_repair_fixes_it(env):
     subprocess.run(["tar", "-C", os.path.join(env.bundle, "rootfs"), "-cf", extra, "bin/busybox", "etc"],
                    check=True)
     env.sh("image", "import", extra, "broken:1")
-    broken_id = json.loads(env.sh("image", "inspect", "broken:1").stdout)["Id"]
-    good_id = json.loads(env.sh("image", "inspect", "bb:latest").stdout)["Id"]
+    broken_id = json.loads(env.sh("image", "inspect", "broken:1").stdout)[0]["Id"]
+    good_id = json.loads(env.sh("image", "inspect", "bb:latest").stdout)[0]["Id"]
     broken_layer = json.load(open(os.path.join(img, "db", broken_id[7:] + ".json")))["layers"][-1]["chainID"][7:]
     driver = open(os.path.join(env.storage, "storage-driver")).read().strip()
     layer_dir = os.path.join(env.storage, driver, "dir" if driver == "vfs" else "", broken_layer)
@@ -130,7 +130,9 @@ def test_prune_removes_stopped_containers_and_dangling_images(env):
     keep, gone = env.new_id("keep"), env.new_id("gone")
     env.sh("container", "run", "-d", "--name", keep, "bb", "sleep", "300")
     env.sh("container", "run", "--name", gone, "bb", "true")
-    env.sh("image", "import", env.tar, "tmp:1")
+    etc = os.path.join(env.base, "etc.tar")
+    subprocess.run(["tar", "-C", os.path.join(env.bundle, "rootfs"), "-cf", etc, "etc"], check=True)
+    env.sh("image", "import", etc, "tmp:1")
     env.sh("image", "tag", "tmp:1", "tmp:2")
     env.sh("image", "rm", "tmp:1")
     before = {r["Type"]: r for r in json.loads(env.sh("system", "df", "--format", "json").stdout)}
