@@ -382,7 +382,11 @@ def _commit_setup(env):
 
 
 def _commit_repair(env, st):
-    env.sh("image", "rm", st["tag"], check=False)
+    if env.sh("image", "rm", st["tag"], check=False).returncode != 0:
+        # The commit never made its image: the next image change sweeps
+        # what it left (a layer being made, its blob).
+        env.sh("image", "tag", "bb:latest", "sweep:1")
+        env.sh("image", "rm", "sweep:1")
     return _engine_rm(env, st)
 
 
