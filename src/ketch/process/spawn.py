@@ -75,7 +75,10 @@ def spawn(ctx):
             # PID that stage-1, descheduled after its fork, has yet to send.
             gate.v1_dirs = mgr.v1_dirs() if mgr is not None else []
         else:
-            sync.send(parent_sock, sync.GO)
+            try:
+                sync.send(parent_sock, sync.GO)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # stage-1 died first: its ERROR (or EOF) is what _drive reads next
         init_pid = _drive(ctx, parent_sock, stage1, gate)
     except BaseException:
         if gate is not None:
