@@ -668,6 +668,9 @@ def run_point(env, scenario, points, index, mode):
     return None
 
 
+STATS = {}  # (scenario, mode) -> rounds run, for the summary
+
+
 def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None, stride=1):
     """Run rounds; return (number of rounds, [failures])."""
     own = env is None
@@ -693,6 +696,8 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
                 for i in chosen:
                     rounds += 1
                     f = run_point(env, sc, pts, i, mode)
+                    key = (sname, mode)
+                    STATS[key] = STATS.get(key, 0) + 1
                     if f:
                         failures.append(f)
                     if log:
@@ -721,6 +726,10 @@ def main():
                       log=(lambda m: print(m, flush=True)) if a.verbose else None, stride=a.stride)
     for f in failures:
         print("FAIL", f)
+    for sname in scen:
+        counts = [f"{m} {STATS[(sname, m)]}" for m in modes if (sname, m) in STATS]
+        bad = sum(1 for f in failures if f.startswith(sname + ":"))
+        print(f"  {sname}: {', '.join(counts)}; failed {bad}")
     print(f"{n} rounds ({', '.join(modes)}; {', '.join(scen)}) in {time.monotonic() - t0:.0f} s: "
           f"{len(failures)} failed")
     return 1 if failures else 0
