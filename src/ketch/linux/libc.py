@@ -83,12 +83,12 @@ if _MACHINE == "x86_64":
     NR = dict(pivot_root=155, setns=308, capget=125, capset=126, openat2=437,
               open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
               clone3=435, ioprio_set=251, personality=135, keyctl=250,
-              sched_setattr=314, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=252, close_range=436)
+              sched_setattr=314, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=252)
 elif _MACHINE == "aarch64":
     NR = dict(pivot_root=41, setns=268, capget=90, capset=91, openat2=437,
               open_tree=428, move_mount=429, mount_setattr=442, pidfd_open=434,
               clone3=435, ioprio_set=30, personality=92, keyctl=219,
-              sched_setattr=274, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=31, close_range=436)
+              sched_setattr=274, fsopen=430, fsconfig=431, fsmount=432, ioprio_get=31)
 else:  # pragma: no cover
     NR = {}
 
@@ -105,12 +105,6 @@ def _retry(fn, *args):
         ret = fn(*args)
         if ret != -1 or get_errno() != _errno.EINTR:
             return ret
-
-
-def close_range(first, last):
-    """close_range(2) without a fallback (os.closerange falls back to a close()
-    of every number up to `last` when the call fails)."""
-    return check(raw_syscall("close_range", c_uint(first), c_uint(last), c_uint(0)), "close_range")
 
 
 def fork(attempts=7):

@@ -122,30 +122,12 @@ def close_unlisted(ctx):
 
 
 def close_except(keep):
-    from ..linux import libc as _libc
-
-    spans, low = [], 0
+    low = 0
     for fd in sorted(keep):
         if fd > low:
-            spans.append((low, fd - 1))
+            os.closerange(low, fd)
         low = fd + 1
-    spans.append((low, _ALL))
-    try:
-        for lo, hi in spans:
-            _libc.close_range(lo, hi)
-    except OSError:
-        # No close_range(2) (Linux < 5.9) or a seccomp filter refusing it:
-        # os.closerange would then close() every number up to 2^31 (minutes;
-        # found by failing close_range in the fault harness).  Close what
-        # the process has open instead.
-        keep = set(keep)
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+    os.closerange(low, _ALL)
 
 
 def pass_preserved(ctx):
