@@ -461,8 +461,20 @@ def traced(env, argv, out, inject=None):
                 except OSError:
                     pass
             elif _gone(main):
+                # strace writes the exit line once it has reaped ketch: wait for
+                # it (a loaded machine can take seconds), then let go of the rest.
+                mark = f"{main} +++ ".encode()
+                until = time.monotonic() + 15
+                while p.poll() is None and time.monotonic() < until:
+                    try:
+                        with open(out, "rb") as f:
+                            if mark in f.read():
+                                break
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
                 try:
-                    p.wait(1.0)
+                    p.wait(0.5)
                 except subprocess.TimeoutExpired:
                     p.terminate()
                 break
