@@ -155,8 +155,13 @@ def spawn(ctx):
                 raise errors.SetupError(f"join cgroup {d}", e) from None
         try:
             sync.send(parent_sock, sync.GO)
-        except OSError:
+        except (BrokenPipeError, ConnectionResetError):
             pass  # the intermediate failed before GO: its ERROR is queued
+        except OSError as e:
+            # Any other failure (ENOMEM, ENOBUFS): the intermediate is alive
+            # and waits for GO, so waiting for its answer would hang both
+            # (and the container's lock with them) -- found by the fault harness.
+            raise errors.SetupError("exec: send GO", e) from None
         msg = sync.recv(parent_sock)
         if msg is None:
             _raise_died(inter)
