@@ -56,14 +56,15 @@ def run(g, opts, args):
     w = sys.stdout.write
     if name == "check":
         found = system.check(eng, repair=o["repair"], verify_blobs=not o["quick"])
-        left = [p for p in found if not p.repaired]
+        left = [p for p in found if not p.repaired and p.kind not in system.GARBAGE]
         if o["format"] == "json":
             dump_json([p.as_dict() for p in found])
         else:
             for p in found:
-                mark = "repaired" if p.repaired else ("repairable" if p.fix and not p.error else "left")
+                mark = "repaired" if p.repaired else ("unused" if p.kind in system.GARBAGE else
+                                                      "repairable" if p.fix and not p.error else "left")
                 w(f"{mark}: {p.kind}: {p.what}: {p.detail}" + (f" ({p.error})" if p.error else "") + "\n")
-            if not found:
+            if not left:
                 w("ok: the store is consistent\n")
         if left:
             from .. import log

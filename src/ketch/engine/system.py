@@ -33,6 +33,12 @@ def _is_hex64(n):
     return len(n) == 64 and all(c in _HEX for c in n)
 
 
+# Content nothing refers to: no inconsistency (a killed commit's blob, a
+# layer an untag left) -- listed, removed by --repair and prune, but the
+# check passes.
+GARBAGE = ("blob-unused", "layer-unused")
+
+
 class Problem:
     """One finding: `kind` (a short key), `what` (the object), `detail`; `fix` (a
     callable, None if nothing can be done) runs with repair."""
