@@ -42,3 +42,12 @@ def test_engine_rm_racing_run(env):
 def test_engine_stop_racing_the_containers_exit(env):
     problems = concurrency.engine_stop_races_exit(env, rounds=2)
     assert not problems, "\n".join(problems)
+
+
+def test_engine_pulls_one_image_twice_at_once(env):
+    reg = concurrency.registry()
+    try:
+        problems = concurrency.engine_pull_twice(env, reg)
+    finally:
+        concurrency.stop_registry(reg)
+    assert not problems, "\n".join(problems)

@@ -46,3 +46,43 @@ def test_fault_at_sampled_calls(fault_env, scenario, mode):
     n, failures = faults.run([scenario], [mode], sample=SAMPLE, env=fault_env)
     assert n > 0
     assert not failures, "\n".join(failures)
+
+
+# The forked children (stage-1, the init, exec's child) traced with
+# `strace -f`: mounts, mkdirs, device nodes, namespaces and forks in the
+# root filesystem's setup fail or are killed there.
+# Opt-in (KETCH_FAULT_CHILDREN=1) until faults.traced is steady: in the last
+# runs on this loaded machine its clean `strace -f` run of create was seen as
+# failed (no exit status read) -- a harness problem, not one of ketch's, but it
+# must not make `make test` red.  `make faults` runs these modes in full.
+children = pytest.mark.skipif(not os.environ.get("KETCH_FAULT_CHILDREN"),
+                              reason="set KETCH_FAULT_CHILDREN=1 (strace -f harness)")
+
+
+@children
+@pytest.mark.parametrize("mode", ["ckill", "cerror"])
+# exec's child modes run in `make faults` only: in the last bounded run here
+# its clean `strace -f` trace gave no child calls (not understood yet).
+@pytest.mark.parametrize("scenario", [n for n, s in faults.SCENARIOS.items() if s.children and n != "exec"])
+def test_fault_in_the_children_at_sampled_calls(fault_env, scenario, mode):
+    n, failures = faults.run([scenario], [mode], sample=SAMPLE, env=fault_env)
+    assert n > 0
+    assert not failures, "\n".join(failures)
+
+
+@children
+def test_stage1_failing_at_its_start_leaves_no_cgroup(fault_env):
+    """Regression: a create whose stage-1 failed right after the fork left an
+    empty cgroup ketch/<id> in every hierarchy."""
+    for bundle, inject in [(b, i) for b in (fault_env.bundle, faults._bundle_cgns(fault_env))
+                           for i in ("prctl:error=EIO:when=1", "prctl:error=ENOMEM:when=1")]:
+        cid = fault_env.new_id("s1")
+        p = faults.traced(fault_env, fault_env.argv("create", "-b", bundle, cid),
+                          os.path.join(fault_env.base, "s1.trace"), inject)
+        left = fault_env.leaks([cid])
+        fault_env.sh("delete", "--force", cid, check=False)
+        assert not left, (bundle, inject, p.returncode, p.stderr, left)
+        assert p.returncode == 1, (inject, p.returncode, p.stderr)
+        if p.returncode:
+            assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("ketch: "), p.stderr
+            assert "broken pipe" not in p.stderr, p.stderr  # stage-1's own error, not the parent's GO

@@ -156,6 +156,62 @@ def engine_import_twice(env):
     return problems
 
 
+def registry():
+    """A docker-registry on a free loopback port (tests/integration/test_registry.py's)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+    from test_registry import Registry
+
+    return Registry(tempfile.mkdtemp(prefix="ketch-stress-reg-", dir=_base()))
+
+
+def _base():
+    return os.environ.get("TMPDIR", "/tmp")
+
+
+def stop_registry(reg):
+    import shutil
+
+    reg.stop()
+    shutil.rmtree(reg.base, ignore_errors=True)
+
+
+def engine_pull_twice(env, reg, rounds=2):
+    """The same image pulled twice at once into an empty store: both succeed
+    and say the same, the store holds it once, nothing half-written, and
+    `system check` passes."""
+    import shutil
+
+    env.ensure_image()
+    problems = []
+    ref = f"{reg.host}/stress/bb:1"
+    env.sh("image", "tag", "bb:latest", ref)
+    env.sh("image", "push", "-q", "--tls-verify=false", ref)
+    env.sh("image", "rm", ref)
+    main = env.storage
+    try:
+        for i in range(rounds):
+            env.storage = f"{main}-pull{i}"
+            results = _run_all(env, [env.argv("image", "pull", "-q", "--tls-verify=false", ref)] * 2)
+            outs = set()
+            for _, p in results:
+                if p.returncode:
+                    problems.append(f"pull rc={p.returncode}: {p.stderr.strip()!r}")
+                outs.add(p.stdout.strip())
+            if len(outs) != 1:
+                problems.append(f"the two pulls said {outs}")
+            ls = env.sh("image", "ls", "-q", "--no-trunc").stdout.split()
+            if len(ls) != 1:
+                problems.append(f"two pulls of one image: image ls {ls}")
+            problems += faults.storage_problems(env.storage)
+            chk = env.sh("system", "check", check=False)
+            if chk.returncode:
+                problems.append(f"system check after two pulls: {chk.stdout.strip()!r} {chk.stderr.strip()!r}")
+            shutil.rmtree(env.storage, ignore_errors=True)
+    finally:
+        env.storage = main
+    return problems
+
+
 def engine_rm_races_run(env, rounds=3):
     env.ensure_image()
     problems = []
@@ -223,6 +279,13 @@ def main():
         bad += len(p)
         took, p = many_creates(env, a.creates)
         print(f"{a.creates} creates at once: {took:.1f} s, problems: {p or 'none'}")
+        bad += len(p)
+        reg = registry()
+        try:
+            p = engine_pull_twice(env, reg, rounds=5)
+        finally:
+            stop_registry(reg)
+        print(f"image pulled twice at once (5 rounds): problems: {p or 'none'}")
         bad += len(p)
         for name, fn in (("image imported twice at once", engine_import_twice),
                          ("container rm racing container run", engine_rm_races_run),

@@ -46,7 +46,9 @@ STRACE = shutil.which("strace") or "/usr/bin/strace"
 
 # errno names per system call, for the error mode (the first fitting one is
 # used for a point, rotating by occurrence so each name gets each errno).
-_WRITE_ERRS = ("ENOSPC", "EIO")
+# EINTR too: a write the kernel interrupts before any byte went is retried
+# (PEP 475 for os.write; the ctypes wrappers retry it themselves).
+_WRITE_ERRS = ("ENOSPC", "EIO", "EINTR")
 ERRORS = {
     "write": _WRITE_ERRS, "pwrite64": _WRITE_ERRS, "writev": _WRITE_ERRS,
     "fsync": ("EIO", "ENOSPC"), "fdatasync": ("EIO", "ENOSPC"),
@@ -66,6 +68,9 @@ ERRORS = {
     "poll": ("EINTR",), "ppoll": ("EINTR",), "flock": ("EINTR",), "clock_nanosleep": ("EINTR",),
     "select": ("EINTR",), "pselect6": ("EINTR",),
 }
+# The runtime's forks retry EAGAIN (ketch.linux.libc.fork); the engine's
+# subprocess spawns do not (yet).
+_FORKS = ("clone", "clone3", "fork", "vfork")
 # openat / open only when they create or write (a read of a module is not
 # what this harness is about).
 _OPEN_WRITE = re.compile(r"O_(WRONLY|RDWR|CREAT)")
@@ -73,10 +78,29 @@ _OPEN_ERRS = ("ENOSPC", "ENOMEM", "EIO")
 _LINE = re.compile(r"^([a-z0-9_]+)\(")
 
 
-def errnos_for(name, line):
+def errnos_for(name, line, child=False):
     if name in ("openat", "open"):
         return _OPEN_ERRS if _OPEN_WRITE.search(line) else ()
+    if child:
+        return CHILD_ERRORS.get(name, ())
     return ERRORS.get(name, ())
+
+
+# The forked children (stage-1, the init) of create / run / exec, traced
+# with ``strace -f``: the root filesystem's mounts, mkdirs and device
+# nodes, the namespaces, the init's fork, its writes to /proc and the sync
+# socket.  A failure there must reach the user as one line naming the
+# step, and the parent must roll everything back.
+CHILD_ERRORS = dict(ERRORS)
+CHILD_ERRORS.update({
+    "mount": ("ENOMEM", "EIO", "ENOSPC"), "umount2": ("EIO", "ENOMEM"),
+    "mount_setattr": ("ENOMEM", "EIO"), "move_mount": ("ENOMEM", "EIO"), "open_tree": ("ENOMEM", "EIO"),
+    "fsopen": ("ENOMEM",), "fsmount": ("ENOMEM",),
+    "pivot_root": ("ENOMEM", "EIO"), "unshare": ("ENOMEM", "ENOSPC"), "setns": ("ENOMEM",),
+    "sethostname": ("ENOMEM",), "fchown": ("EIO",), "chown": ("EIO",), "fchownat": ("EIO",),
+    "sendmsg": ("ENOMEM", "ENOBUFS"), "sendto": ("ENOMEM", "ENOBUFS"),
+    "openat2": ("ENOMEM", "EIO"),
+})
 
 
 class Env:
@@ -150,6 +174,23 @@ class Env:
             self.sh("image", "import", self.tar, "bb:latest")
             self._image = True
 
+    def pull_source(self):
+        """A reference on a docker-registry of this run (loopback) to an image
+        whose layer the store does not hold: each pull fetches it."""
+        if getattr(self, "_registry", None) is None:
+            sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+            from test_registry import Registry
+
+            self._registry = Registry(os.path.join(self.base, "registry"))
+            part = os.path.join(self.base, "part.tar")
+            with tarfile.open(part, "w") as t:
+                t.add(os.path.join(self.bundle, "rootfs", "etc"), arcname="etc")
+            self._pull_ref = f"{self._registry.host}/faults/part:1"
+            self.sh("image", "import", part, self._pull_ref)
+            self.sh("image", "push", "-q", "--tls-verify=false", self._pull_ref)
+            self.sh("image", "rm", self._pull_ref)
+        return self._pull_ref
+
     def leaks(self, ids, grace=2.0):
         self.note_ids()
         left = leaks.find(self.root, sorted(set(ids) | self.seen), [self.base], grace=grace)
@@ -177,6 +218,8 @@ class Env:
                 self.sh("container", "rm", "-f", cid, check=False)
 
     def close(self):
+        if getattr(self, "_registry", None) is not None:
+            self._registry.stop()
         self.rm_engine_containers()
         self.scrub([])
         for mp in reversed(leaks.mounts([self.base])):
@@ -233,12 +276,33 @@ class Scenario:
 
     engine = False
 
-    def __init__(self, name, setup, repair, rolls_back=False, marker=None):
+    def __init__(self, name, setup, repair, rolls_back=False, marker=None, children=False):
         self.name = name
         self.setup = setup
         self.repair = repair
         self.rolls_back = rolls_back  # a failed command must leave nothing even before the repair
         self.marker = marker
+        self.children = children  # forks stage-1 and the init: the child modes reach them
+
+
+def _bundle_cgns(env):
+    """The bundle with a cgroup namespace of its own: stage-1 joins the
+    cgroups before it forks the init (the path without the cgroup gate)."""
+    d = os.path.join(env.base, "bundle-cgns")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        with open(os.path.join(env.bundle, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["root"]["path"] = os.path.join(env.bundle, "rootfs")
+        cfg["linux"]["namespaces"].append({"type": "cgroup"})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+    return d
+
+
+def _create_cgns(env):
+    cid = env.new_id()
+    return env.argv("create", "-b", _bundle_cgns(env), cid), [cid], {"id": cid}
 
 
 def _delete(env, st):
@@ -309,11 +373,43 @@ def _import_repair(env, st):
     return p
 
 
+def _commit_setup(env):
+    env.ensure_image()
+    name = _engine_name(env)
+    env.sh("container", "run", "-d", "--name", name, "bb", "sleep", "300")
+    tag = f"{name}:committed"
+    return env.argv("container", "commit", name, tag), [], {"id": name, "tag": tag}
+
+
+def _commit_repair(env, st):
+    if env.sh("image", "rm", st["tag"], check=False).returncode != 0:
+        # The commit never made its image: the next image change sweeps
+        # what it left (a layer being made, its blob).
+        env.sh("image", "tag", "bb:latest", "sweep:1")
+        env.sh("image", "rm", "sweep:1")
+    return _engine_rm(env, st)
+
+
+def _pull_setup(env):
+    ref = env.pull_source()
+    return env.argv("image", "pull", "-q", "--tls-verify=false", ref), [], {"tag": ref}
+
+
+def _pull_repair(env, st):
+    # The next pull must complete whatever a killed one left; then the image goes again.
+    p = env.sh("image", "pull", "-q", "--tls-verify=false", st["tag"], check=False)
+    if p.returncode == 0:
+        p = env.sh("image", "rm", st["tag"], check=False)
+    return p
+
+
 SCENARIOS = {s.name: s for s in [
-    Scenario("create", _fresh(["create", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True),
-    Scenario("run-d", _fresh(["run", "-d", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True),
+    Scenario("create", _fresh(["create", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True, children=True),
+    Scenario("run-d", _fresh(["run", "-d", "-b", "{bundle}", "{id}"]), _delete, rolls_back=True,
+             children=True),
+    Scenario("create-cgns", _create_cgns, _delete, rolls_back=True, children=True),
     Scenario("start", _on_created(["start", "{id}"]), _delete),
-    Scenario("exec", _on_created(["exec", "{id}", "sh", "-c", "echo hi"], run=True), _delete),
+    Scenario("exec", _on_created(["exec", "{id}", "sh", "-c", "echo hi"], run=True), _delete, children=True),
     Scenario("delete", _on_created(["delete", "--force", "{id}"], run=True), _delete),
     Scenario("kill", _on_created(["kill", "{id}", "KILL"], run=True), _delete),
     Scenario("pause", _on_created(["pause", "{id}"], run=True), _delete),
@@ -322,12 +418,136 @@ SCENARIOS = {s.name: s for s in [
     Scenario("container-stop", _engine_running("stop"), _engine_rm, marker="containers"),
     Scenario("container-rm", _engine_running("rm"), _engine_rm, marker="containers"),
     Scenario("image-import", _import_setup, _import_repair, marker="images"),
+    Scenario("image-commit", _commit_setup, _commit_repair, marker="images"),
+    Scenario("image-pull", _pull_setup, _pull_repair, marker="images"),
 ]}
 for _s in SCENARIOS.values():
     _s.engine = _s.name.startswith(("container-", "image-"))
 
 
 # ------------------------------------------------------------------ tracing
+
+# Modes: kill / error at a call of the ketch process the user ran;
+# ckill / cerror at a call of one of its forked children (stage-1, the
+# init, an exec's setns child), traced with ``strace -f``.  strace counts
+# ``when=`` per call name *and per process*, so an injection fires in every
+# traced process that reaches that occurrence: the point (name, N) is
+# taken from a child's list, and may hit the parent or a sibling too.
+MODES = ("kill", "error", "ckill", "cerror")
+_EXIT = re.compile(r"^(\d+) \+\+\+ (?:exited with (\d+)|killed by (SIG\w+))")
+
+
+def traced(env, argv, out, inject=None):
+    """Run ``argv`` under ``strace -f`` (children followed, each detached at
+    its execve: the container's own process is not ours to fail), writing
+    the trace to ``out``.  A ``create`` leaves its init waiting on the exec
+    fifo, and strace would wait for it: once the ketch process itself has
+    exited, strace is told to detach (SIGTERM) from what is left.  Returns a
+    CompletedProcess with the ketch process's exit status."""
+    # -I2: with -o, strace blocks SIGTERM unless told otherwise.
+    args = [STRACE, "-f", "-q", "-I2", "--detach-on=execve", "-s", "64", "-o", out]
+    if inject:
+        args.append(f"--inject={inject}")
+    with tempfile.TemporaryFile(dir=env.base) as so, tempfile.TemporaryFile(dir=env.base) as se:
+        p = subprocess.Popen(args + list(argv), stdin=subprocess.DEVNULL, stdout=so, stderr=se, env=env.env())
+        main = 0
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline:
+            if not main:
+                try:
+                    with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                        kids = f.read().split()
+                    main = int(kids[0]) if kids else 0
+                except OSError:
+                    pass
+            elif _gone(main):
+                # strace writes the exit line once it has reaped ketch: wait for
+                # it (a loaded machine can take seconds), then let go of the rest.
+                mark = f"{main} +++ ".encode()
+                until = time.monotonic() + 15
+                while p.poll() is None and time.monotonic() < until:
+                    try:
+                        with open(out, "rb") as f:
+                            if mark in f.read():
+                                break
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+                try:
+                    p.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    p.terminate()
+                break
+            time.sleep(0.01)
+        if p.poll() is None and time.monotonic() >= deadline:
+            p.kill()
+        p.wait()
+        so.seek(0)
+        se.seek(0)
+        stdout, stderr = so.read().decode(errors="replace"), se.read().decode(errors="replace")
+    env.note_ids()
+    rc = None
+    first = None
+    with open(out, errors="replace") as f:
+        for line in f:
+            if first is None:
+                first = line.split(" ", 1)[0]
+            m = _EXIT.match(line)
+            if m and m.group(1) == first:
+                rc = int(m.group(2)) if m.group(2) is not None else -_signum(m.group(3))
+    if rc is None:
+        rc = p.returncode
+    return subprocess.CompletedProcess(argv, rc, stdout, stderr)
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+    except OSError:
+        return True
+    return st[st.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+
+def _signum(name):
+    import signal
+    return int(getattr(signal, name, 9))
+
+
+def child_points(env, scenario):
+    """The calls of the command's forked children in a clean ``strace -f``
+    run: [(name, occurrence in its process, line)], each (name, occurrence)
+    once."""
+    argv, ids, st = scenario.setup(env)
+    out = os.path.join(env.base, "trace-f.txt")
+    try:
+        p = traced(env, argv, out)
+        if p.returncode != 0:
+            raise RuntimeError(f"clean strace -f run of {scenario.name} failed: {p.stderr.strip()}")
+    finally:
+        scenario.repair(env, st)
+    seen, main, points, done = {}, None, [], set()
+    with open(out, errors="replace") as f:
+        for line in f:
+            pid, _, rest = line.partition(" ")
+            if main is None:
+                main = pid
+            if rest.startswith("<..."):
+                continue  # the end of a call whose start was counted
+            m = _LINE.match(rest)
+            if not m:
+                continue
+            name = m.group(1)
+            key = (pid, name)
+            seen[key] = seen.get(key, 0) + 1
+            if pid != main and (name, seen[key]) not in done:
+                done.add((name, seen[key]))
+                points.append((name, seen[key], rest.rstrip("\n")))
+    os.unlink(out)
+    left = env.leaks(ids)
+    if left:
+        raise RuntimeError(f"clean strace -f run of {scenario.name} left {left}")
+    return points
 
 def trace_points(env, scenario):
     """The traced command's calls of a clean run: [(name, occurrence, line)]."""
@@ -369,10 +589,10 @@ def interesting_start(points, env, scenario):
 
 def choose(points, env, scenario, mode, sample, seed, exhaustive=False, stride=1):
     cand = list(range(len(points)))
-    if not exhaustive:
+    if not exhaustive and mode in ("kill", "error"):
         cand = cand[interesting_start(points, env, scenario):]
-    if mode == "error":
-        cand = [i for i in cand if errnos_for(points[i][0], points[i][2])]
+    if mode in ("error", "cerror"):
+        cand = [i for i in cand if errnos_for(points[i][0], points[i][2], mode == "cerror")]
     if exhaustive or sample >= len(cand):
         return cand[::stride]
     rnd = random.Random(f"{seed}-{scenario.name}-{mode}")
@@ -393,22 +613,41 @@ def run_point(env, scenario, points, index, mode):
     """One round; returns a description of what went wrong, or None."""
     name, occ, line = points[index]
     argv, ids, st = scenario.setup(env)
-    if mode == "kill":
+    child = mode in ("ckill", "cerror")
+    where = "a child's call" if child else "call"
+    if mode in ("kill", "ckill"):
         inject = f"{name}:signal=KILL:when={occ}"
-        what = f"SIGKILL at call {index + 1} ({line[:90]})"
+        what = f"SIGKILL at {where} {index + 1} ({line[:90]})"
     else:
-        errs = errnos_for(name, line)
+        errs = errnos_for(name, line, child)
         err = errs[occ % len(errs)]
         inject = f"{name}:error={err}:when={occ}"
-        what = f"{err} at call {index + 1} ({line[:90]})"
-    p = env.call([STRACE, "-qq", "-o", "/dev/null", f"--inject={inject}", *argv])
+        what = f"{err} at {where} {index + 1} ({line[:90]})"
+    if child:
+        p = traced(env, argv, os.path.join(env.base, "trace-inject.txt"), inject)
+    else:
+        p = env.call([STRACE, "-qq", "-o", "/dev/null", f"--inject={inject}", *argv])
+    env.last = (inject, p.returncode, (p.stderr.strip().splitlines() or [""])[-1][:160])
     problems = []
-    if mode == "error":
+    if mode == "ckill" and scenario.name == "exec" and p.returncode == 137 and not p.stderr.strip():
+        # exec's process was killed after its pid reached ketch: exec returns
+        # its status, 128 + SIGKILL, as for any process killed in the container.
+        pass
+    elif mode == "ckill" and p.returncode >= 0:
+        # A child killed: the command fails with one line and rolls back
+        # (or the kill came after the child's work was done: it succeeds).
+        # When the same occurrence also killed ketch itself (rc < 0), the
+        # repair below is what must clean up.
+        err = "SIGKILL"
+        mode = "cerror"
+    if mode in ("error", "cerror"):
         err_lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         if "Traceback" in p.stderr:
             problems.append(f"traceback: {p.stderr.strip()[-600:]}")
         elif err.startswith("EINTR") and p.returncode != 0:
             problems.append(f"EINTR was not retried: rc={p.returncode} {p.stderr.strip()!r}")
+        elif err == "EAGAIN" and name in _FORKS and not scenario.engine and p.returncode != 0:
+            problems.append(f"EAGAIN of a fork was not retried: rc={p.returncode} {p.stderr.strip()!r}")
         elif p.returncode != 0:
             bad = [ln for ln in err_lines if not ln.startswith("ketch: ")]
             if len(err_lines) != 1 or bad:
@@ -427,10 +666,15 @@ def run_point(env, scenario, points, index, mode):
         # The engine's monitor may still be finishing the container.
         deadline = time.monotonic() + 10
         while _engine_ids(env) and time.monotonic() < deadline:
-            _engine_rm(env, st)
+            for cid in _engine_ids(env):
+                env.sh("container", "rm", "-f", cid, check=False)
             time.sleep(0.1)
         if _engine_ids(env):
             problems.append(f"engine still lists containers {_engine_ids(env)}")
+        # The store checks itself: after the repair, nothing inconsistent.
+        chk = env.sh("system", "check", check=False)
+        if chk.returncode != 0 or "Traceback" in chk.stderr:
+            problems.append(f"system check after the repair: {(chk.stdout + chk.stderr).strip()[-600:]!r}")
     allids = ids + ([st["id"]] if "id" in st else [])
     left = env.leaks(allids)
     if left:
@@ -439,6 +683,9 @@ def run_point(env, scenario, points, index, mode):
     if problems:
         return f"{scenario.name}: {what}: " + "; ".join(problems)
     return None
+
+
+STATS = {}  # (scenario, mode) -> rounds run, for the summary
 
 
 def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None, stride=1):
@@ -450,16 +697,29 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
     try:
         for sname in scenarios:
             sc = SCENARIOS[sname]
-            points = trace_points(env, sc)
+            points = cpoints = None
             for mode in modes:
-                chosen = choose(points, env, sc, mode, sample, seed, exhaustive, stride)
+                if mode in ("ckill", "cerror"):
+                    if not sc.children:
+                        continue
+                    if cpoints is None:
+                        cpoints = child_points(env, sc)
+                    pts = cpoints
+                else:
+                    if points is None:
+                        points = trace_points(env, sc)
+                    pts = points
+                chosen = choose(pts, env, sc, mode, sample, seed, exhaustive, stride)
                 for i in chosen:
                     rounds += 1
-                    f = run_point(env, sc, points, i, mode)
+                    f = run_point(env, sc, pts, i, mode)
+                    key = (sname, mode)
+                    STATS[key] = STATS.get(key, 0) + 1
                     if f:
                         failures.append(f)
                     if log:
-                        log(f"{sname} {mode} call {i + 1}/{len(points)}: {f or 'ok'}")
+                        inj, rc, line = getattr(env, "last", ("", 0, ""))
+                        log(f"{sname} {mode} call {i + 1}/{len(pts)} [{inj} -> rc {rc} {line}]: {f or 'ok'}")
     finally:
         if own:
             env.close()
@@ -468,7 +728,7 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", action="append", choices=("kill", "error"))
+    ap.add_argument("--mode", action="append", choices=MODES)
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     ap.add_argument("--all", action="store_true", help="every call of the run (exhaustive)")
     ap.add_argument("--stride", type=int, default=1, help="with --all: every K-th call")
@@ -477,12 +737,16 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     scen = a.scenario or list(SCENARIOS)
-    modes = a.mode or ["kill", "error"]
+    modes = a.mode or list(MODES)
     t0 = time.monotonic()
     n, failures = run(scen, modes, a.sample, a.seed, a.all,
                       log=(lambda m: print(m, flush=True)) if a.verbose else None, stride=a.stride)
     for f in failures:
         print("FAIL", f)
+    for sname in scen:
+        counts = [f"{m} {STATS[(sname, m)]}" for m in modes if (sname, m) in STATS]
+        bad = sum(1 for f in failures if f.startswith(sname + ":"))
+        print(f"  {sname}: {', '.join(counts)}; failed {bad}")
     print(f"{n} rounds ({', '.join(modes)}; {', '.join(scen)}) in {time.monotonic() - t0:.0f} s: "
           f"{len(failures)} failed")
     return 1 if failures else 0

@@ -406,3 +406,33 @@ def test_rootfs_reads_its_hierarchies_with_the_cgroup_model():
         (2, "/sys/fs/cgroup/unified", [], "/user.slice/s"),
     ]
     assert all(h["root"] == "/" for h in got)
+
+
+def test_a_failed_create_removes_only_the_parents_it_made(tmp_path):
+    """A nested cgroupsPath (/a/b/c): create makes a and a/b where they are
+    missing; the rollback removes those, never one that was there before, nor
+    the shared parent of every container's default cgroup."""
+    from ketch.linux.cgroups.manager import Manager
+    (tmp_path / "pids" / "a").mkdir(parents=True)  # someone else's
+    (tmp_path / "memory").mkdir()
+    m = Manager({"pids": str(tmp_path / "pids/a/b/c"), "memory": str(tmp_path / "memory/a/b/c")}, "/a/b/c", "x")
+    m.create()
+    assert sorted(m.made_parents) == sorted([str(tmp_path / "pids/a/b"), str(tmp_path / "memory/a/b"),
+                                             str(tmp_path / "memory/a")])
+    m.destroy()
+    m.destroy_made_parents()
+    assert sorted(os.listdir(tmp_path / "pids")) == ["a"] and os.listdir(tmp_path / "pids/a") == []
+    assert os.listdir(tmp_path / "memory") == []
+    # A parent another container made a cgroup in meanwhile stays.
+    m2 = Manager({"pids": str(tmp_path / "pids/a/x/c")}, "/a/x/c", "y")
+    m2.create()
+    (tmp_path / "pids/a/x/other").mkdir()
+    m2.destroy()
+    m2.destroy_made_parents()
+    assert os.path.isdir(tmp_path / "pids/a/x/other")
+    m3 = Manager({"pids": str(tmp_path / "pids/ketch/id")}, "/ketch/id", "z")
+    m3._keep = (str(tmp_path / "pids/ketch"),)
+    m3.create()
+    m3.destroy()
+    m3.destroy_made_parents()
+    assert os.path.isdir(tmp_path / "pids/ketch")

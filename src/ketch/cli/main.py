@@ -40,6 +40,7 @@ VERBS = {
     "container": ("container", "manage containers of the engine (run, create, start, ls, stop, kill, rm, "
                   "logs, exec, commit, inspect)"),
     "network": ("network", "manage networks of the engine (create, ls, inspect, rm, prune)"),
+    "system": ("system", "the engine's store as a whole (check [--repair], df, prune)"),
 }
 
 ALIASES = {"ls": "list", "rm": "delete"}

@@ -133,6 +133,13 @@ class ContentStore:
                         pass
         for n in os.listdir(self._p("tmp")):
             remove_tree(self._p("tmp", n))
+        # A blob being written (put_blob) when its change was killed: under
+        # the lock no other change is writing one (found by the fault harness:
+        # a killed pull left it for good).
+        blobs = self._p("blobs", "sha256")
+        for n in os.listdir(blobs):
+            if n.startswith(".tmp-"):
+                os.unlink(os.path.join(blobs, n))
         cleanup = getattr(self.driver, "cleanup_temp", None)
         if cleanup:
             cleanup()

@@ -119,8 +119,10 @@ def spawn(ctx):
         ctx.console_sock = fdpass.wrap(_high(ctx.console_sock.detach(), floor))
     ctx.root_fd = _high(os.open(f"/proc/{ctx.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
                         floor)
+    from ..linux import libc as _libc
+
     try:
-        inter = os.fork()
+        inter = _libc.fork()
     except BaseException:
         child_sock.close()
         parent_sock.close()
@@ -158,8 +160,13 @@ def spawn(ctx):
                 raise errors.SetupError(f"join cgroup {d}", e) from None
         try:
             sync.send(parent_sock, sync.GO)
-        except OSError:
+        except (BrokenPipeError, ConnectionResetError):
             pass  # the intermediate failed before GO: its ERROR is queued
+        except OSError as e:
+            # Any other failure (ENOMEM, ENOBUFS): the intermediate is alive
+            # and waits for GO, so waiting for its answer would hang both
+            # (and the container's lock with them) -- found by the fault harness.
+            raise errors.SetupError("exec: send GO", e) from None
         while True:
             msg = sync.recv(parent_sock)
             if msg is None:
@@ -303,8 +310,10 @@ def _intermediate(ctx, sock):
 
     # The pid and time namespaces joined apply to children only: the process
     # is forked into them.
+    from ..linux import libc as _libc
+
     try:
-        pid = os.fork()
+        pid = _libc.fork()
     except OSError as e:
         import errno
 

@@ -40,7 +40,9 @@ def spawn(ctx):
     ctx.wait_go = not early
     ctx.sync_sock = child_sock
     trace("fork stage-1")
-    stage1 = os.fork()
+    from ..linux import libc as _libc
+
+    stage1 = _libc.fork()
     if stage1 == 0:  # ---------------------------------------------- stage-1
         code = 1
         try:
@@ -75,7 +77,10 @@ def spawn(ctx):
             # PID that stage-1, descheduled after its fork, has yet to send.
             gate.v1_dirs = mgr.v1_dirs() if mgr is not None else []
         else:
-            sync.send(parent_sock, sync.GO)
+            try:
+                sync.send(parent_sock, sync.GO)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # stage-1 died first: its ERROR (or EOF) is what _drive reads next
         init_pid = _drive(ctx, parent_sock, stage1, gate)
     except BaseException:
         if gate is not None:
@@ -356,7 +361,7 @@ def _stage1(ctx, sock):
             raise errors.SetupError(f"unshare namespaces ({', '.join(names)})", e) from e
     if flags & ns.CLONE_NEWTIME:
         _write_time_offsets((ctx.config.get("linux") or {}).get("timeOffsets") or {})
-    pid = os.fork()
+    pid = _libc.fork()
     if pid == 0:  # ------------------------------------------------- init
         # not "from . import fds": _stage1's own `fds` (namespace paths) would shadow it
         from .fds import first_in_child

@@ -68,6 +68,7 @@ class CreateContext:
         self.sync_sock = None  # stage-1's and the init's end (process/fds.py lists it)
         self.fifo_fd = -1
         self.cgroups = None
+        self.cgroups_owned = False
         self.cgroup_paths = None
         self.wait_go = True
         self.init_pid = 0
@@ -146,6 +147,8 @@ class CreateContext:
                 raise errors.SetupError(
                     f"cgroup {linux.get('cgroupsPath') or self.id!r} already has processes "
                     f"({', '.join(map(str, busy[:5]))}): is another container using it?")
+            # Empty and ours from here on: a failed create may kill what is in it.
+            self.cgroups_owned = True
             # set() also installs the default device rules: call it always.
             mgr.set(linux.get("resources") or {})
             if apply_v2:
@@ -362,7 +365,10 @@ def _prime_unified():
             break
     else:
         return
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        return  # best effort (see above); the forks that matter retry EAGAIN
     if pid == 0:  # pragma: no cover - child
         try:
             with open("/proc/self/cgroup", "rb") as f:
@@ -390,11 +396,36 @@ def _undo_create(c, ctx):
     if ctx is not None and ctx.init_pid:
         _kill_wait(ctx.init_pid)
     if ctx is not None and ctx.cgroups is not None:
-        try:
-            ctx.cgroups.destroy()
-        except Exception:  # noqa: BLE001 - best effort; the original error matters more
-            pass
+        _undo_cgroups(ctx)
     c.remove_dir()
+
+
+def _undo_cgroups(ctx):
+    """Remove the cgroups a failed create made.  An init stage-1 forked into
+    them (with a user or cgroup namespace stage-1 is in them before it
+    forks) may be alive though its pid never reached us: stage-1 failed, or
+    was killed, between the fork and its PID message.  Kill what is in the
+    cgroups -- only once they were found empty and made ours -- and retry
+    while the kernel still counts exiting tasks."""
+    import time
+
+    mgr = ctx.cgroups
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            if ctx.cgroups_owned:
+                for pid in mgr.pids():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            mgr.destroy()
+            mgr.destroy_made_parents()
+            return
+        except Exception:  # noqa: BLE001 - best effort; the original error matters more
+            if not ctx.cgroups_owned or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def _owner():

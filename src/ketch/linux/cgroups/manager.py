@@ -38,7 +38,7 @@ def cgroup_path(container_id, cgroups_path=None, parent="ketch"):
 class Manager:
     """One container's cgroups.  Build with :meth:`from_spec` or :meth:`load`."""
 
-    __slots__ = ("id", "path", "_dirs", "_v2ctrls", "_v2h")
+    __slots__ = ("id", "path", "_dirs", "_v2ctrls", "_v2h", "made_parents", "_keep")
 
     def __init__(self, dirs, path=None, container_id=None):
         self._dirs = dict(dirs)
@@ -46,6 +46,11 @@ class Manager:
         self.id = container_id
         self._v2ctrls = None
         self._v2h = None
+        # Ancestors of the container's dirs that create() made (a nested
+        # cgroupsPath "/a/b/c" makes a and a/b): a failed create removes them
+        # again (destroy_made_parents), never those that were there before.
+        self.made_parents = []
+        self._keep = ()
 
     @classmethod
     def from_spec(cls, container_id, linux=None, root_cgroup_parent="ketch", hierarchies=None):
@@ -69,6 +74,11 @@ class Manager:
                     dirs[s] = d
         m = cls(dirs, path, container_id)
         m._v2h = v2h
+        if root_cgroup_parent and root_cgroup_parent.strip("/"):
+            # The shared parent of every container's default cgroup: another
+            # create may be making its own dir in it right now.
+            top = "/" + root_cgroup_parent.strip("/")
+            m._keep = tuple(h.dir_for(top) for h in hierarchies)
         return m
 
     @classmethod
@@ -141,10 +151,20 @@ class Manager:
             if d == cpuset:
                 self._mkdir_cpuset(d)
                 continue
-            try:
-                os.makedirs(d, exist_ok=True)
-            except OSError as e:
-                raise CgroupError(f"create cgroup {d}: {fs.describe_oserror(e)}", e.errno) from None
+            missing = self._missing_parents(d)
+            for attempt in range(3):
+                try:
+                    os.makedirs(d, exist_ok=True)
+                    break
+                except FileNotFoundError:
+                    # A parent made by another create was removed by its rollback
+                    # between makedirs' check and its mkdir: make it again.
+                    if attempt == 2:
+                        raise CgroupError(f"create cgroup {d}: a parent directory keeps disappearing",
+                                          _errno.ENOENT) from None
+                except OSError as e:
+                    raise CgroupError(f"create cgroup {d}: {fs.describe_oserror(e)}", e.errno) from None
+            self.made_parents.extend(missing)
         if self.layout == "v2":
             # On a pure v2 host nothing else delegates controllers to our
             # subtree; enable what the root offers, as systemd would.
@@ -165,6 +185,8 @@ class Manager:
         for p in reversed(todo):
             try:
                 os.mkdir(p, 0o755)
+                if p != d:
+                    self.made_parents.append(p)
             except FileExistsError:
                 pass
             except OSError as e:
@@ -173,6 +195,27 @@ class Manager:
             for f in ("cpuset.cpus", "cpuset.mems"):
                 if not self._cpuset_value(p, f):
                     fs.write(f"{p}/{f}", fs.read(f"{parent}/{f}"))
+
+    def _missing_parents(self, d):
+        out = []
+        p = os.path.dirname(d)
+        while p != os.path.dirname(p) and not os.path.isdir(p):
+            out.append(p)
+            p = os.path.dirname(p)
+        return out
+
+    def destroy_made_parents(self):
+        """After destroy(), on a failed create: remove the ancestors create()
+        made, deepest first, if empty (another container may have made its
+        cgroup below one meanwhile: then it stays)."""
+        for p in sorted(set(self.made_parents), key=len, reverse=True):
+            if p in self._keep:
+                continue
+            try:
+                os.rmdir(p)
+            except OSError:
+                pass
+        self.made_parents = []
 
     @staticmethod
     def _cpuset_value(d, f):
