@@ -139,7 +139,7 @@ class CreateContext:
         """Where the container's cgroups go (no change to them yet)."""
         from ..linux import cgroups
 
-        if self.rootless:
+        if self.rootless or ns_in_userns():
             from . import rootless
 
             self.cgroups = rootless.plan_cgroups(self.id, self.config.get("linux") or {})
@@ -811,6 +811,12 @@ def _try_force_delete(store, cid):
 
 def _wait_init(pid):
     return signals.exit_code(signals.reap_until(pid))
+
+
+def ns_in_userns():
+    from ..linux.namespaces import in_user_namespace
+
+    return in_user_namespace()
 
 
 def _pidns_members(c):

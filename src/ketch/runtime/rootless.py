@@ -43,6 +43,21 @@ def state_root():
     return os.path.join(xdg, "ketch")
 
 
+def default_root():
+    """The state root without --root: $XDG_RUNTIME_DIR/ketch for an
+    unprivileged caller, and for root in a user namespace that is not the
+    host's (rootless podman runs its runtime so, without --root); host
+    root keeps /run/ketch whatever its environment says."""
+    from .. import RUN_DIR
+    from ..linux.namespaces import in_user_namespace
+
+    if os.geteuid() != 0:
+        return state_root()
+    if os.environ.get("XDG_RUNTIME_DIR") and in_user_namespace():
+        return state_root()
+    return RUN_DIR
+
+
 # ------------------------------------------------------------------ id maps
 
 def _entries(maps, kind):
