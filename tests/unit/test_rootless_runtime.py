@@ -70,3 +70,21 @@ def test_limits_set_ignores_devices_and_empty_values():
     assert rootless.limits_set({"memory": {}, "cpu": {"shares": 0}, "pids": {"limit": 0}}) == []
     assert rootless.limits_set({"memory": {"limit": 1 << 20}, "pids": {"limit": 5}}) == \
         ["memory.limit", "pids.limit"]
+
+
+def test_default_root(monkeypatch):
+    from ketch import RUN_DIR
+    from ketch.linux import namespaces
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert rootless.default_root() == "/run/user/1000/ketch"
+    # Root: /run/ketch on the host whatever its environment says; the user's
+    # dir when root only in a user namespace (rootless podman's runtime).
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(namespaces, "in_user_namespace", lambda: False)
+    assert rootless.default_root() == RUN_DIR
+    monkeypatch.setattr(namespaces, "in_user_namespace", lambda: True)
+    assert rootless.default_root() == "/run/user/1000/ketch"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert rootless.default_root() == RUN_DIR

@@ -86,6 +86,7 @@ class CreateContext:
         # Rootless (runtime/rootless.py): how the caller writes the id maps.
         self.idmap_plan = None
         self.rootless = False
+        self.rootless_cgroups = False  # delegated: no device rules (eBPF needs privilege)
 
     # -- fds shared with the children -------------------------------------
     def _high(self, fd):
@@ -142,6 +143,7 @@ class CreateContext:
         if self.rootless or ns_in_userns():
             from . import rootless
 
+            self.rootless_cgroups = True
             self.cgroups = rootless.plan_cgroups(self.id, self.config.get("linux") or {})
             return self.cgroups
         try:
@@ -171,7 +173,7 @@ class CreateContext:
                     f"cgroup {linux.get('cgroupsPath') or self.id!r} already has processes "
                     f"({', '.join(map(str, busy[:5]))}): is another container using it?")
             # set() also installs the default device rules: call it always.
-            mgr.set(linux.get("resources") or {})
+            mgr.set(linux.get("resources") or {}, devices=not self.rootless_cgroups)
             if apply_v2:
                 mgr.apply(pid, v1=False)
         except errors.KetchError:
