@@ -153,6 +153,10 @@ class Engine:
                  progress=False, reconcile=True):
         from ketch.engine.containers import ContainerStore
         from ketch.engine.images import ImageStore
+        if os.geteuid() != 0 and not uid_map and not gid_map:
+            # Rootless: the container's root is the user, its other ids the user's subordinate ones.
+            from ketch.engine import rootless
+            uid_map, gid_map = rootless.id_maps()
         self.images = ImageStore(storage_root, driver, uid_map, gid_map, progress=None if progress else False)
         self.store = ContainerStore(self.images, runtime_root)
         self.images.in_use = self.store.users_of

@@ -77,6 +77,9 @@ class ContainerStore:
         self.images = images
         self.root = images.root
         self.dir = os.path.join(self.root, "containers")
+        if not runtime_root and os.geteuid() != 0:
+            from ketch.engine import rootless
+            runtime_root = rootless.check_dir(rootless.runtime_root(), "runtime state root")
         self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
         self._popen = []
         self._secured = False
@@ -543,7 +546,8 @@ class ContainerStore:
                 os.unlink(link)
             gone = self._p(f".rm-{cid}")
             os.rename(self._p(cid), gone)
-            remove_tree(gone)
+            from ketch.engine import rootless
+            rootless.remove_tree(gone)  # a volume may hold files of the container's ids
             lab = rec.get("MountLabel") or rec.get("ProcessLabel")
             if lab:
                 mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)

@@ -65,6 +65,9 @@ def open_driver(root, name=None, uid_map=None, gid_map=None):
         ensure_root(root)
     home = os.path.join(root, name)
     tighten(home, 0o700)
+    if os.geteuid() != 0:
+        from ketch.engine.storage.userns import UsernsDriver
+        return UsernsDriver(cls, home, uid_map, gid_map)
     return cls(home, uid_map, gid_map)
 
 
