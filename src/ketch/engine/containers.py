@@ -276,6 +276,9 @@ class ContainerStore:
                     image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,
                     self.images.uid_map, self.images.gid_map, uid, gid)
                 netplan.apply(config, net, self.networks.netns_path(net.get("container") or cid))
+                if hasattr(self.driver, "rootfs_mount"):  # rootless: see engine/storage/userns.py
+                    config["root"]["path"], m = self.driver.rootfs_mount(cid)
+                    config["mounts"][:0] = [m] if m else []
             finally:
                 self.driver.put(cid)
             bundle.write(os.path.join(cdir, "bundle"), config)
@@ -794,7 +797,8 @@ def _monitor(params, status_fd):
     saved_term = None
     try:
         store._cleanup_runtime(cid)  # what a monitor killed earlier left
-        store.driver.get(cid, rec.get("MountLabel") or "")
+        if not hasattr(store.driver, "rootfs_mount"):  # rootless: the runtime mounts it
+            store.driver.get(cid, rec.get("MountLabel") or "")
         from ketch.engine.network import plan as netplan
         settings = netplan.up(store, rec)
         if settings is not None:
@@ -824,6 +828,9 @@ def _monitor(params, status_fd):
                 child.close()
         pid = c.pid
         pid_start = proc_start_time(pid)[0]
+        if "usernet" in (rec.get("KetchNetwork") or {}):  # rootless: slirp4netns/pasta, for our lifetime
+            from ketch.engine import usernet
+            usernet_att = usernet.start(rec["KetchNetwork"], pid, os.path.join(store.runtime_root, "usernet"))
         if tty:
             from ketch.linux import console
             master, _ = console.recv_fd(sock)
