@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 from ketch import busybox  # noqa: E402
 from ketch.spec.default import default_spec  # noqa: E402
+from rootless import rootless_user  # noqa: E402,F401  (the unprivileged test user, tests/rootless.py)
 
 KETCH = os.environ.get("KETCH") or os.path.join(REPO, ".venv", "bin", "ketch")
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
