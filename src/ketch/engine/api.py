@@ -166,6 +166,22 @@ class Engine:
             from ketch.engine.network import plan
             plan.reconcile(self.store)  # what a killed monitor or engine left
 
+    def info(self):
+        """[(key, value)] about this engine, as `docker info` shows its storage part."""
+        import os
+        drv = self.images.driver
+        out = [("Storage Root", self.storage_root), ("Runtime Root", self.runtime_root),
+               ("Storage Driver", drv.name)] + [(" " + k, v) for k, v in drv.status()]
+        out.append(("Rootless", "true" if os.geteuid() != 0 else "false"))
+        if os.geteuid() != 0:
+            from ketch.engine import usernet
+
+            def fmt(m):
+                return " ".join(f"{e['containerID']}:{e['hostID']}:{e['size']}" for e in m or ())
+            out += [("UID Map", fmt(self.images.uid_map)), ("GID Map", fmt(self.images.gid_map)),
+                    ("Network", usernet.default_tool() or "none (install slirp4netns or passt)")]
+        return out
+
     @property
     def storage_root(self):
         return self.images.root

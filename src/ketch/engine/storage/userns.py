@@ -85,7 +85,9 @@ class UsernsDriver(Driver):
         return self.inner.ids()
 
     def status(self):
-        return self.inner.status() + [("Rootless", "true (layer steps run in a user namespace)")]
+        extra = [("Mounted", "by the runtime in the container's user namespace (userxattr)")] \
+            if hasattr(self.inner, "rootfs_mount") else []
+        return self.inner.status() + extra + [("Layer steps", "in a user namespace (newuidmap/newgidmap)")]
 
     def cleanup_temp(self):
         self._call("cleanup_temp")
