@@ -69,6 +69,16 @@ def join(fds):
             os.close(fd)
 
 
+def in_user_namespace():
+    """Whether we run in a user namespace other than the host's (root there
+    is not host root: rootless podman runs its runtime so)."""
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            return f.read().split() != [b"0", b"0", b"4294967295"]
+    except OSError:
+        return False
+
+
 def write_id_maps(pid, uid_maps, gid_maps, deny_setgroups=False):
     """Write /proc/<pid>/{uid,gid}_map from OCI mapping lists (parent side)."""
 

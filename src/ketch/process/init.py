@@ -149,7 +149,9 @@ def _setup(ctx, sock):
     from . import rootfs
 
     sources = None
-    if "user" in nsmap:
+    # Rootless, the runtime can open nothing the init cannot (both are the
+    # caller on the host), and open_tree needs a privilege it lacks.
+    if "user" in nsmap and not getattr(ctx, "rootless", False):
         with Step("open bind mount sources"):
             sources = _mount_sources(sock, rootfs.bind_sources(cfg, ctx.bundle))
 

@@ -203,9 +203,8 @@ def _drive(ctx, sock, stage1, gate=None):
             _raise_died(stage1, init_pid)
         t = msg["t"]
         if t == sync.USERMAP:
-            linux = ctx.config.get("linux") or {}
             try:
-                ns.write_id_maps(stage1, linux.get("uidMappings"), linux.get("gidMappings"))
+                ctx.write_id_maps(stage1)
             except OSError as e:
                 raise errors.SetupError("write user namespace id maps", e) from None
             sync.send(sock, sync.MAPPED)
@@ -353,12 +352,20 @@ def _stage1(ctx, sock):
         raise errors.SetupError("join namespaces", e) from e
     flags = ns.unshare_flags(nsmap)
     if flags & ns.CLONE_NEWUSER:
+        # Rootless: the parent (or newuidmap) is not root and may open
+        # /proc/<us>/uid_map only while we are dumpable; non-dumpable again
+        # once the maps are written, before anything of the container runs.
+        rootless = getattr(ctx, "rootless", False)
+        if rootless:
+            _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
         try:
             _libc.unshare(ns.CLONE_NEWUSER)
         except OSError as e:
             raise errors.SetupError("unshare user namespace", e) from e
         sync.send(sock, sync.USERMAP)
         sync.expect(sock, sync.MAPPED)
+        if rootless:
+            _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         flags &= ~ns.CLONE_NEWUSER

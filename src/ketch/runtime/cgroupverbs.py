@@ -27,6 +27,9 @@ UPDATABLE = {
 def _manager(c):
     paths = c.state.get("cgroupPaths")
     if not paths:
+        if os.geteuid() != 0:
+            raise errors.KetchError(f"container {c.id!r} has no cgroup: rootless, cgroups are "
+                                    "used only where cgroup v2 is delegated to you")
         raise errors.KetchError(f"container {c.id!r} has no cgroups recorded")
     from ..linux import cgroups
 

@@ -83,6 +83,9 @@ class CreateContext:
         # ketch writes the id maps as real root, so setgroups stays allowed in
         # a new user namespace (an unprivileged writer would have to deny it).
         self.setgroups_denied = False
+        # Rootless (runtime/rootless.py): how the caller writes the id maps.
+        self.idmap_plan = None
+        self.rootless = False
 
     # -- fds shared with the children -------------------------------------
     def _high(self, fd):
@@ -119,11 +122,28 @@ class CreateContext:
             self.console_sock.close()
             self.console_sock = None
 
+    def write_id_maps(self, pid):
+        """Parent: the maps of the user namespace stage-1 (``pid``) made."""
+        if self.idmap_plan is not None:
+            from . import rootless
+
+            rootless.write_id_maps(pid, self.idmap_plan)
+            return
+        from ..linux import namespaces as ns
+
+        linux = self.config.get("linux") or {}
+        ns.write_id_maps(pid, linux.get("uidMappings"), linux.get("gidMappings"))
+
     # -- cgroups ---------------------------------------------------------------
     def plan_cgroups(self):
         """Where the container's cgroups go (no change to them yet)."""
         from ..linux import cgroups
 
+        if self.rootless or ns_in_userns():
+            from . import rootless
+
+            self.cgroups = rootless.plan_cgroups(self.id, self.config.get("linux") or {})
+            return self.cgroups
         try:
             self.cgroups = cgroups.Manager.from_spec(self.id, self.config.get("linux") or {})
         except OSError as e:
@@ -310,6 +330,11 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     if config is None:
         config = spec.load(bundle)
     _check_bundle(config, bundle)
+    plan = None
+    if os.geteuid() != 0:
+        from . import rootless
+
+        plan = rootless.check_config(config)
     if (config.get("process") or {}).get("terminal") and not opts.console_socket and opts.detach:
         raise errors.ConfigError("cannot allocate a terminal for a detached container without "
                                  "--console-socket (process.terminal is true)")
@@ -322,6 +347,10 @@ def create(store, cid, opts, _keep_lock=False, config=None):
         # Whatever the umask: the init opens it for writing as the container's user.
         os.chmod(c.fifo_path, 0o622)
         ctx = CreateContext(c, config, opts)
+        if os.geteuid() != 0:
+            ctx.rootless = True
+            ctx.idmap_plan = plan
+            ctx.setgroups_denied = plan is not None and plan.setgroups_denied
         try:
             pid = spawn.spawn(ctx)
         finally:
@@ -545,7 +574,7 @@ def _cgroup_manager(c):
 
 def _signal_all(c, sig):
     mgr = _cgroup_manager(c)
-    pids = set(mgr.pids()) if mgr is not None else set()
+    pids = set(mgr.pids()) if mgr is not None else set(_pidns_members(c))
     if c.init_alive():
         pids.add(c.pid)
     for p in pids:
@@ -784,6 +813,23 @@ def _wait_init(pid):
     return signals.exit_code(signals.reap_until(pid))
 
 
+def ns_in_userns():
+    from ..linux.namespaces import in_user_namespace
+
+    return in_user_namespace()
+
+
+def _pidns_members(c):
+    """A container without cgroups (rootless without delegation): its
+    processes are those of its own pid namespace, if it has one."""
+    nsmap = c.state.get("nsmap") or {}
+    if not ("pid" in nsmap and not nsmap["pid"]) or not c.init_alive():
+        return []
+    from .rootless import pidns_members
+
+    return pidns_members(c.pid)
+
+
 def default_store(root=None):
     return Store(root)
 
@@ -793,7 +839,7 @@ def pids(store, cid):
     c = store.get(cid, lock=False)
     st.check_verb("ps", c.status(), cid)
     mgr = _cgroup_manager(c)
-    found = list(mgr.pids()) if mgr is not None else []
+    found = list(mgr.pids()) if mgr is not None else _pidns_members(c)
     if c.pid not in found and c.init_alive():
         found.insert(0, c.pid)
     return found

@@ -44,6 +44,10 @@ def validate_id(cid):
 
 class Store:
     def __init__(self, root=None):
+        if not root and (os.geteuid() != 0 or os.environ.get("XDG_RUNTIME_DIR")):
+            from .rootless import default_root
+
+            root = default_root()
         self.root = os.path.abspath(root or DEFAULT_ROOT)
 
     def path(self, cid):
