@@ -68,3 +68,56 @@ def test_check_dir_names_the_directory(tmp_path):
     with pytest.raises(KetchError, match=r"cannot use .*file/ketch as the storage root: Not a directory"):
         rootless.check_dir(str(tmp_path / "file" / "ketch"), "storage root")
     assert rootless.check_dir(str(tmp_path / "a" / "b"), "x") == str(tmp_path / "a" / "b")
+
+
+def test_usernet_modes_and_refusals(monkeypatch):
+    from ketch.engine import usernet
+    monkeypatch.setattr(usernet, "which", lambda t: f"/usr/bin/{t}")
+    net = usernet.prepare(None, {"publish": ["127.0.0.1:8080:80", "9090:90/udp"]}, "c")
+    assert net["usernet"] == "slirp4netns" and net["mode"] == "none"
+    assert [(m.get("hostIP", ""), m["hostPort"], m["containerPort"], m["protocol"]) for m in net["ports"]] == \
+        [("127.0.0.1", 8080, 80, "tcp"), ("", 9090, 90, "udp")]
+    assert usernet.prepare(None, {"network": "pasta"}, "c")["usernet"] == "pasta"
+    assert usernet.prepare(None, {"network": "none"}, "c")["usernet"] is None
+    for o, msg in (({"network": "mynet"}, "bridge networks need root"),
+                   ({"network": "container:x"}, "bridge networks need root"),
+                   ({"network": "host", "publish": ["80:80"]}, "-p publishes ports through"),
+                   ({"ip": "10.0.0.2"}, "--ip needs a bridge network")):
+        with pytest.raises(KetchError, match=msg):
+            usernet.prepare(None, o, "c")
+    monkeypatch.setattr(usernet, "which", lambda t: None)
+    with pytest.raises(KetchError, match="install Debian's slirp4netns or passt"):
+        usernet.prepare(None, {}, "c")
+
+
+def test_usernet_apply_gives_a_namespace_of_its_own_or_binds_sysfs_for_host():
+    from ketch.engine import usernet
+    from ketch.spec.default import default_spec
+    cfg = default_spec()
+    cfg["linux"]["namespaces"].append({"type": "network", "path": "/run/netns/x"})
+    usernet.apply(cfg, {"mode": "none"})
+    assert [n for n in cfg["linux"]["namespaces"] if n["type"] == "network"] == [{"type": "network"}]
+    cfg = default_spec()
+    usernet.apply(cfg, {"mode": "host"})
+    assert not any(n["type"] == "network" for n in cfg["linux"]["namespaces"])
+    sysm = [m for m in cfg["mounts"] if m["destination"] == "/sys"][0]
+    assert sysm["source"] == "/sys" and "rbind" in sysm["options"] and "ro" in sysm["options"]
+
+
+def test_layer_xattrs_cannot_forge_rootless_overlay_metadata(tmp_path):
+    """A rootless overlay reads user.overlay.* (userxattr): an archive's own are dropped, like
+    trusted.overlay.*, while other user xattrs are kept."""
+    import io
+    import tarfile
+    from ketch.engine import archive
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w", format=tarfile.PAX_FORMAT) as t:
+        ti = tarfile.TarInfo("d")
+        ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+        ti.pax_headers = {"SCHILY.xattr.user.overlay.opaque": "y", "SCHILY.xattr.user.overlay.redirect": "/x",
+                          "SCHILY.xattr.user.keep": "1"}
+        t.addfile(ti)
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    archive.extract(io.BytesIO(b.getvalue()), str(dest), overlay=True, opaque_xattr="user.overlay.opaque")
+    assert sorted(os.listxattr(dest / "d")) == ["user.keep"]

@@ -85,6 +85,11 @@ def apply(config, net):
     nss = [n for n in linux["namespaces"] if n["type"] != "network"]
     if net["mode"] != "host":
         nss.append({"type": "network"})
+    else:
+        # sysfs may be mounted only by the owner of the network namespace: bind the host's.
+        for m in config["mounts"]:
+            if m["destination"] == "/sys" and m["type"] == "sysfs":
+                m.update(type="none", source="/sys", options=["rbind", "nosuid", "noexec", "nodev", "ro"])
     linux["namespaces"] = nss
 
 
