@@ -211,3 +211,167 @@ def test_import_owns_files_by_mapped_ids_whiteouts_in_the_userns(ru, busybox_tar
     # rm as the user removes every file of every id
     e("image", "rm", "owned:1")
     assert not any(os.path.exists(d) for d in dirs)
+
+
+# -- containers (through the runtime's rootless mode) --------------------------------------
+
+def test_run_exec_logs_stop_commit_rm(eng):
+    ru = eng.user
+    p = eng("container", "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+            "echo out; echo err >&2; cat /proc/self/uid_map; exit 3", check=False)
+    assert p.returncode == 3 and p.stdout.splitlines()[0] == "out" and "err\n" in p.stderr
+    assert p.stdout.split()[1:7] == ["0", str(ru.uid), "1", "1", str(ru.subuid[0]), str(ru.subuid[1])]
+    cid = eng("container", "run", "-d", "--name", "c1", "--network", "none", "busybox", "sh", "-c",
+              "mkdir /data; chown 1000:1000 /data; echo started; exec sleep 1000").stdout.strip()
+    assert wait_for(lambda: "started" in eng("container", "logs", "c1").stdout)
+    assert eng("container", "exec", "-u", "1000:1000", "c1", "sh", "-c",
+               "echo mine > /data/f; id -u; stat -c %u /data/f").stdout.split() == ["1000", "1000"]
+    # From the host: the file the container's uid 1000 wrote belongs to the mapped host id.
+    drv = open(os.path.join(eng.store, "storage-driver")).read().strip()
+    layer = os.path.join(eng.store, drv, cid, "diff") if drv == "overlay" else \
+        os.path.join(eng.store, "vfs", "dir", cid)
+    st = os.stat(os.path.join(layer, "data", "f"))
+    assert (st.st_uid, st.st_gid) == (host_ids(ru, 1000), host_ids(ru, 1000))
+    assert os.stat(layer).st_uid == ru.uid
+    ls = eng("container", "ls").stdout
+    assert "c1" in ls and "Up" in ls
+    t = time.monotonic()
+    eng("container", "stop", "-t", "1", "c1")
+    assert time.monotonic() - t < 10
+    insp = json.loads(eng("container", "inspect", "c1").stdout)[0]
+    assert insp["State"]["Status"] == "exited" and insp["State"]["ExitCode"] == 137
+    assert [p for p in ru.processes() if _cmd(p).startswith("sleep")] == []
+    image_id = eng("container", "commit", "c1", "committed:1").stdout.strip()
+    assert image_id.startswith("sha256:")
+    out = eng("container", "run", "--rm", "--network", "none", "committed:1", "sh", "-c",
+              "stat -c '%u:%g %n' /data /data/f; cat /data/f").stdout
+    assert out == "1000:1000 /data\n1000:1000 /data/f\nmine\n"
+    eng("container", "rm", "c1")
+    assert not os.path.exists(layer)
+    assert "c1" not in eng("container", "ls", "-a").stdout
+    eng("image", "rm", "committed:1")
+
+
+def _cmd(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port, path="/index.html"):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return data.decode(errors="replace")
+            data += chunk
+
+
+@pytest.mark.parametrize("tool", ["slirp4netns", "pasta"])
+def test_publish_to_loopback(ru, busybox_tar, tool):
+    e = Eng(ru, ru.mkdtemp("xdg"))
+    e("image", "import", busybox_tar, "busybox")
+    port = _free_port()
+    e("container", "run", "-d", "--name", "web", "--network", tool, "-p", f"127.0.0.1:{port}:80", "busybox",
+      "sh", "-c", "echo hello-$(hostname) > /www; mkdir /w; mv /www /w/index.html; exec httpd -f -p 80 -h /w")
+    helper = [p for p in ru.processes() if _cmd(p).split(" ")[0].endswith(tool if tool == "slirp4netns" else "pasta")
+              or ("pasta" in _cmd(p) and tool == "pasta")]
+    assert helper, f"no {tool} process"
+    reply = wait_for(lambda: _try(lambda: _get(port)), timeout=10)
+    assert reply and reply.startswith("HTTP/1.") and "hello-" in reply, reply
+    addr = e("container", "exec", "web", "ip", "-4", "-o", "addr", "show").stdout
+    assert "10.0.2.100/24" in addr and " lo " in addr
+    insp = json.loads(e("container", "inspect", "web").stdout)[0]
+    assert insp["NetworkSettings"]["Ports"]["80/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    # The published port belongs to the network helper, and goes with the container.
+    e("container", "stop", "-t", "0", "web")
+    assert wait_for(lambda: not any(tool in _cmd(p) or "passt" in _cmd(p) for p in ru.processes()))
+    assert wait_for(lambda: _try(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or 1)
+                    is None, timeout=10), "the published port outlived the container"
+    e("container", "rm", "web")
+
+
+def _try(fn):
+    try:
+        return fn()
+    except OSError:
+        return None
+
+
+def test_network_none_has_only_lo_and_bad_modes_are_refused(ru, busybox_tar):
+    e = Eng(ru, ru.mkdtemp("xdg"))
+    e("image", "import", busybox_tar, "busybox")
+    out = e("container", "run", "--rm", "--network", "none", "busybox", "ip", "-o", "link").stdout
+    assert [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
+    host = e("container", "run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net").stdout.split()
+    assert host == sorted(os.listdir("/sys/class/net"))
+    for args, msg in ((["--network", "mynet"], "bridge networks need root"),
+                      (["--network", "none", "-p", "8080:80"], "-p publishes ports through slirp4netns or pasta"),
+                      (["--ip", "10.0.0.5"], "--ip needs a bridge network")):
+        p = e("container", "run", "--rm", *args, "busybox", "true", check=False)
+        assert p.returncode != 0 and p.stderr.count("\n") == 1 and msg in p.stderr, p.stderr
+    assert e("container", "ls", "-a", "-q").stdout == ""
+
+
+def test_root_cleans_up_a_running_rootless_container(ru, busybox_tar):
+    """What root's cleanup (kill the user's processes) leaves: no process (container, monitor,
+    slirp4netns), no mount (overlay is in the container's own namespace), and the next
+    engine command sees the container exited."""
+    e = Eng(ru, ru.mkdtemp("xdg"))
+    e("image", "import", busybox_tar, "busybox")
+    e("container", "run", "-d", "--name", "bg", "-p", f"127.0.0.1:{_free_port()}:80", "busybox", "sleep", "1000")
+    assert any("slirp4netns" in _cmd(p) for p in ru.processes())
+    assert any(_cmd(p).startswith("sleep 1000") for p in ru.processes())
+    assert ru.mounts() == []  # the overlay lives in the container's mount namespace only
+    ru.kill_processes()
+    assert ru.processes() == [] and ru.mounts() == []
+    assert json.loads(e("container", "inspect", "bg").stdout)[0]["State"]["Status"] == "exited"
+    e("container", "rm", "bg")
+    assert ru.processes() == []
+
+
+def test_pull_from_a_loopback_registry_and_run(ru, tmp_path):
+    """Debian's docker-registry on 127.0.0.1 (started as tests/integration/test_registry.py
+    does), an image pushed there by skopeo, pulled and run by the user."""
+    import shutil
+    from test_registry import Registry, skopeo, _run
+    if not (shutil.which("skopeo") and shutil.which("umoci")):
+        pytest.skip("skopeo and umoci are needed")
+    from ketch import busybox
+    lay, bun = str(tmp_path / "layout"), str(tmp_path / "bundle")
+    _run("umoci", "init", "--layout", lay)
+    _run("umoci", "new", "--image", f"{lay}:latest")
+    _run("umoci", "unpack", "--image", f"{lay}:latest", bun)
+    shutil.rmtree(os.path.join(bun, "rootfs"))
+    busybox.make_rootfs(os.path.join(bun, "rootfs"))
+    os.makedirs(os.path.join(bun, "rootfs", "home", "u"))
+    with open(os.path.join(bun, "rootfs", "home", "u", "motd"), "w") as f:
+        f.write("pulled from a registry\n")
+    os.chown(os.path.join(bun, "rootfs", "home", "u", "motd"), 1000, 1000)
+    _run("umoci", "repack", "--image", f"{lay}:latest", bun)
+    _run("umoci", "config", "--image", f"{lay}:latest", "--config.cmd", "sh", "--config.cmd", "-c",
+         "--config.cmd", "stat -c %u /home/u/motd; cat /home/u/motd")
+    reg = Registry(tmp_path / "reg")
+    try:
+        src = f"{reg.host}/demo/busybox:1"
+        skopeo("copy", "-q", "--dest-tls-verify=false", f"oci:{lay}:latest", f"docker://{src}")
+        e = Eng(ru, ru.mkdtemp("xdg"))
+        env = e.env(KETCH_REGISTRIES_ALLOWED="127.0.0.1:*")
+        image_id = e("image", "pull", "--tls-verify=false", src, env=env).stdout.strip()
+        assert image_id.startswith("sha256:")
+        out = e("container", "run", "--rm", "--network", "none", src, env=env).stdout
+        assert out == "1000\npulled from a registry\n"
+        motd = [os.path.join(r, "motd") for r, _, fs in os.walk(e.store) if "motd" in fs]
+        assert motd and all(os.stat(m).st_uid == host_ids(ru, 1000) for m in motd)
+    finally:
+        reg.stop()

@@ -253,6 +253,8 @@ def _pasta(net, pid, run_dir):
             pass
     att = Attachment(proc)
     att.close = lambda: _stop(proc)
+    import atexit
+    atexit.register(att.close)  # the monitor's exit; PR_SET_PDEATHSIG covers its death
     return att
 
 
