@@ -36,6 +36,7 @@ SUBS = {
         Flag(("--digests",), help="show repository digests"),
     ]),
     "inspect": ("IMAGE [IMAGE...]", "display detailed information on one or more images", []),
+    "info": ("", "show the engine's storage root, runtime root, storage driver (and rootless id maps)", []),
     "tag": ("SOURCE_IMAGE TARGET_IMAGE[:TAG]", "create a tag TARGET_IMAGE that refers to SOURCE_IMAGE", []),
     "rm": ("IMAGE [IMAGE...]", "remove one or more images", [
         Flag(("--force", "-f"), help="remove the image even if it has several tags"),
@@ -287,6 +288,11 @@ def run(g, opts, args):
                 w(f"Loaded image: {n}\n")
             if not names:
                 w(f"Loaded image ID: {image_id}\n")
+        return 0
+    if name == "info":
+        need(a, 0, 0, "image info", SUBS["info"][0])
+        for k, v in eng.info():
+            w(f"{k}: {v}\n")
         return 0
     if name == "import":
         need(a, 1, 2, "image import", SUBS["import"][0])

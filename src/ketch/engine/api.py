@@ -16,6 +16,7 @@ read_only, hostname, shm_size, name, tty, interactive, network, publish, ip, dns
 dns_search, dns_options, add_hosts, ...); `networks` has create, list, inspect, remove, prune, check.
 """
 
+import os
 
 
 class RunResult:
@@ -152,6 +153,10 @@ class Engine:
                  progress=False, reconcile=True):
         from ketch.engine.containers import ContainerStore
         from ketch.engine.images import ImageStore
+        if os.geteuid() != 0 and not uid_map and not gid_map:
+            # Rootless: the container's root is the user, its other ids the user's subordinate ones.
+            from ketch.engine import rootless
+            uid_map, gid_map = rootless.id_maps()
         self.images = ImageStore(storage_root, driver, uid_map, gid_map, progress=None if progress else False)
         self.store = ContainerStore(self.images, runtime_root)
         self.images.in_use = self.store.users_of
@@ -160,6 +165,22 @@ class Engine:
         if reconcile:
             from ketch.engine.network import plan
             plan.reconcile(self.store)  # what a killed monitor or engine left
+
+    def info(self):
+        """[(key, value)] about this engine, as `docker info` shows its storage part."""
+        import os
+        drv = self.images.driver
+        out = [("Storage Root", self.storage_root), ("Runtime Root", self.runtime_root),
+               ("Storage Driver", drv.name)] + [(" " + k, v) for k, v in drv.status()]
+        out.append(("Rootless", "true" if os.geteuid() != 0 else "false"))
+        if os.geteuid() != 0:
+            from ketch.engine import usernet
+
+            def fmt(m):
+                return " ".join(f"{e['containerID']}:{e['hostID']}:{e['size']}" for e in m or ())
+            out += [("UID Map", fmt(self.images.uid_map)), ("GID Map", fmt(self.images.gid_map)),
+                    ("Network", usernet.default_tool() or "none (install slirp4netns or passt)")]
+        return out
 
     @property
     def storage_root(self):

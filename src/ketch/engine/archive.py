@@ -28,8 +28,9 @@ images need.  So layers are extracted here, entry by entry:
   character device and the ``trusted.overlay.opaque`` xattr.
 * setuid/setgid/sticky bits, owners (shifted by the uid/gid maps), xattrs
   (PAX ``SCHILY.xattr.*`` and libarchive's ``LIBARCHIVE.xattr.*``), device
-  numbers and times are kept.  ``trusted.overlay.*`` xattrs from an archive
-  are dropped: they would let a layer forge overlayfs metadata.
+  numbers and times are kept.  ``trusted.overlay.*`` and ``user.overlay.*``
+  xattrs from an archive are dropped: they would let a layer forge overlayfs
+  metadata (a rootless overlay mount reads ``user.overlay.*``, "userxattr").
 """
 
 import errno
@@ -147,6 +148,9 @@ def split_name(name, what="layer entry"):
     return parts
 
 
+OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
 def _xattrs_of(member):
     out = {}
     for k, v in member.pax_headers.items():
@@ -157,12 +161,14 @@ def _xattrs_of(member):
             import urllib.parse
             pad = "=" * (-len(v) % 4)
             out[urllib.parse.unquote(k[17:])] = base64.b64decode(v + pad)
-    return {k: v for k, v in out.items() if not k.startswith("trusted.overlay.")}
+    return {k: v for k, v in out.items() if not k.startswith(OVERLAY_XATTRS)}
 
 
 class _Extractor:
-    def __init__(self, dest, uid_map=None, gid_map=None, overlay=False, use_openat2=True):
+    def __init__(self, dest, uid_map=None, gid_map=None, overlay=False, use_openat2=True,
+                 opaque_xattr="trusted.overlay.opaque"):
         self.root = os.open(dest, os.O_RDONLY | _O_DIR)
+        self.opaque_xattr = opaque_xattr
         self.uid_map, self.gid_map = uid_map, gid_map
         self.overlay = overlay
         self.openat2 = use_openat2
@@ -360,7 +366,7 @@ class _Extractor:
         if base == OPAQUE:
             pfd = self.parent(parts[:-1], name)
             if self.overlay:
-                os.setxattr(f"/proc/self/fd/{pfd}", "trusted.overlay.opaque", b"y")
+                os.setxattr(f"/proc/self/fd/{pfd}", self.opaque_xattr, b"y")
                 return
             dfd = self._open_beneath(parts[:-1], os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -409,7 +415,8 @@ class _Extractor:
                 os.close(fd)
 
 
-def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress=None, use_openat2=True):
+def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress=None, use_openat2=True,
+            opaque_xattr="trusted.overlay.opaque"):
     """Apply the uncompressed layer tar read from `stream` onto directory `dest`.
 
     Returns the number of bytes of regular-file content written.  Raises
@@ -417,7 +424,7 @@ def extract(stream, dest, *, uid_map=None, gid_map=None, overlay=False, progress
     (callers extract into a fresh layer and remove it on failure).
     """
     import tarfile
-    ex = _Extractor(dest, uid_map, gid_map, overlay, use_openat2)
+    ex = _Extractor(dest, uid_map, gid_map, overlay, use_openat2, opaque_xattr)
     name = None
     try:
         tar = tarfile.open(fileobj=stream, mode="r|", format=tarfile.PAX_FORMAT)
@@ -660,7 +667,7 @@ class TarWriter:
         ti.uname = ti.gname = ""
         ti.mtime = st.st_mtime_ns // 1_000_000_000
         ti.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
-                          for k, v in tree.xattrs(rel).items() if not k.startswith("trusted.overlay.")}
+                          for k, v in tree.xattrs(rel).items() if not k.startswith(OVERLAY_XATTRS)}
         data = None
         if not stat.S_ISDIR(mode) and st.st_nlink > 1:
             first = self.inodes.get((st.st_dev, st.st_ino))

@@ -73,6 +73,9 @@ class ContainerStore:
         self.images = images
         self.root = images.root
         self.dir = os.path.join(self.root, "containers")
+        if not runtime_root and os.geteuid() != 0:
+            from ketch.engine import rootless
+            runtime_root = rootless.check_dir(rootless.runtime_root(), "runtime state root")
         self.runtime_root = os.path.abspath(runtime_root or DEFAULT_ROOT)
         self._popen = []
         self._secured = False
@@ -306,6 +309,9 @@ class ContainerStore:
                     image_cfg, o, rootfs, cid, hostname, files, volume_dir, mount_label, process_label,
                     self.images.uid_map, self.images.gid_map, uid, gid)
                 netplan.apply(config, net, self.networks.netns_path(net.get("container") or cid))
+                if hasattr(self.driver, "rootfs_mount"):  # rootless: see engine/storage/userns.py
+                    config["root"]["path"], m = self.driver.rootfs_mount(cid)
+                    config["mounts"][:0] = [m] if m else []
             finally:
                 self.driver.put(cid)
             trace("engine: config built, layer released")
@@ -653,7 +659,8 @@ class ContainerStore:
             os.unlink(link)
         gone = self._p(f".rm-{cid}")
         os.rename(self._p(cid), gone)
-        remove_tree(gone)
+        from ketch.engine import rootless
+        rootless.remove_tree(gone)  # a volume may hold files of the container's ids
         lab = rec.get("MountLabel") or rec.get("ProcessLabel")
         if lab:
             mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)

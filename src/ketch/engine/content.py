@@ -38,7 +38,11 @@ _CHUNK = 1 << 20
 
 
 def storage_root(root=None):
-    return os.fspath(root or os.environ.get("KETCH_STORAGE_ROOT") or DEFAULT_ROOT)
+    root = root or os.environ.get("KETCH_STORAGE_ROOT")
+    if not root and os.geteuid() != 0:
+        from ketch.engine import rootless
+        return rootless.check_dir(rootless.storage_root(), "storage root")
+    return os.fspath(root or DEFAULT_ROOT)
 
 
 class Txn:

@@ -185,7 +185,8 @@ def run(params, status_fd, store):
     try:
         trace("monitor: started")
         store.cleanup_runtime(cid)  # what a monitor killed earlier left
-        store.driver.get(cid, rec.get("MountLabel") or "")
+        if not hasattr(store.driver, "rootfs_mount"):  # rootless: the runtime mounts it
+            store.driver.get(cid, rec.get("MountLabel") or "")
         from ketch.engine.network import plan as netplan
         trace("monitor: layer mounted")
         settings = netplan.up(store, rec)
@@ -214,6 +215,9 @@ def run(params, status_fd, store):
                 child.close()
         pid = c.pid
         pid_start = proc_start_time(pid)[0]
+        if "usernet" in (rec.get("KetchNetwork") or {}):  # rootless: slirp4netns/pasta, for our lifetime
+            from ketch.engine import usernet
+            usernet_att = usernet.start(rec["KetchNetwork"], pid, os.path.join(store.runtime_root, "usernet"))  # noqa: F841
         if tty:
             from ketch.linux import console
             master, _ = console.recv_fd(sock)

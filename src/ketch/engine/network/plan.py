@@ -18,6 +18,9 @@ _NET_FILES = ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts")
 
 def prepare(store, o, cid):
     """The network part of a container's creation options, checked; a dict kept in its record."""
+    if os.geteuid() != 0:
+        from ketch.engine import usernet
+        return usernet.prepare(store, o, cid)
     mode, arg = C.parse_network_mode(o.get("network"))
     ports = C.parse_publish_all(o.get("publish") or ())
     dns = [C.parse_dns(d) for d in o.get("dns") or ()]
@@ -100,6 +103,9 @@ def _read_host_file(path):
 def apply(config, net, netns_path):
     """The bundle's network namespace: the engine's bound namespace (bridge, none), the
     other container's (container:NAME), or none of its own (host)."""
+    if "usernet" in net:
+        from ketch.engine import usernet
+        return usernet.apply(config, net)
     linux = config["linux"]
     nss = [n for n in linux["namespaces"] if n["type"] != "network"]
     mode = net["mode"]
@@ -156,6 +162,9 @@ def up(store, rec):
     net = rec.get("KetchNetwork")
     if not net:
         return None
+    if "usernet" in net:  # rootless: the tool starts with the init (usernet.start)
+        from ketch.engine import usernet
+        return usernet.settings(network_settings(net), net)
     mode = net["mode"]
     if mode == "host":
         return network_settings(net)

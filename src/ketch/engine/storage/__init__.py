@@ -26,7 +26,11 @@ def driver_class(name):
     except KeyError:
         raise StorageError(f"unknown storage driver {name!r} (have {', '.join(DRIVERS)})") from None
     import importlib
-    return getattr(importlib.import_module(module), cls)
+    cls = getattr(importlib.import_module(module), cls)
+    if os.geteuid() != 0:  # rootless: the steps run in a user namespace (storage/userns.py)
+        from ketch.engine.storage.userns import rootless_class
+        cls = rootless_class(cls)
+    return cls
 
 
 def default_name(root):

@@ -85,7 +85,8 @@ def read_upper(upper, lowers):
     return out
 
 
-def write_changes(changes, root, out, uid_map=None, gid_map=None, overlay=False):
+def write_changes(changes, root, out, uid_map=None, gid_map=None, overlay=False,
+                  opaque_xattr="trusted.overlay.opaque"):
     """The tar of `changes`, the entries read from the layer directory `root`."""
     with TarWriter(out, uid_map, gid_map) as w, Tree(root) as tree:
         for kind, rel, st in changes:
@@ -93,7 +94,7 @@ def write_changes(changes, root, out, uid_map=None, gid_map=None, overlay=False)
                 w.whiteout(rel)
                 continue
             w.add(tree, rel, st)
-            if overlay and stat.S_ISDIR(st.st_mode) and tree.getxattr(rel, "trusted.overlay.opaque") == b"y":
+            if overlay and stat.S_ISDIR(st.st_mode) and tree.getxattr(rel, opaque_xattr) == b"y":
                 w.opaque(rel)
 
 

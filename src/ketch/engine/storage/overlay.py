@@ -34,6 +34,7 @@ def _short_name():
 
 class OverlayDriver(Driver):
     name = "overlay"
+    opaque_xattr = "trusted.overlay.opaque"
 
     @classmethod
     def supported(cls, home):
@@ -221,7 +222,7 @@ class OverlayDriver(Driver):
         ch = self._changes(layer_id)
         upper = os.path.join(self._dir(layer_id), "diff")
         return TarStream(lambda out: _changes.write_changes(ch, upper, out, self.uid_map, self.gid_map,
-                                                            overlay=True))
+                                                            overlay=True, opaque_xattr=self.opaque_xattr))
 
     def diff_size(self, layer_id, parent=None):
         return _changes.content_size(self._changes(layer_id))
@@ -231,4 +232,4 @@ class OverlayDriver(Driver):
         if os.path.ismount(os.path.join(self._dir(layer_id), "merged")):
             raise StorageError(f"layer {layer_id} is mounted: cannot apply a diff under it")
         return extract(tar, os.path.join(self._dir(layer_id), "diff"), uid_map=self.uid_map,
-                       gid_map=self.gid_map, overlay=True, progress=progress)
+                       gid_map=self.gid_map, overlay=True, progress=progress, opaque_xattr=self.opaque_xattr)
