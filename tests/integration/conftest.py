@@ -270,6 +270,17 @@ def testns():
     plugins) and every socket it opens is too.  Bridges, veths, iptables rules,
     ip_forward and port forwards the engine makes live there and go with it; the host's
     namespace is checked unchanged afterwards."""
+    yield from _own_netns()
+
+
+@pytest.fixture(scope="module")
+def testns_module():
+    """testns for a whole module: the reliability harnesses keep a registry and an
+    engine store across their tests."""
+    yield from _own_netns()
+
+
+def _own_netns():
     from ketch.linux import libc
     host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     before = _netns_view()

@@ -11,6 +11,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import concurrency  # noqa: E402
 import faults  # noqa: E402
 
+# The traffic rule: engine containers join the default bridge, which must
+# live in a network namespace of the test's own (conftest.testns_module).
+pytestmark = pytest.mark.usefixtures("testns_module")
+
 
 @pytest.fixture(scope="module")
 def env():

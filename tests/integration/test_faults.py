@@ -16,6 +16,10 @@ import kill_window  # noqa: E402
 
 from conftest import KETCH  # noqa: E402
 
+# The traffic rule: engine containers join the default bridge, which must
+# live in a network namespace of the test's own (conftest.testns_module).
+pytestmark = pytest.mark.usefixtures("testns_module")
+
 
 def test_kill_run_detached_in_its_first_60ms(ketch, bundle):
     """SIGKILL `run -d` at a random moment of its first 60 ms, then delete --force:

@@ -22,6 +22,10 @@ EXAMPLES = int(os.environ.get("KETCH_FUZZ_EXAMPLES", 40))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize="KETCH_FUZZ_RANDOM" not in os.environ,
                     suppress_health_check=list(HealthCheck), database=None)
 
+# The traffic rule: engine containers join the default bridge, which must
+# live in a network namespace of the test's own (conftest.testns_module).
+pytestmark = pytest.mark.usefixtures("testns_module")
+
 
 @pytest.fixture(scope="module")
 def env():

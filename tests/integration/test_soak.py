@@ -5,10 +5,16 @@ mounts flat, and nothing behind."""
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reliability"))
 
 import faults  # noqa: E402
 import soak  # noqa: E402
+
+# The traffic rule: engine containers join the default bridge, which must
+# live in a network namespace of the test's own (conftest.testns_module).
+pytestmark = pytest.mark.usefixtures("testns_module")
 
 
 def test_short_soak_keeps_fds_and_mounts_flat():

@@ -271,6 +271,7 @@ def main():
     ap.add_argument("--same", type=int, default=50)
     ap.add_argument("--creates", type=int, default=100)
     a = ap.parse_args()
+    leaks.own_network_namespace()
     env = faults.Env()
     bad = 0
     try:

@@ -736,6 +736,7 @@ def main():
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
+    leaks.own_network_namespace()
     scen = a.scenario or list(SCENARIOS)
     modes = a.mode or list(MODES)
     t0 = time.monotonic()

@@ -140,3 +140,15 @@ def all_ketch_cgroups(parent="ketch"):
             for dirpath, dirnames, _ in os.walk(top):
                 found.extend(os.path.join(dirpath, d) for d in dirnames)
     return found
+
+
+def own_network_namespace():
+    """The traffic rule for the harness run as a script (make faults/stress/soak):
+    this process, and so every engine, monitor and CNI plugin it starts, moves to a
+    network namespace of its own with only `lo` up; the default bridge, its rules and
+    ip_forward live there and go with it."""
+    import ctypes
+    import subprocess
+    if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_args()
+    leaks.own_network_namespace()
     env = faults.Env()
     log = None if a.quiet else (lambda m: print(m, flush=True))
     bad = 0

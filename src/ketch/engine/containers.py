@@ -592,6 +592,7 @@ class ContainerStore:
         for n in entries:
             d = self._p(n)
             if n.startswith(".rm-") and len(n) == 68:
+                self._drop_leftovers(n[4:])  # an rm past its commit point: finish it
                 remove_tree(d)
                 continue
             if len(n) != 64 or os.path.exists(os.path.join(d, "record.json")):
@@ -603,18 +604,23 @@ class ContainerStore:
                     continue
             except (FileNotFoundError, ValueError):
                 pass  # killed between the mkdir and the marker (both under the lock)
-            try:
-                self.driver.remove(n)  # unmounts it first
-            except (OSError, KetchError):
-                pass  # never made
-            for link in os.listdir(self._p("names")):
-                lp = self._p("names", link)
-                try:
-                    if os.readlink(lp) == n:
-                        os.unlink(lp)
-                except OSError:
-                    pass
+            self._drop_leftovers(n)
             remove_tree(d)
+
+    def _drop_leftovers(self, cid):
+        """The layer (unmounted first) and the name links of a container whose
+        directory is gone or going."""
+        try:
+            self.driver.remove(cid)
+        except (OSError, KetchError):
+            pass  # never made, or removed already
+        for link in os.listdir(self._p("names")):
+            lp = self._p("names", link)
+            try:
+                if os.readlink(lp) == cid:
+                    os.unlink(lp)
+            except OSError:
+                pass
 
     def remove(self, ref, force=False):
         if os.path.isdir(self.dir):  # no store yet: nothing half-made, and rm of a missing one makes nothing
@@ -651,14 +657,17 @@ class ContainerStore:
         """Under the lock, the runtime container gone: the layer, the name, the record tree,
         the MCS labels."""
         from ketch.runtime import mcs
-        if self.driver.exists(cid):
-            self.driver.remove(cid)
+        # The rename is the commit point: before it the container is whole
+        # (an error leaves it listed and removable), after it the name and
+        # the layer go here or, if this process dies, in _sweep_half_made.
+        gone = self._p(f".rm-{cid}")
+        os.rename(self._p(cid), gone)
         name = rec["Name"].lstrip("/")
         link = self._p("names", name)
         if os.path.islink(link) and os.readlink(link) == cid:
             os.unlink(link)
-        gone = self._p(f".rm-{cid}")
-        os.rename(self._p(cid), gone)
+        if self.driver.exists(cid):
+            self.driver.remove(cid)
         from ketch.engine import rootless
         rootless.remove_tree(gone)  # a volume may hold files of the container's ids
         lab = rec.get("MountLabel") or rec.get("ProcessLabel")
