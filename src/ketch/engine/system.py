@@ -504,7 +504,8 @@ class Checker:
 
             def fix(mp=mp):
                 from ketch.linux import libc as _libc
-                _libc.umount2(mp, 2)  # MNT_DETACH: whatever still holds it, the name goes
+                from ketch.linux.mountopts import MNT_DETACH
+                _libc.umount2(mp, MNT_DETACH)  # whatever still holds it, the name goes
             what = f"container {owner[:12]}" if owner in self.stopped else mp
             self.add("mount-leftover", what, f"{mp} is mounted, and no running container uses it", fix)
 

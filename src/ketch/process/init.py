@@ -151,7 +151,7 @@ def _setup(ctx, sock):
     sources = None
     # Rootless, the runtime can open nothing the init cannot (both are the
     # caller on the host), and open_tree needs a privilege it lacks.
-    if "user" in nsmap and not getattr(ctx, "rootless", False):
+    if "user" in nsmap and not ctx.rootless:
         with Step("open bind mount sources"):
             sources = _mount_sources(sock, rootfs.bind_sources(cfg, ctx.bundle))
 

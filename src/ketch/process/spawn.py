@@ -346,8 +346,7 @@ def _stage1(ctx, sock):
         # Rootless: the parent (or newuidmap) is not root and may open
         # /proc/<us>/uid_map only while we are dumpable; non-dumpable again
         # once the maps are written, before anything of the container runs.
-        rootless = getattr(ctx, "rootless", False)
-        if rootless:
+        if ctx.rootless:
             _libc.prctl(_libc.PR_SET_DUMPABLE, 1)
         try:
             _libc.unshare(ns.CLONE_NEWUSER)
@@ -355,7 +354,7 @@ def _stage1(ctx, sock):
             raise errors.SetupError("unshare user namespace", e) from e
         sync.send(sock, sync.USERMAP)
         sync.expect(sock, sync.MAPPED)
-        if rootless:
+        if ctx.rootless:
             _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
