@@ -2,6 +2,7 @@
 
 import os
 import stat
+import time
 
 
 def test_user_runs_unprivileged_with_its_ranges(rootless_user):
@@ -28,6 +29,10 @@ def test_cleanup_kills_processes_and_empties_state(rootless_user):
     assert os.stat(d).st_uid == u.uid
     p = u.popen(["sleep", "600"])
     try:
+        # setpriv runs as root until it has changed ids: wait for that.
+        deadline = time.monotonic() + 5
+        while p.pid not in u.processes() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert p.pid in u.processes()
         u.cleanup()
         assert p.wait(timeout=5) == -9

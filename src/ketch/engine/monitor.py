@@ -182,6 +182,7 @@ def run(params, status_fd, store):
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, forward)
     saved_term = None
+    c = None
     try:
         trace("monitor: started")
         store.cleanup_runtime(cid)  # what a monitor killed earlier left
@@ -243,6 +244,11 @@ def run(params, status_fd, store):
         code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
     except BaseException as e:
         msg = str(e) if isinstance(e, KetchError) else f"{type(e).__name__}: {e}"
+        if c is not None:
+            # create() returned holding the container's lock for start(); the
+            # cleanup below takes it again (a second flock on another open file:
+            # it would wait for us forever).
+            c.unlock()
         if status_fd >= 0:
             os.write(status_fd, msg.encode(errors="replace"))
             os.close(status_fd)

@@ -301,7 +301,13 @@ def apply_process_attrs(ctx, proc):
         # again: a uid change resets it to fs.suid_dumpable, which a host
         # may have set to 1.  The fifo is still reopened through
         # /proc/self/fd: the kernel lets a task reach its own.
-        _libc.prctl(_libc.PR_SET_DUMPABLE, 0)
+        #
+        # Rootless (the runtime's caller is not root) the init is dumpable
+        # again: the caller's own tools (slirp4netns, pasta, newuidmap) must
+        # open its /proc/<pid>/ns before `start`, and everything the init holds
+        # (the fifo in $XDG_RUNTIME_DIR) is the caller's already; only a
+        # process of the init's own host uid -- the caller -- may use it.
+        _libc.prctl(_libc.PR_SET_DUMPABLE, 1 if ctx.rootless else 0)
 
     if not entered:
         with Step(f"chdir to cwd {cwd}"):

@@ -63,6 +63,7 @@ class ExecContext:
     The attribute names match what ``init.apply_process_attrs`` reads."""
 
     def __init__(self, cid, config, process, nsmap, init_pid, pidfd):
+        self.rootless = False  # an exec'd process stays non-dumpable until execve, rootless or not
         self.id = cid
         self.config = config
         self.process = process
