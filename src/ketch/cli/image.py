@@ -115,8 +115,10 @@ def _split_short(flags, argv):
     return out + argv[i:]
 
 
-def engine(g, opts):
-    """The Engine for the command line: the store's recorded id maps, a progress bar on a TTY."""
+def engine(g, opts, reconcile=True):
+    """The Engine for the command line: the store's recorded id maps, a progress bar on a TTY.
+    Without `reconcile`, the network leftovers other commands fix first are left for the
+    caller to see (`system check`)."""
     from .. import _json as json
     from ..engine.api import Engine
     from ..engine.images import storage_root
@@ -129,7 +131,7 @@ def engine(g, opts):
         pass
     return Engine(root, g.root, driver=opts.get("storage_driver") or None,
                   uid_map=maps.get("uidMappings") or None, gid_map=maps.get("gidMappings") or None,
-                  progress=True)
+                  progress=True, reconcile=reconcile)
 
 
 def need(args, lo, hi, name, u):

@@ -1,6 +1,5 @@
 """ketch system: check [--repair] | df | prune (the engine's store as a whole)."""
 
-import os
 import sys
 
 from .image import STORE_FLAGS, dump_json, human_size, need, parse_sub, table
@@ -29,21 +28,10 @@ ALIASES = {}
 
 
 def _engine(g, opts):
-    """As cli.image.engine, but without the network reconcile every other engine command runs
+    """cli.image.engine without the network reconcile every other engine command runs
     first: check must report what it finds, not have it fixed behind its back."""
-    import json
-    from ..engine.api import Engine
-    from ..engine.images import storage_root
-    root = storage_root(opts.get("storage_root") or None)
-    maps = {}
-    try:
-        with open(os.path.join(root, "images", "idmap.json")) as f:
-            maps = json.load(f)
-    except (OSError, ValueError):
-        pass
-    return Engine(root, g.root, driver=opts.get("storage_driver") or None,
-                  uid_map=maps.get("uidMappings") or None, gid_map=maps.get("gidMappings") or None,
-                  reconcile=False)
+    from .image import engine
+    return engine(g, opts, reconcile=False)
 
 
 def run(g, opts, args):
