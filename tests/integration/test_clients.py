@@ -147,7 +147,7 @@ def podman(podman_env, runtime):
     for cid in left:
         podman_env(runtime, "rm", "-f", "-t", "0", cid, check=False)
     assert not left, f"containers left behind: {left}"
-    assert wait_for(lambda: not _cgroup_dirs("libpod-"), timeout=5), _cgroup_dirs("libpod-")
+    assert wait_for(lambda: not _cgroup_dirs("libpod-"), timeout=30), _cgroup_dirs("libpod-")
     left = _state_entries(runtime) - before
     assert not left, f"{runtime} state left in {DEFAULT_ROOTS[runtime]}: {left}"
 
@@ -316,7 +316,7 @@ def containerd(containerd_env, runtime):
     assert not tasks and not ctrs, f"left behind: tasks {tasks}, containers {ctrs}"
     state = f"{containerd_env.base}/{runtime}-state/default"
     assert not os.path.isdir(state) or not os.listdir(state), os.listdir(state)
-    assert wait_for(lambda: not _cgroup_dirs("ctr-"), timeout=5), _cgroup_dirs("ctr-")
+    assert wait_for(lambda: not _cgroup_dirs("ctr-"), timeout=30), _cgroup_dirs("ctr-")
 
 
 def test_ctr_run_output_and_exit_code(containerd, runtime):

@@ -388,7 +388,7 @@ def test_killed_monitor_is_reconciled_by_the_next_engine(k):
     os.kill(st["MonitorPid"], signal.SIGKILL)
     os.kill(st["Pid"], signal.SIGKILL)  # the container's init, now nobody's child
     wait_for(lambda: not os.path.exists(f"/proc/{st['Pid']}/stat") or
-             open(f"/proc/{st['Pid']}/stat").read().split(")")[1].split()[0] == "Z", timeout=5)
+             open(f"/proc/{st['Pid']}/stat").read().split(")")[1].split()[0] == "Z", timeout=30)
     assert k.snapshot.leftovers()  # nobody tore the network down
     # the runtime container is left too: remove it the runtime's way, as `rm` would
     subprocess.run([KETCH, "--root", k.root, "delete", "--force", k.inspect("kweb")["Id"]], capture_output=True)

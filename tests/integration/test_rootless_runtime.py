@@ -93,7 +93,7 @@ def rl(rootless_user):
     """The user, checked clean after the test: no process, mount or state of it."""
     before = rootless_user.mounts()
     yield rootless_user
-    left_procs = wait_for(lambda: not rootless_user.processes(), timeout=5)
+    left_procs = wait_for(lambda: not rootless_user.processes(), timeout=30)
     procs = rootless_user.processes()
     mounts = sorted(set(rootless_user.mounts()) - set(before))
     rootless_user.cleanup()

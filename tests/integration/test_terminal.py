@@ -129,6 +129,29 @@ class CallerTerminal:
         os.close(self.slave)
 
 
+def _container_pty_size():
+    """The window size of the pty the container's shell (running SCRIPT) reads from."""
+    import fcntl
+    import struct
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            # The shell itself, not the runtime's CLI whose arguments also carry the script.
+            if argv[0] != b"sh" or not any(b"got-$line" in a for a in argv):
+                continue
+            fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+            return rows, cols
+        finally:
+            os.close(fd)
+    return None
+
+
 def _foreground(rt, argv):
     term = CallerTerminal()
     p = term.spawn(rt.cmd(*argv))
@@ -140,7 +163,8 @@ def _foreground(rt, argv):
         assert not lflag & (termios.ECHO | termios.ICANON)
         _set_size(term.master, 40, 100)
         p.send_signal(signal.SIGWINCH)
-        time.sleep(0.3)
+        # Write only once the container's pty has the new size: a fixed sleep lost the race on a loaded box.
+        assert wait_for(lambda: _container_pty_size() == (40, 100), timeout=10), _container_pty_size()
         os.write(term.master, b"x\n")
         out += _read_until(term.master, b"got-x")
         assert b"40 100" in out, out
