@@ -226,7 +226,7 @@ def no_leaks(request):
     before_m, before_c, before_p = _mounts(), _ketch_cgroups(), _container_procs()
     yield
     # Processes killed a moment ago may still be exiting.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while True:
         procs = _container_procs() - before_p
         cgs = _ketch_cgroups() - before_c
