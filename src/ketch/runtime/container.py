@@ -10,11 +10,8 @@ killed and reaped, the cgroups removed, the state directory deleted.
 import os
 
 from .. import errors
-from ..linux import signals
-from ..linux.signals import signal
 from ..trace import trace as _trace
 from . import status as st
-from ..log import now_rfc3339
 from ..linux.procfs import proc_start_time
 from .store import Store
 
@@ -208,6 +205,8 @@ class CreateContext:
         """Parent, just after the fork of stage-1 (beside its loading of
         modules): the state as "creating" and the config exec will use.
         Saved with the cgroup paths once they exist (``setup_cgroups``)."""
+        from ..log import now_rfc3339
+
         c, config, me = self.container, self.config, os.getpid()
         c.state = {
             "ociVersion": config["ociVersion"],
@@ -440,6 +439,8 @@ def _undo_cgroups(ctx):
     while the kernel still counts exiting tasks."""
     import time
 
+    from ..linux.signals import signal
+
     mgr = ctx.cgroups
     deadline = time.monotonic() + 3
     while True:
@@ -578,6 +579,8 @@ def kill(store, cid, sig, all_procs=False):
 
 
 def _signal_init(c, sig):
+    from ..linux.signals import signal
+
     pidfd = c.open_pidfd()
     if pidfd < 0:
         raise errors.NotRunning()
@@ -602,6 +605,8 @@ def _cgroup_manager(c):
 
 
 def _signal_all(c, sig):
+    from ..linux.signals import signal
+
     mgr = _cgroup_manager(c)
     pids = set(mgr.pids()) if mgr is not None else set(_pidns_members(c))
     if c.init_alive():
@@ -627,6 +632,8 @@ def _thaw(c):
 def _kill_wait(pid, timeout=10.0):
     """SIGKILL ``pid`` and wait until it is gone (it need not be our child)."""
     import select
+
+    from ..linux.signals import signal
 
     try:
         fd = os.pidfd_open(pid)
@@ -661,7 +668,13 @@ def delete(store, cid, force=False):
             if not force:
                 st.check_verb("delete", stat, cid)
             _kill_all_wait(c)
+        elif _rmdir_cgroups(c):
+            # Stopped and its cgroups were empty: nothing left to kill.
+            _destroy(c, cgroups_gone=True)
+            return
         else:
+            from ..linux.signals import signal
+
             # The init is gone, but without a pid namespace of its own its
             # children outlive it in the cgroup: kill what is left, as runc does.
             _signal_all(c, signal.SIGKILL)
@@ -670,7 +683,28 @@ def delete(store, cid, force=False):
         c.unlock()
 
 
+def _rmdir_cgroups(c):
+    """A stopped container's cgroup dirs removed directly: True when none is
+    left.  rmdir refuses a cgroup that still holds a process or a
+    sub-cgroup (EBUSY), so success proves there was nothing to kill; then
+    the cgroup package, the pid listing (a walk of each control-file
+    directory) and the thaw are not needed -- most of a `delete`.  Any
+    refusal: the caller goes the long way (kill what is left, thaw,
+    destroy with retries), over the dirs that remain."""
+    paths = c.state.get("cgroupPaths")
+    for d in dict.fromkeys(paths.values()) if paths else ():
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return True
+
+
 def _kill_all_wait(c):
+    from ..linux.signals import signal
+
     mgr = _cgroup_manager(c)
     nsmap = c.state.get("nsmap") or {}
     if mgr is not None and not ("pid" in nsmap and not nsmap["pid"]):
@@ -683,11 +717,11 @@ def _kill_all_wait(c):
         _kill_wait(c.pid)
 
 
-def _destroy(c):
+def _destroy(c, cgroups_gone=False):
     """Remove what a stopped container still has; poststop hooks last."""
     if "mount" not in c.state.get("nsmap", {"mount": ""}) and c.state.get("rootfs"):
         _unmount_under(c.state["rootfs"], c.state.get("hostMounts"))
-    mgr = _cgroup_manager(c)
+    mgr = None if cgroups_gone else _cgroup_manager(c)
     if mgr is not None:
         import time
 
@@ -809,6 +843,8 @@ def run(store, cid, opts):
             tty.close()
         raise
     pid = c.pid
+    from ..linux import signals
+
     forward = signals.forward_signals(pid)
     try:
         if tty:
@@ -839,6 +875,8 @@ def _try_force_delete(store, cid):
 
 
 def _wait_init(pid):
+    from ..linux import signals
+
     return signals.exit_code(signals.reap_until(pid))
 
 
