@@ -144,11 +144,17 @@ def proc_start_time(pid):
 
     Returns (None, None) when the pid does not exist.
     """
+    # os.open/os.read: three system calls, no file object (every status check reads this).
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None, None
+    try:
+        data = os.read(fd, 4096)  # one read: the line is < 1 KB (comm is at most 16 bytes)
+    except ProcessLookupError:  # the task died between open and read
+        return None, None
+    finally:
+        os.close(fd)
     # comm may contain spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(b")") + 2:].split()
     return int(rest[19]), rest[0].decode()
