@@ -19,8 +19,10 @@ def start(store, cid, c=None):
         check = c.status()
         st.check_verb("start", check, cid)
         _release_fifo(c)
-        c.state["status"] = st.RUNNING
-        c.save()
+        # No save: from here the status is "running" because the fifo is
+        # gone (store.Container.status works it out from the kernel; the
+        # recorded status only marks a create in progress).  One fsync'd
+        # atomic write less per start, ~0.5 ms where the root is not a tmpfs.
         _run_poststart(c)
     finally:
         c.unlock()
