@@ -97,11 +97,17 @@ def main():
         if cd is not None:
             cd.stop()
     calls = {}
+    forms = {}
     for name, lg in logs.items():
         with open(lg) as f:
             for line in f:
                 t0, t1, rc, *rest = line.split()
-                calls.setdefault((name, verb_of(rest)), []).append((int(t1) - int(t0)) / 1e6)
+                v = verb_of(rest)
+                calls.setdefault((name, v), []).append((int(t1) - int(t0)) / 1e6)
+                if name == "ketch":
+                    # the call's shape: its flags, paths and ids left out
+                    form = " ".join(a.split("=")[0] for a in rest if a.startswith("-") or a == v)
+                    forms.setdefault(v, set()).add(f"{form} (exit {rc})")
     shutil.rmtree(tmp, ignore_errors=True)
     n = args.runs
     lines = [f"`ctr run --rm IMAGE /bin/true`, {n} runs each, alternated; per call: median ms (calls per run)", "",
@@ -120,6 +126,7 @@ def main():
     tk, tr = statistics.median(totals["ketch"]), statistics.median(totals["runc"])
     lines.append(f"| sum of the calls | {sums['ketch']:.1f} | {sums['runc']:.1f} | {sums['ketch'] - sums['runc']:+.1f} |")
     lines.append(f"| whole `ctr run` (wrapper included) | {tk:.1f} | {tr:.1f} | {tk - tr:+.1f} ({tk / tr:.2f}×) |")
+    lines += ["", "The calls' shapes (ketch's log):"] + [f"- `{f}`" for v in verbs for f in sorted(forms.get(v, ()))]
     print("\n".join(lines))
 
 
