@@ -9,10 +9,10 @@ FLAGS = [Flag(("--force", "-f"), help="forcibly delete the container if it is st
 
 def run(g, opts, args):
     from ..errors import ContainerNotFound
-    from ..runtime import container
+    from ..runtime import teardown  # not runtime.container: see teardown's docstring
 
     try:
-        container.delete(g.store(), args[0], force=opts["force"])
+        teardown.delete(g.store(), args[0], force=opts["force"])
     except ContainerNotFound:
         if opts["force"]:
             # As runc: --force on a container that is already gone succeeds.

@@ -201,11 +201,21 @@ def _exit_now(code):
     os._exit(code & 0xFF if isinstance(code, int) else 1)
 
 
+class _Log:
+    """``ketch.log``'s error(), importing it only when there is one to report."""
+
+    @staticmethod
+    def error(msg):
+        from .. import log
+
+        log.error(msg)
+
+
 def _main(argv):
     from ..trace import trace
 
     trace("main")
-    from .. import log
+    log = _Log
 
     try:
         gopts, rest = parse_flags(GLOBAL_FLAGS, argv, "ketch")
@@ -215,11 +225,15 @@ def _main(argv):
     if gopts["log_format"] not in ("text", "json"):
         log.error(f"invalid log format {gopts['log_format']!r}: use 'text' or 'json'")
         return 1
-    try:
-        log.configure(gopts["log"], gopts["log_format"], gopts["debug"])
-    except OSError as e:
-        log.error(f"open {gopts['log']}: {errors.describe_oserror(e)}")
-        return 1
+    if gopts["log"] or gopts["debug"] or gopts["log_format"] != "text" or "ketch.log" in sys.modules:
+        # The defaults are log's initial state: without these flags `log` is
+        # imported only if something is reported (one module less per verb).
+        from .. import log
+        try:
+            log.configure(gopts["log"], gopts["log_format"], gopts["debug"])
+        except OSError as e:
+            log.error(f"open {gopts['log']}: {errors.describe_oserror(e)}")
+            return 1
     if gopts["version"]:
         from .. import __version__
         from ..spec.default import OCI_VERSION

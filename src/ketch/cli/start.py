@@ -6,7 +6,9 @@ FLAGS = []
 
 
 def run(g, opts, args):
-    from ..runtime import container
+    # runtime.release, not runtime.container: the lifecycle module is more
+    # than a start needs (start is one of the calls containerd makes per container).
+    from ..runtime import release
 
-    container.start(g.store(), args[0])
+    release.start(g.store(), args[0])
     return 0

@@ -11,6 +11,8 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
+PROC_USER_INIT_INO = 0xEFFFFFFD
+
 # OCI type -> (clone flag, /proc/<pid>/ns/<name>)
 TYPES = {
     "pid": (CLONE_NEWPID, "pid"),
@@ -72,6 +74,13 @@ def join(fds):
 def in_user_namespace():
     """Whether we run in a user namespace other than the host's (root there
     is not host root: rootless podman runs its runtime so)."""
+    try:
+        # One stat on every rootful create instead of a read of uid_map:
+        # the initial user namespace's inode is fixed (PROC_USER_INIT_INO).
+        if os.stat("/proc/self/ns/user").st_ino == PROC_USER_INIT_INO:
+            return False
+    except OSError:
+        pass
     try:
         with open("/proc/self/uid_map", "rb") as f:
             return f.read().split() != [b"0", b"0", b"4294967295"]

@@ -23,13 +23,17 @@ a /proc a container controls.
 import errno
 import os
 
-from ketch.linux import libc as _libc
-
 PROC_SUPER_MAGIC = 0x9FA0
 PROC_ROOT_INO = 1
 O_PATH = getattr(os, "O_PATH", 0o10000000)
-_RESOLVE = (_libc.RESOLVE_BENEATH | _libc.RESOLVE_NO_XDEV | _libc.RESOLVE_NO_SYMLINKS
-            | _libc.RESOLVE_NO_MAGICLINKS)
+
+
+def _lib():
+    # Imported on first use: `state`, `start` and `delete` read
+    # proc_start_time only, and libc (ctypes) is ~1 ms of their start.
+    from ketch.linux import libc
+
+    return libc
 
 
 class NotProcfs(OSError):
@@ -50,7 +54,7 @@ class ProcFS:
         fd = os.open(path, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            if _libc.fstatfs_type(fd) != PROC_SUPER_MAGIC or st.st_ino != PROC_ROOT_INO:
+            if _lib().fstatfs_type(fd) != PROC_SUPER_MAGIC or st.st_ino != PROC_ROOT_INO:
                 raise _not_procfs(path)
         except BaseException:
             os.close(fd)
@@ -81,8 +85,10 @@ class ProcFS:
         rel = self.resolve(rel.lstrip("/"))
         shown = f"{self.path}/{rel}"
         flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
+        libc = _lib()
         try:
-            fd = _libc.openat2(self.fd, rel, flags, 0, _RESOLVE)
+            fd = libc.openat2(self.fd, rel, flags, 0, libc.RESOLVE_BENEATH | libc.RESOLVE_NO_XDEV
+                              | libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS)
         except OSError as e:
             if e.errno == errno.EXDEV:
                 raise OSError(errno.EXDEV, "something is mounted over it (refusing to use it)",
@@ -91,7 +97,7 @@ class ProcFS:
                 raise OSError(e.errno, e.strerror, shown) from None
             fd = os.open(rel, flags, dir_fd=self.fd)  # kernels before 5.6: the magic check below only
         try:
-            if _libc.fstatfs_type(fd) != PROC_SUPER_MAGIC:
+            if libc.fstatfs_type(fd) != PROC_SUPER_MAGIC:
                 raise _not_procfs(shown)
         except BaseException:
             os.close(fd)
@@ -138,11 +144,17 @@ def proc_start_time(pid):
 
     Returns (None, None) when the pid does not exist.
     """
+    # os.open/os.read: three system calls, no file object (every status check reads this).
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None, None
+    try:
+        data = os.read(fd, 4096)  # one read: the line is < 1 KB (comm is at most 16 bytes)
+    except ProcessLookupError:  # the task died between open and read
+        return None, None
+    finally:
+        os.close(fd)
     # comm may contain spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(b")") + 2:].split()
     return int(rest[19]), rest[0].decode()

@@ -10,13 +10,12 @@ killed and reaped, the cgroups removed, the state directory deleted.
 import os
 
 from .. import errors
-from ..linux import signals
-from ..linux.signals import signal
 from ..trace import trace as _trace
 from . import status as st
-from ..log import now_rfc3339
 from ..linux.procfs import proc_start_time
 from .store import Store
+from .release import start  # noqa: F401 - part of this module's API
+from .teardown import cgroup_manager, delete, kill_wait, mounts_under, pidns_members, signal_all, thaw  # noqa: F401
 
 
 class CreateOptions:
@@ -208,6 +207,8 @@ class CreateContext:
         """Parent, just after the fork of stage-1 (beside its loading of
         modules): the state as "creating" and the config exec will use.
         Saved with the cgroup paths once they exist (``setup_cgroups``)."""
+        from ..log import now_rfc3339
+
         c, config, me = self.container, self.config, os.getpid()
         c.state = {
             "ociVersion": config["ociVersion"],
@@ -425,7 +426,7 @@ def _reap_primer():
 
 def _undo_create(c, ctx):
     if ctx is not None and ctx.init_pid:
-        _kill_wait(ctx.init_pid)
+        kill_wait(ctx.init_pid)
     if ctx is not None and ctx.cgroups is not None:
         _undo_cgroups(ctx)
     c.remove_dir()
@@ -439,6 +440,8 @@ def _undo_cgroups(ctx):
     cgroups -- only once they were found empty and made ours -- and retry
     while the kernel still counts exiting tasks."""
     import time
+
+    from ..linux.signals import signal
 
     mgr = ctx.cgroups
     deadline = time.monotonic() + 3
@@ -490,74 +493,6 @@ def write_pid_file(path, pid):
         raise
 
 
-def start(store, cid, c=None):
-    if c is None:
-        c = store.get(cid)
-    try:
-        check = c.status()
-        st.check_verb("start", check, cid)
-        _release_fifo(c)
-        c.state["status"] = st.RUNNING
-        c.save()
-        _run_poststart(c)
-    finally:
-        c.unlock()
-
-
-def _release_fifo(c):
-    """Open the exec fifo's read end: the init, blocked opening the write
-    end, proceeds to exec.  Poll the init's pidfd too so a dead init is an
-    error, not a hang."""
-    import select
-
-    fifo = os.open(c.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        pidfd = c.open_pidfd()
-        try:
-            poller = select.poll()
-            poller.register(fifo, select.POLLIN)
-            if pidfd >= 0:
-                poller.register(pidfd, select.POLLIN)
-            while True:
-                events = dict(poller.poll(10000))
-                if events.get(fifo, 0) & select.POLLIN:
-                    if os.read(fifo, 1):
-                        break
-                if pidfd >= 0 and events.get(pidfd):
-                    raise errors.NotRunning(f"container {c.id!r}: init exited before start")
-                if not events and not c.init_alive():
-                    raise errors.NotRunning(f"container {c.id!r}: init exited before start")
-            if (c.state.get("hooks") or {}).get("poststart"):
-                # Poststart hooks run after the user's program is executed
-                # (spec): the init holds the write end until its execve
-                # closes it, after the startContainer hooks.
-                os.set_blocking(fifo, True)
-                while os.read(fifo, 64):
-                    pass
-        finally:
-            if pidfd >= 0:
-                os.close(pidfd)
-    finally:
-        os.close(fifo)
-    os.unlink(c.fifo_path)
-
-
-def _run_poststart(c):
-    hooks = (c.state.get("hooks") or {}).get("poststart")
-    if not hooks:
-        return
-    from ..process import hooks as hk
-
-    # The spec: a failing poststart hook is a warning; the container runs on.
-    hk.run_hooks(hooks, _state_for_hooks(c, st.RUNNING), "poststart", warn=_warn)
-
-
-def _state_for_hooks(c, status):
-    s = c.state
-    return {"ociVersion": s.get("ociVersion"), "id": c.id, "status": status,
-            "pid": s.get("pid", 0), "bundle": s.get("bundle"), "annotations": s.get("annotations") or {}}
-
-
 def kill(store, cid, sig, all_procs=False):
     c = store.get(cid)
     try:
@@ -566,11 +501,11 @@ def kill(store, cid, sig, all_procs=False):
             # As runc: --all reaches whatever is left in the cgroup (an init
             # without its own pid namespace may leave processes behind), and
             # a container with nothing left is not an error.
-            _signal_all(c, sig)
+            signal_all(c, sig)
             return
         st.check_verb("kill", stat, cid)
         if all_procs:
-            _signal_all(c, sig)
+            signal_all(c, sig)
         else:
             _signal_init(c, sig)
     finally:
@@ -578,6 +513,8 @@ def kill(store, cid, sig, all_procs=False):
 
 
 def _signal_init(c, sig):
+    from ..linux.signals import signal
+
     pidfd = c.open_pidfd()
     if pidfd < 0:
         raise errors.NotRunning()
@@ -589,168 +526,7 @@ def _signal_init(c, sig):
         os.close(pidfd)
     if sig in (signal.SIGKILL, signal.SIGTERM) and c.status() == st.PAUSED:
         # A frozen task cannot die until thawed.
-        _thaw(c)
-
-
-def _cgroup_manager(c):
-    paths = c.state.get("cgroupPaths")
-    if not paths:
-        return None
-    from ..linux import cgroups
-
-    return cgroups.Manager.load(paths)
-
-
-def _signal_all(c, sig):
-    mgr = _cgroup_manager(c)
-    pids = set(mgr.pids()) if mgr is not None else set(_pidns_members(c))
-    if c.init_alive():
-        pids.add(c.pid)
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-    if mgr is not None and sig == signal.SIGKILL:
-        _thaw(c)
-
-
-def _thaw(c):
-    mgr = _cgroup_manager(c)
-    if mgr is not None:
-        try:
-            mgr.thaw()
-        except (OSError, errors.KetchError):
-            pass
-
-
-def _kill_wait(pid, timeout=10.0):
-    """SIGKILL ``pid`` and wait until it is gone (it need not be our child)."""
-    import select
-
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        try:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        p = select.poll()
-        p.register(fd, select.POLLIN)
-        p.poll(int(timeout * 1000))
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    finally:
-        os.close(fd)
-
-
-def delete(store, cid, force=False):
-    c = store.get(cid, half_made=force)
-    try:
-        stat = c.status()
-        if stat == st.CREATED:
-            # As runc: deleting a created container kills its waiting init
-            # (and whatever it started if a `start` was killed between
-            # releasing it and removing the fifo).
-            _kill_all_wait(c)
-        elif stat != st.STOPPED:
-            if not force:
-                st.check_verb("delete", stat, cid)
-            _kill_all_wait(c)
-        else:
-            # The init is gone, but without a pid namespace of its own its
-            # children outlive it in the cgroup: kill what is left, as runc does.
-            _signal_all(c, signal.SIGKILL)
-        _destroy(c)
-    finally:
-        c.unlock()
-
-
-def _kill_all_wait(c):
-    mgr = _cgroup_manager(c)
-    nsmap = c.state.get("nsmap") or {}
-    if mgr is not None and not ("pid" in nsmap and not nsmap["pid"]):
-        # Without a pid namespace of its own, the container's other processes
-        # do not die with its init: kill everything in its cgroup.
-        _signal_all(c, signal.SIGKILL)
-    if c.init_alive():
-        if c.status() == st.PAUSED:
-            _thaw(c)
-        _kill_wait(c.pid)
-
-
-def _destroy(c):
-    """Remove what a stopped container still has; poststop hooks last."""
-    if "mount" not in c.state.get("nsmap", {"mount": ""}) and c.state.get("rootfs"):
-        _unmount_under(c.state["rootfs"], c.state.get("hostMounts"))
-    mgr = _cgroup_manager(c)
-    if mgr is not None:
-        import time
-
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                mgr.destroy()
-                break
-            except (OSError, errors.KetchError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-    hooks = (c.state.get("hooks") or {}).get("poststop")
-    if hooks:
-        from ..process import hooks as hk
-
-        # The spec: a poststop failure is logged, the deletion goes on.
-        hk.run_hooks(hooks, _state_for_hooks(c, st.STOPPED), "poststop", warn=_warn)
-    c.remove_dir()
-
-
-def mounts_under(root):
-    """[(mount id, mount point)] at or below ``root`` in our mount namespace,
-    in mountinfo order (parents before what is mounted on them)."""
-    from ..linux.mounts import unescape_mountinfo
-
-    root = root.rstrip("/")
-    out = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            mp = unescape_mountinfo(os.fsdecode(fields[4]))
-            if not root or mp == root or mp.startswith(root + "/"):
-                out.append((int(fields[0]), mp))
-    return out
-
-
-def _unmount_under(root, before=None):
-    """Undo the mounts a container without its own mount namespace made in
-    ours: those at or below its rootfs that were not there when it was
-    created (``before``: their mount ids), deepest (latest) first.
-
-    Never for a rootfs that is the host's "/": every mount of the host is
-    under it, and none of them is the container's to take away."""
-    from ..linux import libc as _libc
-    from ..linux.mountopts import MNT_DETACH
-
-    if not root or os.path.realpath(root) == "/":
-        return
-    keep = set(before or ())
-    for mid, mp in reversed(mounts_under(root)):
-        if mid in keep:
-            continue
-        try:
-            _libc.umount2(mp, MNT_DETACH)
-        except OSError:
-            pass
-
-
-def _warn(msg):
-    from .. import log
-
-    log.warning(msg)
+        thaw(c)
 
 
 def state(store, cid):
@@ -809,6 +585,8 @@ def run(store, cid, opts):
             tty.close()
         raise
     pid = c.pid
+    from ..linux import signals
+
     forward = signals.forward_signals(pid)
     try:
         if tty:
@@ -839,6 +617,8 @@ def _try_force_delete(store, cid):
 
 
 def _wait_init(pid):
+    from ..linux import signals
+
     return signals.exit_code(signals.reap_until(pid))
 
 
@@ -846,17 +626,6 @@ def ns_in_userns():
     from ..linux.namespaces import in_user_namespace
 
     return in_user_namespace()
-
-
-def _pidns_members(c):
-    """A container without cgroups (rootless without delegation): its
-    processes are those of its own pid namespace, if it has one."""
-    nsmap = c.state.get("nsmap") or {}
-    if not ("pid" in nsmap and not nsmap["pid"]) or not c.init_alive():
-        return []
-    from .rootless import pidns_members
-
-    return pidns_members(c.pid)
 
 
 def default_store(root=None):
@@ -867,8 +636,8 @@ def pids(store, cid):
     """Host pids of every process in the container (its cgroup), init first."""
     c = store.get(cid, lock=False)
     st.check_verb("ps", c.status(), cid)
-    mgr = _cgroup_manager(c)
-    found = list(mgr.pids()) if mgr is not None else _pidns_members(c)
+    mgr = cgroup_manager(c)
+    found = list(mgr.pids()) if mgr is not None else pidns_members(c)
     if c.pid not in found and c.init_alive():
         found.insert(0, c.pid)
     return found
