@@ -164,6 +164,7 @@ class Engine:
         self.networks = NetworkVerbs(self.store)
         if reconcile:
             from ketch.engine.network import plan
+            self.store.sweep_removals()  # a --rm teardown whose monitor was killed
             plan.reconcile(self.store)  # what a killed monitor or engine left
 
     def info(self):
