@@ -46,13 +46,14 @@ class Containers:
         opts["auto_remove"] = remove or opts.get("auto_remove", False)
         if input is not None:
             opts["interactive"] = True
-        cid = self.store.create(image, cmd=list(cmd) if cmd else None, **opts)
+        cid = self.store.create(image, cmd=list(cmd) if cmd else None, keep_mounted=True, **opts)
         try:
             if detach:
                 return self.store.start(cid)
             p = self.store.start(cid, attach=True, stdin=subprocess.PIPE if input is not None else None,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except BaseException:
+            self.store.release_layer(cid)
             if opts["auto_remove"]:
                 self._quiet_remove(cid)
             raise

@@ -258,8 +258,13 @@ class ContainerStore:
 
     # -- create --
 
-    def create(self, image, **opts):
-        """Make a container of `image` (not started).  `opts`: see RUN_DEFAULTS.  Returns its id."""
+    def create(self, image, keep_mounted=False, **opts):
+        """Make a container of `image` (not started).  `opts`: see RUN_DEFAULTS.  Returns its id.
+
+        `keep_mounted`: leave the layer mounted (mounted here to build the config) for a start
+        that follows at once (run): its monitor finds it mounted, one mount and one unmount
+        (~1.3 ms, the unmount syncs the upper filesystem) less a run.  The caller releases it
+        (release_layer) if that start fails before a monitor runs."""
         from ketch.engine import bundle, defaults, idmap
         from ketch.runtime import mcs
         unknown = set(opts) - set(RUN_DEFAULTS)
@@ -322,7 +327,10 @@ class ContainerStore:
                 if hasattr(self.driver, "rootfs_mount"):  # rootless: see engine/storage/userns.py
                     config["root"]["path"], m = self.driver.rootfs_mount(cid)
                     config["mounts"][:0] = [m] if m else []
-            finally:
+            except BaseException:
+                self.driver.put(cid)
+                raise
+            if not keep_mounted or hasattr(self.driver, "rootfs_mount"):
                 self.driver.put(cid)
             trace("engine: config built, layer released")
             bundle.write(os.path.join(cdir, "bundle"), config)
@@ -509,16 +517,30 @@ class ContainerStore:
 
     def run(self, image, detach=False, stdin=None, stdout=None, stderr=None, **opts):
         """create + start.  Detached: the id.  Attached: the monitor's Popen (see start)."""
-        cid = self.create(image, **opts)
+        cid = self.create(image, keep_mounted=True, **opts)
         try:
             return self.start(cid, attach=not detach, stdin=stdin, stdout=stdout, stderr=stderr)
         except BaseException:
+            self.release_layer(cid)
             if opts.get("auto_remove"):
                 try:
                     self.remove(cid, force=True)
                 except KetchError:
                     pass
             raise
+
+    def release_layer(self, cid):
+        """Unmount the layer of container `cid` left mounted by create(keep_mounted=True) when
+        its start failed (a monitor that ran released it already)."""
+        try:
+            rec = self.state(cid)
+        except KetchError:
+            return
+        if rec["State"]["Status"] not in ("running", "starting"):
+            try:
+                self.driver.put(cid)
+            except (OSError, KetchError):
+                pass
 
     def wait(self, ref, timeout=None):
         """Wait until the container is not running; returns its exit code (None on timeout)."""

@@ -394,7 +394,10 @@ class Checker:
                 state = self.store.state(cid)["State"]
             except KetchError:
                 state = rec.get("State") or {}
-            running = state.get("Status") in ("running", "starting")
+            # A created container whose creator still runs is about to be started by it
+            # (`run` keeps its layer mounted for the start): not a stopped one's leftovers.
+            running = state.get("Status") in ("running", "starting") or \
+                (state.get("Status") == "created" and self._creator_alive(self._cp(cid)))
             if name and name not in links.get(cid, []):
                 self.add("container-name-missing", short, f"its name {name} does not lead to it",
                          self._relink(name, cid))
