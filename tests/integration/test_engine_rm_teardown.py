@@ -184,3 +184,20 @@ def test_a_teardown_killed_half_way_is_finished_by_the_next_command(env, cid):
     assert chk.stdout.strip() == "ok: the store is consistent", chk.stdout
     assert k(e, "container", "run", "--rm", "--name", cid, "bb:1", "true").returncode == 0
     assert wait_for(lambda: _removing(e) == [], timeout=60)  # its teardown, before the fixtures go
+
+
+def test_many_at_once_each_get_their_own_exit_code(env):
+    """A quick container's monitor can write "ok\\n" and the exit code before its CLI reads
+    either (found by bench/engine.py's 20 at once: the CLI took "ok\\n0" for an error)."""
+    e = env
+    procs = [subprocess.Popen([KETCH, "--root", e["root"], "container", "run", "--rm", "--network", "none",
+                               "bb:1", "sh", "-c", f"exit {i}"],
+                              env=dict(os.environ, KETCH_STORAGE_ROOT=e["store"]), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(12)]
+    got = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        got.append((p.returncode, out, err))
+    assert got == [(i, b"", b"") for i in range(12)]
+    assert wait_for(lambda: _removing(e) == [], timeout=60)
+    assert k(e, "container", "ls", "-aq").stdout == ""

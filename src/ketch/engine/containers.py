@@ -496,20 +496,15 @@ class ContainerStore:
             os.close(w)
         self._popen = [x for x in self._popen if x.poll() is None] + [p]
         trace("engine: monitor forked")
-        buf = b""
+        ok = rest = None
         try:
-            while True:  # an error message and EOF, "ok" and EOF, or "ok\n" and the pipe kept for the exit
-                chunk = os.read(r, 4096)
-                buf += chunk
-                if not chunk or buf == b"ok\n":
-                    break
+            ok, msg, rest = monitor.read_status(r)
         finally:
-            if buf == b"ok\n" and isinstance(p, monitor.Forked):
-                p.exit_fd = r
+            if ok is True and rest is not None and isinstance(p, monitor.Forked):
+                p.exit_fd, p.exit_data = r, rest
             else:
                 os.close(r)
-        msg = buf.decode(errors="replace").strip()
-        if msg != "ok":
+        if not ok:
             p.wait()
             raise KetchError(msg or f"container {cid[:12]}: the monitor exited ({p.returncode}) before "
                              "the container started")

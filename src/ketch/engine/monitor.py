@@ -92,6 +92,7 @@ class Forked:
         self.pid = pid
         self.returncode = None
         self.exit_fd = exit_fd
+        self.exit_data = b""  # what read_status read past "ok\n"
 
     def poll(self):
         if self.returncode is None:
@@ -102,7 +103,7 @@ class Forked:
 
     def wait(self):
         if self.returncode is None and self.exit_fd is not None:
-            data = b""
+            data = self.exit_data
             while True:
                 chunk = os.read(self.exit_fd, 64)
                 if not chunk:
@@ -117,6 +118,23 @@ class Forked:
             _, st = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(st)
         return self.returncode
+
+
+def read_status(fd):
+    """The start's outcome from the monitor's status pipe `fd`: (True, "ok", None) for "ok"
+    and EOF; (True, "ok", rest) for "ok\n" -- a monitor that will report the exit code, of
+    which `rest` is what arrived with it already (all of it when the container was quick);
+    (False, message, None) for an error message (or nothing) and EOF."""
+    buf = b""
+    while not buf.startswith(b"ok\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    if buf.startswith(b"ok\n"):
+        return True, "ok", buf[3:]
+    msg = buf.decode(errors="replace").strip()
+    return msg == "ok", msg, None
 
 
 def can_fork():
