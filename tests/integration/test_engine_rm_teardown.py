@@ -153,7 +153,7 @@ def test_commands_during_a_teardown_never_see_a_half_removed_container(env, cid)
     # Removing the image waits for the teardowns (the container's layer sits on it).
     rmi = k(e, "image", "rm", "bb:1")
     assert "in use" not in rmi.stderr
-    assert not _alive(mon)
+    assert wait_for(lambda: not _alive(mon), timeout=30)  # its labels released after the tree, then exit
     chk = k(e, "system", "check")
     assert chk.stdout.strip() == "ok: the store is consistent", chk.stdout
     _nothing_left(e, long_id)
