@@ -225,15 +225,16 @@ def no_leaks(request):
         return
     before_m, before_c, before_p = _mounts(), _ketch_cgroups(), _container_procs()
     yield
-    # Processes killed a moment ago may still be exiting.
+    # Processes killed a moment ago may still be exiting, and the monitor of a
+    # `container run --rm` tears down after the CLI has returned.
     deadline = time.monotonic() + 15
     while True:
         procs = _container_procs() - before_p
         cgs = _ketch_cgroups() - before_c
-        if not procs and not cgs or time.monotonic() > deadline:
+        mounts = _mounts() - before_m
+        if not procs and not cgs and not mounts or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    mounts = _mounts() - before_m
     assert not mounts, f"mounts leaked: {sorted(mounts)}"
     assert not procs, f"container processes leaked: {_describe(procs)}"
     assert not cgs, f"cgroups leaked: {sorted(cgs)}"

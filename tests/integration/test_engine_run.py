@@ -96,6 +96,7 @@ def eng(request, testns, tmp_path, runtime_root, rootfs_tar):
     e = Engine(storage_root=str(tmp_path / "store"), runtime_root=runtime_root, driver=request.param)
     e.images.import_tarball(rootfs_tar, "bb", config={"Cmd": ["sh"]})
     yield e
+    e.store.wait_removals()  # the teardowns of `container run --rm` the CLI returned before
     for rec in e.containers.list(all=True):
         e.containers.remove(rec["Id"], force=True)
     # Nothing of a container is left: runtime state, layers, mounts, records.

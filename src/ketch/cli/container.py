@@ -198,7 +198,7 @@ def run(g, opts, args):
     if name in ("run", "create"):
         need(a, 1, None, f"container {name}", SUBS[name][0])
         co = _create_opts(o, a)
-        cid = store.create(ensure_image(eng.images, o, a[0]), **co)
+        cid = store.create(ensure_image(eng.images, o, a[0]), keep_mounted=name == "run", **co)
         if name == "create":
             w(cid + "\n")
             return 0
@@ -206,6 +206,7 @@ def run(g, opts, args):
             try:
                 store.start(cid)
             except BaseException:
+                store.release_layer(cid)
                 if co["auto_remove"]:
                     _quiet_remove(store, cid)
                 raise
@@ -215,6 +216,7 @@ def run(g, opts, args):
         try:
             p = store.start(cid, attach=True, stdin=None if o["interactive"] else None)
         except KetchError as e:
+            store.release_layer(cid)
             if co["auto_remove"]:
                 _quiet_remove(store, cid)
             log.error(str(e))

@@ -46,13 +46,14 @@ class Containers:
         opts["auto_remove"] = remove or opts.get("auto_remove", False)
         if input is not None:
             opts["interactive"] = True
-        cid = self.store.create(image, cmd=list(cmd) if cmd else None, **opts)
+        cid = self.store.create(image, cmd=list(cmd) if cmd else None, keep_mounted=True, **opts)
         try:
             if detach:
                 return self.store.start(cid)
             p = self.store.start(cid, attach=True, stdin=subprocess.PIPE if input is not None else None,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except BaseException:
+            self.store.release_layer(cid)
             if opts["auto_remove"]:
                 self._quiet_remove(cid)
             raise
@@ -164,6 +165,7 @@ class Engine:
         self.networks = NetworkVerbs(self.store)
         if reconcile:
             from ketch.engine.network import plan
+            self.store.sweep_removals()  # a --rm teardown whose monitor was killed
             plan.reconcile(self.store)  # what a killed monitor or engine left
 
     def info(self):

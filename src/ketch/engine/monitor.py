@@ -9,9 +9,17 @@ the exit code, deletes the runtime container (cgroups, state), releases the
 layer's mount and, with --rm, removes the container.  It exits with the
 container's exit code.
 
+With --rm the container is taken out of sight first (begin_removal), its
+runtime container deleted and its network detached (release_runtime); then
+an attached CLI gets the exit code down the status pipe (params["report_exit"]:
+"ok\n" at the start, "<code>\n" at the exit) with every fd of the caller's
+closed here, and returns while the rest of the teardown (finish_removal: the
+layer's mount and tree, the record tree, the labels) runs after it.
+
 It reaches the container store (ketch.engine.containers) only through the
 store's public interface: load, update_state, set_network_settings,
-runtime_store, cleanup_runtime, bundle_dir, driver, remove, remove_exited.
+runtime_store, cleanup_runtime, bundle_dir, driver, remove, begin_removal,
+release_runtime, finish_removal.
 """
 
 from ketch import _json as json
@@ -76,11 +84,15 @@ def _write_all(fd, data):
 
 
 class Forked:
-    """A monitor forked from this process: the part of subprocess.Popen its caller uses."""
+    """A monitor forked from this process: the part of subprocess.Popen its caller uses.
+    With `exit_fd` (the status pipe of a --rm monitor, see run) wait() returns the exit code
+    the monitor reports there, before its teardown, without waiting for it to exit."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, exit_fd=None):
         self.pid = pid
         self.returncode = None
+        self.exit_fd = exit_fd
+        self.exit_data = b""  # what read_status read past "ok\n"
 
     def poll(self):
         if self.returncode is None:
@@ -90,10 +102,39 @@ class Forked:
         return self.returncode
 
     def wait(self):
+        if self.returncode is None and self.exit_fd is not None:
+            data = self.exit_data
+            while True:
+                chunk = os.read(self.exit_fd, 64)
+                if not chunk:
+                    break
+                data += chunk
+            os.close(self.exit_fd)
+            self.exit_fd = None
+            if data.endswith(b"\n") and data[:-1].isdigit():
+                self.returncode = int(data)  # the monitor tears down on its own now
+                return self.returncode
         if self.returncode is None:
             _, st = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(st)
         return self.returncode
+
+
+def read_status(fd):
+    """The start's outcome from the monitor's status pipe `fd`: (True, "ok", None) for "ok"
+    and EOF; (True, "ok", rest) for "ok\n" -- a monitor that will report the exit code, of
+    which `rest` is what arrived with it already (all of it when the container was quick);
+    (False, message, None) for an error message (or nothing) and EOF."""
+    buf = b""
+    while not buf.startswith(b"ok\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    if buf.startswith(b"ok\n"):
+        return True, "ok", buf[3:]
+    msg = buf.decode(errors="replace").strip()
+    return msg == "ok", msg, None
 
 
 def can_fork():
@@ -183,6 +224,7 @@ def run(params, status_fd, store):
         signal.signal(s, forward)
     saved_term = None
     c = None
+    report_fd = -1
     try:
         trace("monitor: started")
         store.cleanup_runtime(cid)  # what a monitor killed earlier left
@@ -237,8 +279,12 @@ def run(params, status_fd, store):
         started = True
         store.update_state(cid, Status="running", Running=True, Pid=pid, PidStart=pid_start,
                             ExitCode=0, StartedAt=_now(), FinishedAt="0001-01-01T00:00:00Z", Error="")
-        os.write(status_fd, b"ok")
-        os.close(status_fd)
+        if params.get("report_exit"):
+            report_fd = status_fd  # kept for the exit code
+            os.write(status_fd, b"ok\n")
+        else:
+            os.write(status_fd, b"ok")
+            os.close(status_fd)
         status_fd = -1
         trace("monitor: ok sent")
         code = _pump(pid, pipes, master, log, attach and tty and rec["Config"].get("OpenStdin"), pending)
@@ -267,6 +313,8 @@ def run(params, status_fd, store):
                 store.remove(cid, force=True)
             except BaseException:  # noqa: BLE001
                 pass
+        if report_fd >= 0:
+            os.close(report_fd)  # EOF without a code: the caller waits for our exit status
         return 125
     if saved_term is not None:
         import termios
@@ -274,18 +322,39 @@ def run(params, status_fd, store):
     trace("monitor: payload exited")
     log.close()
     err = ""
+    if rec["HostConfig"].get("AutoRemove"):
+        try:
+            gone = store.begin_removal(cid)  # out of sight: no "exited" save before
+        except (OSError, KetchError) as e:
+            err = f"--rm: {e}"
+            _write_all(my_err, f"ketch: {err}\n".encode())
+        else:
+            trace("monitor: out of sight")
+            try:
+                store.release_runtime(cid)  # cgroups, state, network: none outlives the caller's wait
+            except (OSError, KetchError):
+                pass  # finish_removal, or the sweep of the next command, tries again
+            trace("monitor: runtime deleted")
+            if report_fd >= 0:
+                # The caller returns now: nothing of its may stay open here (a
+                # pipe it reads to EOF, its terminal).
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                for fd in (0, 1, 2, my_out, my_err):
+                    os.dup2(null, fd, inheritable=fd <= 2)
+                os.close(null)
+                os.write(report_fd, b"%d\n" % code)
+                os.close(report_fd)
+            if gone is not None:
+                try:
+                    store.finish_removal(cid, gone)
+                except (OSError, KetchError) as e:  # left for the next command's sweep
+                    _write_all(my_err, f"ketch: --rm: {e}\n".encode())
+            trace("monitor: removed")
+            return code
     try:
         store.cleanup_runtime(cid)
     except KetchError as e:
-        err = str(e)
-    if rec["HostConfig"].get("AutoRemove") and not err:
-        try:
-            trace("monitor: runtime deleted")
-            store.remove_exited(cid)  # the record goes: no "exited" save before
-            return code
-        except KetchError as e:
-            err = f"--rm: {e}"
-            _write_all(my_err, f"ketch: {err}\n".encode())
+        err = err or str(e)
     try:
         store.update_state(cid, Status="exited", Running=False, Pid=0, ExitCode=code, FinishedAt=_now(),
                             Error=err)

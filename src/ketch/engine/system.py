@@ -353,7 +353,11 @@ class Checker:
         for n in sorted(os.listdir(self.cdir)):
             d = self._cp(n)
             if n.startswith(".rm-"):
-                self.add("container-half-removed", d, "a killed `container rm` left it", _rmtree(d))
+                if len(n) == 68 and self.store.being_removed(n[4:]):
+                    self.running.add(n[4:])  # a --rm teardown still at work (it outlasted run())
+                    continue
+                self.add("container-half-removed", d, "a killed `container rm` or --rm teardown left it",
+                         self._finish_removal(n[4:]) if len(n) == 68 else _rmtree(d))
                 continue
             if not _is_hex64(n) or not os.path.isdir(d):
                 continue
@@ -390,7 +394,10 @@ class Checker:
                 state = self.store.state(cid)["State"]
             except KetchError:
                 state = rec.get("State") or {}
-            running = state.get("Status") in ("running", "starting")
+            # A created container whose creator still runs is about to be started by it
+            # (`run` keeps its layer mounted for the start): not a stopped one's leftovers.
+            running = state.get("Status") in ("running", "starting") or \
+                (state.get("Status") == "created" and self._creator_alive(self._cp(cid)))
             if name and name not in links.get(cid, []):
                 self.add("container-name-missing", short, f"its name {name} does not lead to it",
                          self._relink(name, cid))
@@ -411,7 +418,7 @@ class Checker:
         # what belongs to no container record at all
         rt = self.store.runtime_root
         for n in sorted(os.listdir(rt)) if os.path.isdir(rt) else ():
-            if _is_hex64(n) and n not in records and not os.path.isdir(self._cp(n)):
+            if _is_hex64(n) and n not in records and n not in self.running and not os.path.isdir(self._cp(n)):
                 st = self._runtime_state(n)
                 # One runtime root serves every storage root: only a container
                 # whose bundle was in this store is this store's to judge.
@@ -513,7 +520,7 @@ class Checker:
         net = self.store.networks
         d = os.path.join(net.run, "netns")
         for n in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-            if n in records or net.attachment(n) is not None:
+            if n in records or n in self.running or net.attachment(n) is not None:
                 continue
             if _is_hex64(n) and self._runtime_alive(n):
                 continue
@@ -552,6 +559,11 @@ class Checker:
             remove_tree(self._cp(cid))
         return fix
 
+    def _finish_removal(self, cid):
+        def fix():
+            self.store.finish_dead_removal(cid)
+        return fix
+
     def _remove_container(self, cid):
         def fix():
             self._runtime_delete(cid)()
@@ -571,6 +583,7 @@ class Checker:
         self.running, self.stopped = set(), set()
         if not os.path.isdir(self.images.root):
             return self.problems
+        self.store.wait_removals(sweep=False)  # a --rm teardown in progress is not a problem to report
         # Both stores' locks, containers' first (the order of `container
         # create`, which takes the image store's inside its own): no change
         # is half-way while the store is read.

@@ -68,27 +68,64 @@ class Lock:
 
 
 def remove_tree(path):
-    """rm -rf that also gets through directories a non-root copy left read-only."""
-    import shutil
+    """rm -rf that also gets through directories a non-root copy left read-only.
+
+    Walks with directory fds and never follows a symlink; not shutil.rmtree,
+    whose import (fnmatch, re, enum, bz2, lzma: ~10 ms) every `run --rm` paid."""
+    try:
+        os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:
+        if not os.path.isdir(path) or os.path.islink(path):
+            _open_up(os.path.dirname(path) or ".")
+            os.unlink(path)
+            return
+    parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_entry(parent, os.path.basename(os.path.abspath(path)))
+    finally:
+        os.close(parent)
+
+
+def _open_up(d, dir_fd=None):
     import stat
+    os.chmod(d, stat.S_IMODE(os.stat(d, dir_fd=dir_fd, follow_symlinks=False).st_mode) | 0o700, dir_fd=dir_fd)
 
-    def retry(fn, p, exc):
-        e = exc[1] if isinstance(exc, tuple) else exc
-        if isinstance(e, FileNotFoundError):
-            return
-        if isinstance(e, PermissionError):
-            parent = os.path.dirname(p)
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, onerror=retry)
-            else:
-                fn(p)
-            return
-        raise e
 
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
+def _remove_entry(parent, name):
+    """Remove `name` (a file, a symlink or a whole directory) in the directory open as `parent`."""
+    for attempt in (1, 2):
+        try:
+            try:
+                os.unlink(name, dir_fd=parent)
+                return
+            except IsADirectoryError:
+                pass
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            except PermissionError:
+                os.chmod(name, 0o700, dir_fd=parent)  # a directory: unlink said so, O_NOFOLLOW too
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                with os.scandir(fd) as it:
+                    names = [e.name for e in it]
+                for n in names:
+                    _remove_entry(fd, n)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=parent)
+            return
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            if attempt == 2:
+                raise
+            import stat
+            os.chmod(parent, stat.S_IMODE(os.fstat(parent).st_mode) | 0o700)
 
 
 class LazyModule:

@@ -198,6 +198,6 @@ def reconcile(store):
         try:
             return store.state(cid)["State"]["Status"] in ("running", "starting")
         except KetchError:
-            return False
+            return store.being_removed(cid)  # its monitor detaches it (--rm teardown)
 
     return store.networks.reconcile(alive)

@@ -25,8 +25,7 @@ def driver_class(name):
         module, cls = DRIVERS[name]
     except KeyError:
         raise StorageError(f"unknown storage driver {name!r} (have {', '.join(DRIVERS)})") from None
-    import importlib
-    cls = getattr(importlib.import_module(module), cls)
+    cls = getattr(__import__(module, fromlist=[cls]), cls)  # not importlib: it imports warnings
     if os.geteuid() != 0:  # rootless: the steps run in a user namespace (storage/userns.py)
         from ketch.engine.storage.userns import rootless_class
         cls = rootless_class(cls)

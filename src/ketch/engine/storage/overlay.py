@@ -19,17 +19,18 @@ import stat
 
 from ketch.errors import StorageError, describe_oserror
 from ketch.engine import idmap
-from ketch.engine.storage import changes as _changes
 from ketch.engine.storage.driver import Driver, check_id
 from ketch.engine.storage.vfs import set_label
-from ketch.engine.util import atomic_write, mkdir_all, remove_tree
+from ketch.engine.util import LazyModule, atomic_write, mkdir_all, remove_tree
+
+_changes = LazyModule("ketch.engine.storage.changes")  # layer diffs only: archive, tar
 
 _MAX_LOWERS = 128
 
 
 def _short_name():
-    import base64
-    return base64.b32encode(os.urandom(15)).decode().rstrip("=")
+    # 24 characters as with base32 of 15 bytes, without importing base64 on every create
+    return os.urandom(12).hex().upper()
 
 
 class OverlayDriver(Driver):

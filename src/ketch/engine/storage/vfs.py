@@ -9,9 +9,10 @@ import stat
 
 from ketch.errors import StorageError, describe_oserror
 from ketch.engine import idmap
-from ketch.engine.storage import changes as _changes
 from ketch.engine.storage.driver import Driver, check_id
-from ketch.engine.util import mkdir_all, remove_tree
+from ketch.engine.util import LazyModule, mkdir_all, remove_tree
+
+_changes = LazyModule("ketch.engine.storage.changes")  # layer diffs only: archive, tar
 
 
 def set_label(path, mount_label):
