@@ -479,3 +479,25 @@ def test_fuse_overlayfs_is_refused_by_the_rootful_engine(tmp_path, busybox_tar):
     assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
     assert "storage driver fuse-overlayfs does not work" in p.stderr
     assert not os.path.exists(tmp_path / "s" / "storage-driver")
+
+
+def test_fuse_overlayfs_is_the_choice_where_the_kernel_refuses_overlay_in_the_userns(ru, busybox_tar):
+    """Storage on an overlayfs (a home inside a container): the kernel will not take an
+    overlayfs upper dir for an overlay mounted in a user namespace, fuse-overlayfs does."""
+    top = ru.mkdtemp("ovl")
+    for d in ("l", "u", "w", "m"):
+        os.mkdir(os.path.join(top, d))
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={top}/l,upperdir={top}/u,workdir={top}/w", f"{top}/m"], check=True)
+    try:
+        os.chown(f"{top}/m", ru.uid, ru.gid)
+        e = Eng(ru, f"{top}/m")
+        e("image", "import", busybox_tar, "busybox")
+        assert "Storage Driver: fuse-overlayfs\n" in e("image", "info").stdout
+        out = e("container", "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                "echo x > /new; cat /new; grep -c ' / .*fuse.fuse-overlayfs' /proc/self/mountinfo").stdout
+        assert out.split() == ["x", "1"]
+        assert _fuse_daemons(ru) == []
+    finally:
+        ru.kill_processes()
+        subprocess.run(["umount", "-l", f"{top}/m"], check=True)
