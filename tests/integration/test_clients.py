@@ -22,10 +22,10 @@ import pytest
 
 from conftest import KETCH, RUNC, wait_for
 from support.containerd import Daemon
+from support.podman import IMAGE, Podman, rlimit_flags
 from ketch import busybox
 
 RUNTIMES = {"ketch": KETCH, "runc": RUNC}
-IMAGE = "localhost/busybox:ketch"
 
 
 @pytest.fixture(params=sorted(RUNTIMES))
@@ -74,54 +74,15 @@ def _cgroup_dirs(name_part):
     return found
 
 
-def _rlimit_flags():
-    """Podman asks for RLIMIT_NOFILE/NPROC of 1048576 by default; raising a hard
-    limit needs CAP_SYS_RESOURCE, which a sandboxed host may not grant (runc
-    fails the same way).  Ask for limits below any host's."""
-    return ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-
-
 # ----------------------------------------------------------------------- podman
-
-class Podman:
-    def __init__(self, base):
-        self.base = base
-        for d in ("root", "runroot", "tmp"):
-            os.makedirs(os.path.join(base, d), exist_ok=True)
-
-    def cmd(self, runtime, *args):
-        return ["podman", "--root", f"{self.base}/root", "--runroot", f"{self.base}/runroot",
-                "--tmpdir", f"{self.base}/tmp", "--cgroup-manager", "cgroupfs",
-                "--events-backend", "file", "--storage-driver", "overlay",
-                # The runtime keeps its state in its default root (/run/ketch,
-                # /run/runc): podman's cleanup after the container exits drops
-                # --runtime-flag root=..., so another root would leak state.
-                "--runtime", RUNTIMES[runtime], *args]
-
-    def __call__(self, runtime, *args, check=True, timeout=120, **kw):
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.run(self.cmd(runtime, *args), text=True, timeout=timeout, **kw)
-        if check and p.returncode != 0:
-            raise AssertionError(f"podman ({runtime}) {' '.join(args)} failed ({p.returncode}):\n"
-                                 f"stdout: {p.stdout}\nstderr: {p.stderr}")
-        return p
-
-    def run(self, runtime, *args, **kw):
-        return self(runtime, "run", "--rm", "--network", "none", *_rlimit_flags(), *args, **kw)
-
 
 @pytest.fixture(scope="module")
 def podman_env(image_rootfs):
     if not shutil.which("podman") or not shutil.which("conmon"):
         pytest.skip("podman/conmon not installed (scripts/setup-system installs them)")
     base = tempfile.mkdtemp(prefix="ketch-podman-")
-    pm = Podman(base)
-    archive = os.path.join(base, "busybox.tar")
-    with tarfile.open(archive, "w") as t:
-        t.add(image_rootfs, arcname=".")
-    subprocess.run(pm.cmd("ketch", "import", archive, IMAGE), check=True, capture_output=True)
+    pm = Podman(base, RUNTIMES)
+    pm.import_rootfs(image_rootfs, "ketch")
     yield pm
     for rt in RUNTIMES:
         subprocess.run(pm.cmd(rt, "rm", "-af", "-t", "0"), capture_output=True)
@@ -224,7 +185,7 @@ def test_podman_default_seccomp_profile_init_and_device(podman, runtime):
 
 def test_podman_detach_exec_stop_rm(podman, runtime):
     name = f"d-{runtime}"
-    podman(runtime, "run", "-d", "--name", name, "--network", "none", *_rlimit_flags(), IMAGE,
+    podman(runtime, "run", "-d", "--name", name, "--network", "none", *rlimit_flags(), IMAGE,
            "sleep", "1000")
     try:
         assert podman(runtime, "ps", "--format", "{{.Names}}").stdout.split() == [name]

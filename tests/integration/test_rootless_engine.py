@@ -19,7 +19,8 @@ import pytest
 
 from conftest import KETCH, wait_for
 
-DRIVERS = ["overlay", "vfs"]
+DRIVERS = ["overlay", "fuse-overlayfs", "vfs"]
+OPAQUE_XATTR = {"overlay": "user.overlay.opaque", "fuse-overlayfs": "user.fuseoverlayfs.opaque"}
 
 
 def entry(name, type=tarfile.REGTYPE, data=b"", mode=0o644, uid=0, gid=0):
@@ -196,11 +197,11 @@ def test_import_owns_files_by_mapped_ids_whiteouts_in_the_userns(ru, busybox_tar
     # The user cannot read the 0600 file of a sub-id: the engine did it in the user namespace.
     p = ru.run(["cat", os.path.join(low, "home/u/secret")])
     assert p.returncode != 0 and "Permission denied" in p.stderr
-    if driver == "overlay":
+    if driver != "vfs":
         up = by_content[False]
         wh = os.lstat(os.path.join(up, "gone"))
         assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0 and wh.st_uid == ru.uid
-        assert os.getxattr(os.path.join(up, "opq"), "user.overlay.opaque") == b"y"
+        assert os.getxattr(os.path.join(up, "opq"), OPAQUE_XATTR[driver]) == b"y"
         assert "trusted.overlay.opaque" not in os.listxattr(os.path.join(up, "opq"))
         assert os.stat(os.path.join(up, "opq/new")).st_uid == host_ids(ru, 33)
     else:
@@ -228,7 +229,7 @@ def test_run_exec_logs_stop_commit_rm(eng):
                "echo mine > /data/f; id -u; stat -c %u /data/f").stdout.split() == ["1000", "1000"]
     # From the host: the file the container's uid 1000 wrote belongs to the mapped host id.
     drv = open(os.path.join(eng.store, "storage-driver")).read().strip()
-    layer = os.path.join(eng.store, drv, cid, "diff") if drv == "overlay" else \
+    layer = os.path.join(eng.store, drv, cid, "diff") if drv != "vfs" else \
         os.path.join(eng.store, "vfs", "dir", cid)
     st = os.stat(os.path.join(layer, "data", "f"))
     assert (st.st_uid, st.st_gid) == (host_ids(ru, 1000), host_ids(ru, 1000))
@@ -375,3 +376,128 @@ def test_pull_from_a_loopback_registry_and_run(ru, tmp_path):
         assert motd and all(os.stat(m).st_uid == host_ids(ru, 1000) for m in motd)
     finally:
         reg.stop()
+
+
+# -- fuse-overlayfs ------------------------------------------------------------------------
+
+def _fuse_daemons(ru):
+    return [p for p in ru.processes() if _cmd(p).split(" ")[0].endswith("fuse-overlayfs")]
+
+
+def _host_fuse_mounts():
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if " - fuse" in line]
+
+
+def _tree_state(top):
+    """{relative path: (mode, uid, size, mtime_ns, xattrs)} of a layer directory, read as root."""
+    out = {}
+    for d, dirs, files in os.walk(top):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns,
+                                            sorted(os.listxattr(p, follow_symlinks=False)))
+    return out
+
+
+def _ns(pid, kind):
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def test_fuse_overlayfs_daemon_in_the_users_namespaces_and_gone_with_the_container(ru, busybox_tar):
+    """fuse-overlayfs serves the container's root from the container's user namespace and
+    a mount namespace of its own: never mounted on the host, invisible to the container,
+    lower layers untouched, and no daemon left after stop, run --rm, rm -f of a container
+    whose monitor was killed."""
+    e = Eng(ru, ru.mkdtemp("xdg"), "fuse-overlayfs")
+    e("image", "import", busybox_tar, "busybox")
+    assert "Storage Driver: fuse-overlayfs\n" in e("image", "info").stdout
+    home = os.path.join(e.store, "fuse-overlayfs")
+    lowers = {n: _tree_state(os.path.join(home, n, "diff")) for n in os.listdir(home) if n != "l"}
+    assert len(lowers) == 1
+    assert _fuse_daemons(ru) == []
+    cid = e("container", "run", "-d", "--name", "f1", "--network", "none", "busybox", "sh", "-c",
+            "echo changed >> /etc/passwd; rm /bin/ls; rm -rf /home; mkdir -p /home/n; touch /home/n/f; "
+            "chown 1000 /home/n/f; echo ready; exec sleep 1000").stdout.strip()
+    assert wait_for(lambda: "ready" in e("container", "logs", "f1").stdout, timeout=30)
+    daemons = _fuse_daemons(ru)
+    assert len(daemons) == 1, [_cmd(p) for p in ru.processes()]
+    init = json.loads(e("container", "inspect", "f1").stdout)[0]["State"]["Pid"]
+    d = daemons[0]
+    # The container's user namespace (its maps) is the daemon's; its pid namespace is not.
+    assert _ns(d, "user") == _ns(init, "user") != _ns(os.getpid(), "user")
+    assert _ns(d, "pid") == _ns(os.getpid(), "pid") != _ns(init, "pid")
+    assert _ns(d, "mnt") not in (_ns(os.getpid(), "mnt"), _ns(init, "mnt"))
+    with open(f"/proc/{init}/uid_map") as f:
+        assert f.read().split() == ["0", str(ru.uid), "1", "1", str(ru.subuid[0]), str(ru.subuid[1])]
+    # Mounted in the container's namespace only, and nowhere in the daemon's or the host's.
+    with open(f"/proc/{init}/mountinfo") as f:
+        root = [line for line in f if line.split()[4] == "/"]
+    assert root and root[-1].split(" - ")[1].startswith("fuse.fuse-overlayfs "), root
+    assert _host_fuse_mounts() == []
+    with open(f"/proc/{d}/mountinfo") as f:
+        assert " - fuse" not in f.read()
+    # The container sees its own processes only.
+    ps = e("container", "exec", "f1", "ps", "-o", "pid,args").stdout
+    assert "fuse" not in ps and "sleep 1000" in ps
+    # Writes went to the container's layer; the image's layer is as it was.
+    for n, state in lowers.items():
+        assert _tree_state(os.path.join(home, n, "diff")) == state
+    upper = os.path.join(home, cid, "diff")
+    with open(os.path.join(upper, "etc", "passwd")) as f:
+        assert f.read().endswith("changed\n")
+    wh = os.lstat(os.path.join(upper, "bin", "ls"))
+    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+    assert os.stat(os.path.join(upper, "home", "n", "f")).st_uid == host_ids(ru, 1000)
+    # The commit holds the change, the deletion and the opaque directory.
+    e("container", "stop", "-t", "0", "f1")
+    assert _fuse_daemons(ru) == [], "the daemon outlived stop"  # stop waits for the monitor, which waits for it
+    e("container", "commit", "f1", "fused:1")
+    out = e("container", "run", "--rm", "--network", "none", "fused:1", "sh", "-c",
+            "tail -1 /etc/passwd; ls /bin/ls 2>&1; ls /home; stat -c %u /home/n/f").stdout
+    assert out.splitlines()[0] == "changed" and "No such file" in out.splitlines()[1]
+    assert out.splitlines()[2:] == ["n", "1000"], out
+    assert _fuse_daemons(ru) == []  # run --rm waited for its daemon
+    # A killed monitor: the container and its daemon run on; rm -f ends both.
+    e("container", "start", "f1")
+    assert wait_for(lambda: len(_fuse_daemons(ru)) == 1, timeout=30)
+    rec = json.loads(e("container", "inspect", "f1").stdout)[0]
+    mon = rec["State"]["MonitorPid"]
+    assert mon in ru.processes()
+    os.kill(mon, 9)
+    assert wait_for(lambda: mon not in ru.processes(), timeout=10)
+    assert e("container", "exec", "f1", "cat", "/etc/hostname").stdout.strip() == rec["Config"]["Hostname"]
+    e("container", "rm", "-f", "f1")
+    assert _fuse_daemons(ru) == [] and _host_fuse_mounts() == []
+    e("image", "rm", "fused:1")
+
+
+def test_fuse_overlayfs_is_refused_by_the_rootful_engine(tmp_path, busybox_tar):
+    p = subprocess.run([KETCH, "image", "import", "--storage-root", str(tmp_path / "s"), "--storage-driver",
+                        "fuse-overlayfs", busybox_tar, "busybox"], capture_output=True, text=True)
+    assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
+    assert "storage driver fuse-overlayfs does not work" in p.stderr
+    assert not os.path.exists(tmp_path / "s" / "storage-driver")
+
+
+def test_fuse_overlayfs_is_the_choice_where_the_kernel_refuses_overlay_in_the_userns(ru, busybox_tar):
+    """Storage on an overlayfs (a home inside a container): the kernel will not take an
+    overlayfs upper dir for an overlay mounted in a user namespace, fuse-overlayfs does."""
+    top = ru.mkdtemp("ovl")
+    for d in ("l", "u", "w", "m"):
+        os.mkdir(os.path.join(top, d))
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={top}/l,upperdir={top}/u,workdir={top}/w", f"{top}/m"], check=True)
+    try:
+        os.chown(f"{top}/m", ru.uid, ru.gid)
+        e = Eng(ru, f"{top}/m")
+        e("image", "import", busybox_tar, "busybox")
+        assert "Storage Driver: fuse-overlayfs\n" in e("image", "info").stdout
+        out = e("container", "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                "echo x > /new; cat /new; grep -c ' / .*fuse.fuse-overlayfs' /proc/self/mountinfo").stdout
+        assert out.split() == ["x", "1"]
+        assert _fuse_daemons(ru) == []
+    finally:
+        ru.kill_processes()
+        subprocess.run(["umount", "-l", f"{top}/m"], check=True)

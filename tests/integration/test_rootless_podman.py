@@ -1,11 +1,12 @@
 """Rootless podman drives ketch: podman run by the unprivileged test user
 (tests/rootless.py) with --runtime pointing at ketch, and at runc on the same
 scenarios.  The scenarios are the rootful ones of test_clients.py that
-rootless podman supports on this host: storage under the user's home (vfs:
-/dev/fuse is root's here, so no fuse-overlayfs), cgroupfs on cgroup v1, so
-no cgroup for the container at all (limits and pause are not available,
-with either runtime), network none.  The image is imported from a tar the
-test builds: no registry.
+rootless podman supports on this host: storage under the user's home (vfs,
+and overlay through fuse-overlayfs, podman's own rootless mount program),
+cgroupfs on cgroup v1, so no cgroup for the container at all (limits and
+pause are not available, with either runtime), network none, and
+slirp4netns with a port published on loopback.  The image is imported from
+a tar the test builds: no registry.
 
 Rootless podman runs the runtime as root of its own user namespace (the
 user's id and its /etc/subuid range): ketch sees euid 0 in a user namespace
@@ -15,39 +16,18 @@ the cgroups it may not create.
 
 import os
 import shutil
+import socket
+import stat
 import subprocess
-import tarfile
 import time
 
 import pytest
 
 from conftest import KETCH, RUNC, wait_for
 from ketch import busybox
-from test_clients import _rlimit_flags, IMAGE
+from support.podman import IMAGE, Podman, rlimit_flags
 
 RUNTIMES = {"ketch": KETCH, "runc": RUNC}
-
-
-class RootlessPodman:
-    def __init__(self, user, base):
-        self.user = user
-        self.base = base
-
-    def cmd(self, runtime, *args):
-        return ["podman", "--root", f"{self.base}/root", "--runroot", f"{self.base}/runroot",
-                "--tmpdir", f"{self.base}/tmp", "--cgroup-manager", "cgroupfs",
-                "--events-backend", "file", "--storage-driver", "vfs",
-                "--runtime", RUNTIMES[runtime], *args]
-
-    def __call__(self, runtime, *args, check=True, timeout=120, input=None):
-        p = self.user.run(self.cmd(runtime, *args), timeout=timeout, input=input)
-        if check and p.returncode != 0:
-            raise AssertionError(f"rootless podman ({runtime}) {' '.join(args)} failed "
-                                 f"({p.returncode}):\nstdout: {p.stdout}\nstderr: {p.stderr}")
-        return p
-
-    def run(self, runtime, *args, **kw):
-        return self(runtime, "run", "--rm", "--network", "none", *_rlimit_flags(), *args, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +40,8 @@ def podman_rl(rootless_user):
     os.makedirs(base)
     rootfs = os.path.join(base, "rootfs")
     busybox.make_rootfs(rootfs)
-    archive = os.path.join(base, "busybox.tar")
-    with tarfile.open(archive, "w") as t:
-        t.add(rootfs, arcname=".")
-    u.chown_tree(base)
-    pm = RootlessPodman(u, base)
-    pm("ketch", "import", archive, IMAGE)
+    pm = Podman(base, RUNTIMES, storage_driver="vfs", user=u)
+    pm.import_rootfs(rootfs, "ketch")
     yield pm
     for rt in RUNTIMES:
         pm(rt, "rm", "-af", "-t", "0", check=False)
@@ -186,7 +162,7 @@ def test_memory_limit_is_not_applied_on_cgroup_v1(podman, runtime):
 def test_detach_exec_stop_rm(podman, runtime):
     u = podman.user
     name = f"d-{runtime}"
-    podman(runtime, "run", "-d", "--name", name, "--network", "none", *_rlimit_flags(), IMAGE,
+    podman(runtime, "run", "-d", "--name", name, "--network", "none", *rlimit_flags(), IMAGE,
            "sleep", "1000")
     try:
         assert podman(runtime, "ps", "--format", "{{.Names}}").stdout.split() == [name]
@@ -217,3 +193,112 @@ def test_detach_exec_stop_rm(podman, runtime):
     finally:
         podman(runtime, "rm", "-f", "-t", "0", name, check=False)
     assert podman(runtime, "ps", "-aq").stdout.split() == []
+
+
+# -- fuse-overlayfs storage, slirp4netns networking ---------------------------------------
+
+@pytest.fixture(scope="module")
+def podman_fuse(rootless_user):
+    """Rootless podman on overlay storage mounted by fuse-overlayfs (in podman's user
+    namespace, as podman does without kernel overlay)."""
+    if not shutil.which("podman") or not shutil.which("fuse-overlayfs"):
+        pytest.skip("podman/fuse-overlayfs not installed (scripts/setup-system installs them)")
+    u = rootless_user
+    base = os.path.join(u.home, "podman-fuse-test")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    rootfs = os.path.join(base, "rootfs")
+    busybox.make_rootfs(rootfs)
+    pm = Podman(base, RUNTIMES, storage_driver="overlay", user=u,
+                storage_opts=["overlay.mount_program=" + shutil.which("fuse-overlayfs")])
+    pm.import_rootfs(rootfs, "ketch")
+    yield pm
+    for rt in RUNTIMES:
+        pm(rt, "rm", "-af", "-t", "0", check=False)
+    pm("ketch", "rmi", "-af", check=False)
+    u.cleanup()
+    subprocess.run(["rm", "-rf", base], check=False)
+
+
+def _cmd(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _running(user, tool):
+    return [p for p in user.processes() if _cmd(p).split(" ")[0].endswith(tool)]
+
+
+def test_fuse_overlayfs_storage(podman_fuse, runtime):
+    """The container's root is podman's fuse-overlayfs mount; what the container writes
+    lands in its upper dir under the mapped ids; commit and rm work; no daemon is left."""
+    pm = podman_fuse
+    u = pm.user
+    p = pm.run(runtime, IMAGE, "sh", "-c", "echo hi > /x; cat /x; awk '$5 == \"/\"' /proc/self/mountinfo")
+    out = p.stdout.splitlines()
+    assert out[0] == "hi" and " - fuse.fuse-overlayfs " in out[-1], p.stdout
+    name = f"fuse-{runtime}"
+    pm(runtime, "run", "-d", "--name", name, "--network", "none", *rlimit_flags(), IMAGE, "sleep", "1000")
+    try:
+        pm(runtime, "exec", name, "sh", "-c", "mkdir /data; echo mine > /data/f; chown 1000:1000 /data/f; "
+           "rm /bin/ls")
+        upper = pm(runtime, "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", name).stdout.strip()
+        st = os.stat(os.path.join(upper, "data", "f"))
+        assert (st.st_uid, st.st_gid) == (u.subuid[0] + 999, u.subgid[0] + 999)
+        wh = os.lstat(os.path.join(upper, "bin", "ls"))
+        assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+        pm(runtime, "stop", "-t", "0", name)
+        pm(runtime, "commit", "-q", name, f"localhost/fused:{runtime}")
+        out = pm.run(runtime, f"localhost/fused:{runtime}", "sh", "-c",
+                     "stat -c %u /data/f; cat /data/f; ls /bin/ls 2>&1; true").stdout.splitlines()
+        assert out[:2] == ["1000", "mine"] and "No such file" in out[2], out
+    finally:
+        pm(runtime, "rm", "-f", "-t", "0", name, check=False)
+        pm(runtime, "rmi", "-f", f"localhost/fused:{runtime}", check=False)
+    assert wait_for(lambda: _running(u, "fuse-overlayfs") == [], timeout=30), \
+        [_cmd(x) for x in _running(u, "fuse-overlayfs")]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return data.decode(errors="replace")
+                data += chunk
+    except OSError:
+        return None
+
+
+def test_slirp4netns_publish_to_loopback(podman, runtime):
+    """--network slirp4netns with -p on 127.0.0.1: the container's httpd answers on the
+    host's loopback; slirp4netns and the port go with the container."""
+    u = podman.user
+    port = _free_port()
+    name = f"web-{runtime}"
+    podman(runtime, "run", "-d", "--name", name, "--network", "slirp4netns", "-p", f"127.0.0.1:{port}:80",
+           *rlimit_flags(), IMAGE, "sh", "-c",
+           "mkdir /w; echo hello-$(hostname) > /w/index.html; exec httpd -f -p 80 -h /w")
+    try:
+        assert _running(u, "slirp4netns"), "no slirp4netns"
+        reply = wait_for(lambda: _get(port), timeout=30)
+        assert reply and reply.startswith("HTTP/1.") and "hello-" in reply, reply
+        addr = podman(runtime, "exec", name, "ip", "-4", "-o", "addr", "show").stdout
+        assert "10.0.2.100/24" in addr, addr
+        podman(runtime, "stop", "-t", "0", name)
+    finally:
+        podman(runtime, "rm", "-f", "-t", "0", name, check=False)
+    assert wait_for(lambda: _running(u, "slirp4netns") == [], timeout=30)
+    assert wait_for(lambda: _get(port) is None, timeout=30), "the published port outlived the container"

@@ -461,3 +461,27 @@ def test_delegated_cgroup_v2_is_used(rt, rl, delegated):
     finally:
         as_user("delete", "--force", "g1")
     assert not os.path.exists(os.path.join(delegated, "c1"))
+
+
+def test_delegated_cgroup_v2_limit_on_a_missing_controller_is_one_line(rt, rl, delegated):
+    """This host's cgroup v2 hierarchy has no controllers (hybrid: they are all v1's), so
+    a limit cannot be applied even where v2 is delegated: one line, nothing left (no
+    cgroup, no state, no process).  runc's rootless mode fails too (it makes v1 cgroups)."""
+    with open(os.path.join(UNIFIED, "cgroup.controllers")) as f:
+        if "memory" in f.read().split():
+            pytest.skip("the memory controller is on cgroup v2 here")
+    b = make_bundle(rl, rt.name)
+    b.config["linux"]["cgroupsPath"] = "/ketchrl-delegated/c2"
+    b.config["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    b.args("true").write()
+    argv = ["sh", "-c", f'echo $$ > {delegated}/cgroup.procs && exec "$@"', "sh",
+            *rl.argv(rt.argv("run", "g2"))]
+    p = subprocess.run(argv, env=rl.env(), cwd=b.path, text=True, capture_output=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode != 0
+    if rt.name == "ketch":
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "memory" in lines[0], p.stderr
+    assert rt.ids() == []
+    assert not os.path.exists(os.path.join(delegated, "c2"))
+    assert [x for x in rl.processes() if x != os.getpid()] == []

@@ -230,3 +230,31 @@ def test_plan_of_a_user_namespace_container_masks_with_the_bound_dev_null(tmp_pa
     steps = rootfs.plan(config, str(tmp_path))
     assert "mount /dev/null on /dev/null (type bind, flags bind)" in steps
     assert any(s.startswith("mount /dev/null on /proc/") for s in steps)
+
+
+def test_a_tree_another_process_holds_is_attached_in_a_user_namespace(root, tmp_path):
+    """/proc/PID/fd/N naming a detached mount (the rootless engine's fuse-overlayfs rootfs):
+    attached itself on "/", since the kernel copies a detached tree only into the mount
+    namespace that made it; without a user namespace it stays an ordinary bind."""
+    src = tmp_path / "held"
+    src.mkdir()
+    fd = os.open(str(src), os.O_PATH | os.O_CLOEXEC)
+    held = f"/proc/{os.getpid()}/fd/{fd}"
+    try:
+        for userns in (True, False):
+            fake = FakeSyscalls(root)
+            extra = [{"type": "user"}] if userns else []
+            config = rootfs_util.make_config(mounts=[
+                {"destination": "/", "type": "bind", "source": held, "options": ["rbind"]}])
+            config["linux"]["namespaces"] += extra
+            rootfs.prepare(config, os.path.dirname(root), root, sys=fake)
+            calls = [c for c in fake.calls if held in c]
+            if userns:
+                assert calls == [("attach_tree", root, held)], fake.calls[:8]
+            else:
+                assert calls and calls[0][0] == "mount" and not [c for c in calls if c[0] == "attach_tree"]
+    finally:
+        os.close(fd)
+    for bad in ("/proc/self/fd/3", "/proc/1/fd/x", "/proc/1/fd/3/..", "/srv/proc/1/fd/3", "/proc/1/fdinfo/3"):
+        assert not rootfs._held_tree(bad)
+    assert rootfs._held_tree("/proc/12/fd/3")

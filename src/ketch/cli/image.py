@@ -12,7 +12,7 @@ NARGS = (0, None)
 STORE_FLAGS = [
     Flag(("--storage-root",), "str", default="",
          help="engine storage directory (default $KETCH_STORAGE_ROOT or /var/lib/ketch)"),
-    Flag(("--storage-driver",), "str", default="", help="layer storage driver: overlay or vfs"),
+    Flag(("--storage-driver",), "str", default="", help="layer storage driver: overlay, fuse-overlayfs (rootless) or vfs"),
 ]
 FLAGS = list(STORE_FLAGS)
 

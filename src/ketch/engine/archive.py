@@ -28,9 +28,10 @@ images need.  So layers are extracted here, entry by entry:
   character device and the ``trusted.overlay.opaque`` xattr.
 * setuid/setgid/sticky bits, owners (shifted by the uid/gid maps), xattrs
   (PAX ``SCHILY.xattr.*`` and libarchive's ``LIBARCHIVE.xattr.*``), device
-  numbers and times are kept.  ``trusted.overlay.*`` and ``user.overlay.*``
-  xattrs from an archive are dropped: they would let a layer forge overlayfs
-  metadata (a rootless overlay mount reads ``user.overlay.*``, "userxattr").
+  numbers and times are kept.  ``trusted.overlay.*``, ``user.overlay.*`` and
+  ``user.fuseoverlayfs.*`` xattrs from an archive are dropped: they would let a
+  layer forge overlayfs metadata (a rootless overlay mount reads
+  ``user.overlay.*``, "userxattr"; fuse-overlayfs reads all three).
 """
 
 import errno
@@ -148,7 +149,7 @@ def split_name(name, what="layer entry"):
     return parts
 
 
-OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
 def _xattrs_of(member):

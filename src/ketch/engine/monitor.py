@@ -236,6 +236,9 @@ def run(params, status_fd, store):
         if settings is not None:
             store.set_network_settings(cid, settings)
         trace("monitor: network up")
+        # fuse-overlayfs: its daemon, and the bundle pointed at it (engine/storage/fuse.py)
+        start_rootfs = getattr(store.driver, "start_rootfs", None)
+        release = start_rootfs(cid, store.bundle_dir(cid)) if start_rootfs else None
         opts = rt.CreateOptions(bundle=store.bundle_dir(cid), detach=True)
         if tty:
             import socket
@@ -256,6 +259,8 @@ def run(params, status_fd, store):
             os.dup2(my_err, 2)
             if tty:
                 child.close()
+            if release is not None:
+                release()
         pid = c.pid
         pid_start = proc_start_time(pid)[0]
         if "usernet" in (rec.get("KetchNetwork") or {}):  # rootless: slirp4netns/pasta, for our lifetime

@@ -181,6 +181,10 @@ class PlanningSyscalls(Syscalls):
     def mount_idmapped(self, source, target, recursive, userns_fd, attr_set=0, attr_clr=0):
         self.record(f"mount idmapped {'r' if recursive else ''}bind {self.show(source)} on {self.show(target)}")
 
+    def open_held_tree(self, path):
+        self.record(f"open the detached mount tree {path}")
+        return Handle(None, path)
+
     def attach_tree(self, tree, target):
         self.record(f"mount the runtime's copy of {self.show(tree)} on {self.show(target)}")
 

@@ -144,6 +144,8 @@ class Syscalls:
 
     def attach_tree(self, tree, target):
         """Attach the detached mount tree `tree` (a Handle on an open_tree fd) on `target`."""
+        if self._rootfd is not None and _shown(target) == self._rootfd[0]:
+            self._forget_root()  # a tree on the root itself hides what the fd names
         # move_mount does not follow a /proc/self/fd magic link: attach on the fd itself
         _libc.move_mount(tree.fd, "", target.fd, "", _libc.MOVE_MOUNT_F_EMPTY_PATH | _libc.MOVE_MOUNT_T_EMPTY_PATH)
 
@@ -300,6 +302,10 @@ class Syscalls:
     def release(self, handle):
         if isinstance(handle, Handle) and handle.fd is not None:
             os.close(handle.fd)
+
+    def open_held_tree(self, path):
+        """A Handle on what /proc/PID/fd/N `path` names (followed: a detached mount tree)."""
+        return Handle(os.open(path, O_PATH | os.O_CLOEXEC), path)
 
     def open_source(self, path, kind, fd=None):
         """A Handle on the bind source `path` (or on `fd`, an O_PATH fd the

@@ -170,7 +170,7 @@ def _setup(ctx, sock):
         with Step("apply sysctl"):
             from ..linux import sysctl
 
-            sysctl.apply(linux["sysctl"], nsmap, proc=ctx.proc)
+            sysctl.apply(linux["sysctl"], proc=ctx.proc)  # validated by the runtime before the fork
 
     with Step("finalize rootfs"):
         rootfs.finalize(cfg)

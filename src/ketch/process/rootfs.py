@@ -382,8 +382,25 @@ def _mount_simple(eng, m, host, **_):
     eng.finish(m, host)
 
 
+def _held_tree(source):
+    """Whether a bind source names another process's fd (/proc/PID/fd/N)."""
+    parts = source.split("/")
+    return len(parts) == 5 and parts[:2] == ["", "proc"] and parts[2].isdigit() and parts[3] == "fd" \
+        and parts[4].isdigit()
+
+
 def _mount_bind(eng, m, host, userns=False, **_):
     sys = eng.sys
+    if userns and _held_tree(m.source) and not m.opts.extensions & {"idmap", "ridmap"}:
+        # A detached mount (open_tree) that another process of our user namespace holds:
+        # the kernel copies such a tree only into the mount namespace that made it, so it
+        # is attached itself (the rootless engine's fuse-overlayfs rootfs comes so).
+        tree = eng.step(f"open {m.source}", sys.open_held_tree, m.source)
+        try:
+            _mount_tree(eng, m, host, tree)
+        finally:
+            sys.release(tree)
+        return
     try:
         st = sys.stat(m.source)
     except OSError as e:

@@ -332,6 +332,13 @@ def create(store, cid, opts, _keep_lock=False, config=None):
     if config is None:
         config = spec.load(bundle)
     _check_bundle(config, bundle)
+    linux = config.get("linux") or {}
+    if linux.get("sysctl"):
+        # Here, not in the init: a netns path (podman's) resolves in the runtime's
+        # mount namespace only, and /proc/self/ns/net is still the runtime's own.
+        from ..linux import sysctl
+
+        sysctl.validate(linux["sysctl"], linux.get("namespaces") or ())
     plan = None
     if os.geteuid() != 0:
         from . import rootless

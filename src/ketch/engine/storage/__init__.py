@@ -16,9 +16,10 @@ from ketch.errors import StorageError
 
 DRIVERS = {
     "overlay": ("ketch.engine.storage.overlay", "OverlayDriver"),
+    "fuse-overlayfs": ("ketch.engine.storage.fuse", "FuseOverlayDriver"),
     "vfs": ("ketch.engine.storage.vfs", "VfsDriver"),
 }
-PRIORITY = ("overlay", "vfs")
+PRIORITY = ("overlay", "fuse-overlayfs", "vfs")
 DRIVER_FILE = "storage-driver"
 def driver_class(name):
     try:

@@ -28,6 +28,40 @@ _changes = LazyModule("ketch.engine.storage.changes")  # layer diffs only: archi
 _MAX_LOWERS = 128
 
 
+def probe(home, mount, filesystem="overlay", namespace=None):
+    """Whether a two-lower overlay works on the filesystem of `home`: the one probe of
+    every overlay driver.  `filesystem` must be in /proc/filesystems; `namespace`, if
+    given, runs first (a mount namespace of our own, in the user namespace the caller
+    made, for a rootless driver); `mount(lowers, upper, work, target)` mounts the stack
+    its own way and unmounts it, raising OSError where it cannot."""
+    try:
+        with open("/proc/filesystems") as f:
+            if not any(line.split()[-1:] == [filesystem] for line in f):
+                return False
+        if namespace is not None:
+            namespace()
+    except OSError:
+        return False
+    import tempfile
+    parent = home
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    try:
+        d = tempfile.mkdtemp(prefix=".overlay-probe-", dir=parent)
+    except OSError:
+        return False
+    try:
+        for sub in ("l1", "l2", "u", "w", "m"):
+            os.mkdir(os.path.join(d, sub))
+        try:
+            mount([f"{d}/l1", f"{d}/l2"], f"{d}/u", f"{d}/w", f"{d}/m")
+        except OSError:
+            return False
+        return True
+    finally:
+        remove_tree(d)
+
+
 def _short_name():
     # 24 characters as with base32 of 15 bytes, without importing base64 on every create
     return os.urandom(12).hex().upper()
@@ -42,33 +76,13 @@ class OverlayDriver(Driver):
         """overlayfs is in the kernel and a two-lower mount works on home's filesystem."""
         if os.geteuid() != 0:
             return False
-        try:
-            with open("/proc/filesystems") as f:
-                if not any(line.split()[-1:] == ["overlay"] for line in f):
-                    return False
-        except OSError:
-            return False
-        import tempfile
         from ketch.linux import libc as _libc
-        parent = home
-        while not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        try:
-            probe = tempfile.mkdtemp(prefix=".overlay-probe-", dir=parent)
-        except OSError:
-            return False
-        try:
-            for d in ("l1", "l2", "u", "w", "m"):
-                os.mkdir(os.path.join(probe, d))
-            data = f"lowerdir={probe}/l1:{probe}/l2,upperdir={probe}/u,workdir={probe}/w"
-            try:
-                _libc.mount("overlay", f"{probe}/m", "overlay", 0, data)
-            except OSError:
-                return False
-            _libc.umount2(f"{probe}/m", 0)
-            return True
-        finally:
-            remove_tree(probe)
+
+        def mount(lowers, upper, work, target):
+            _libc.mount("overlay", target, "overlay", 0,
+                        f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
+            _libc.umount2(target, 0)
+        return probe(home, mount)
 
     def _dir(self, layer_id):
         return os.path.join(self.home, check_id(layer_id))

@@ -14,10 +14,19 @@ import os
 
 from ketch.errors import KetchError, StorageError
 from ketch.engine.storage.driver import Driver
-from ketch.engine.storage.overlay import OverlayDriver
+from ketch.engine.storage.overlay import OverlayDriver, probe as probe_overlay
 
 
 _MS_REC_PRIVATE = 0x4000 | 0x40000  # MS_REC | MS_PRIVATE: our mounts never propagate out
+
+
+def private_mount_namespace():
+    """A mount namespace of our own (in the user namespace we run in) whose mounts never
+    propagate to the host's."""
+    from ketch.linux import libc
+    from ketch.linux.namespaces import CLONE_NEWNS
+    libc.unshare(CLONE_NEWNS)
+    libc.mount("none", "/", None, _MS_REC_PRIVATE)
 
 
 class UsernsDriver(Driver):
@@ -42,7 +51,7 @@ class UsernsDriver(Driver):
         self._call("create", layer_id, parent, mount_label, storage_opt)
 
     def remove(self, layer_id):
-        self.inner.put(layer_id)
+        self.put(layer_id)
         self._call("remove", layer_id)
 
     def get(self, layer_id, mount_label=""):
@@ -71,6 +80,43 @@ class UsernsDriver(Driver):
             child.p.stdin.close()
             child.p.stdout.close()
             child.result()
+        wait = getattr(self.inner, "wait_daemon", None)
+        if wait is not None:
+            wait(layer_id)
+
+    def start_rootfs(self, layer_id, bundle_dir):
+        """fuse-overlayfs: start the layer's daemon for the container about to be created
+        from `bundle_dir` and point the bundle at it (engine/storage/fuse.py).  Returns a
+        callable to run once the runtime's create returned (the holder exits), or None."""
+        if not getattr(self.inner, "fuse", False) or self.inner.stack(layer_id) is None:
+            return None
+        import subprocess
+        from ketch.linux.procfs import proc_start_time
+        self.put(layer_id)  # a daemon of an earlier start that is still going
+        child = self._child("hold", [layer_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+        def release():
+            child.p.stdin.close()
+            child.p.stdout.close()
+            child.result()
+        try:
+            line = child.p.stdout.readline().split()
+            if len(line) != 2:
+                release()  # raises the holder's error
+                raise StorageError(f"layer {layer_id}: the fuse-overlayfs holder exited")
+            daemon, fd = (int(x) for x in line)
+            from ketch.engine.util import atomic_write
+            atomic_write(self.inner.pid_file(layer_id), f"{daemon} {proc_start_time(daemon)[0]}\n")
+            self.inner.patch_bundle(bundle_dir, child.p.pid, fd)
+        except BaseException:
+            if child.p.returncode is None and not child.p.stdin.closed:
+                try:
+                    release()
+                except StorageError:
+                    pass
+            self.put(layer_id)
+            raise
+        return release
 
     def rootfs_mount(self, layer_id):
         """(root.path, the mount to put first in config.json or None): where the layer
@@ -85,7 +131,9 @@ class UsernsDriver(Driver):
         return self.inner.ids()
 
     def status(self):
-        extra = [("Mounted", "by the runtime in the container's user namespace (userxattr)")] \
+        extra = [("Mounted", "by fuse-overlayfs in the container's user namespace")] \
+            if getattr(self.inner, "fuse", False) else \
+            [("Mounted", "by the runtime in the container's user namespace (userxattr)")] \
             if hasattr(self.inner, "rootfs_mount") else []
         return self.inner.status() + extra + [("Layer steps", "in a user namespace (newuidmap/newgidmap)")]
 
@@ -134,37 +182,13 @@ class RootlessOverlayDriver(OverlayDriver):
     @classmethod
     def supported(cls, home):
         """In a user namespace: a two-lower userxattr mount works on home's filesystem."""
-        import tempfile
         from ketch.linux import libc
-        from ketch.linux.namespaces import CLONE_NEWNS
-        from ketch.engine.util import remove_tree
-        try:
-            with open("/proc/filesystems") as f:
-                if not any(line.split()[-1:] == ["overlay"] for line in f):
-                    return False
-            libc.unshare(CLONE_NEWNS)
-            libc.mount("none", "/", None, _MS_REC_PRIVATE)
-        except OSError:
-            return False
-        parent = home
-        while not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        try:
-            probe = tempfile.mkdtemp(prefix=".overlay-probe-", dir=parent)
-        except OSError:
-            return False
-        try:
-            for d in ("l1", "l2", "u", "w", "m"):
-                os.mkdir(os.path.join(probe, d))
-            try:
-                libc.mount("overlay", f"{probe}/m", "overlay", 0,
-                           f"lowerdir={probe}/l1:{probe}/l2,upperdir={probe}/u,workdir={probe}/w,userxattr")
-            except OSError:
-                return False
-            libc.umount2(f"{probe}/m", 0)
-            return True
-        finally:
-            remove_tree(probe)
+
+        def mount(lowers, upper, work, target):
+            libc.mount("overlay", target, "overlay", 0,
+                       f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},userxattr")
+            libc.umount2(target, 0)
+        return probe_overlay(home, mount, namespace=private_mount_namespace)
 
     def get(self, layer_id, mount_label=""):
         if self.rootfs_mount(layer_id) is None:
@@ -227,11 +251,9 @@ def hold_view(home, layer_id):
     hold it (the parent reads it through /proc/PID/root) until stdin closes."""
     import sys
     from ketch.linux import libc
-    from ketch.linux.namespaces import CLONE_NEWNS
     drv = RootlessOverlayDriver(home)
     m = drv.rootfs_mount(layer_id)
-    libc.unshare(CLONE_NEWNS)
-    libc.mount("none", "/", None, _MS_REC_PRIVATE)
+    private_mount_namespace()
     libc.mount("overlay", drv.merged(layer_id), "overlay", 0, ",".join(m["options"]))
     sys.stdout.buffer.write(b"r")
     sys.stdout.buffer.flush()
@@ -267,9 +289,11 @@ def run_step(cls_path, home, method, args):
     import importlib
     import sys
     module, name = cls_path.split(":")
-    if method == "hold_view":
-        return hold_view(home, *args)
-    drv = getattr(importlib.import_module(module), name)(home)
+    cls = getattr(importlib.import_module(module), name)
+    if method in ("hold_view", "hold"):
+        own = getattr(cls, method, None)  # fuse-overlayfs serves its own (engine/storage/fuse.py)
+        return own(home, *args) if own is not None else hold_view(home, *args)
+    drv = cls(home)
     if method == "apply_diff":
         stdin = sys.stdin.buffer
         size = drv.apply_diff(args[0], args[1], stdin)
