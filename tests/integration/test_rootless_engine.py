@@ -106,6 +106,8 @@ def busybox_tar():
 @pytest.fixture
 def ru(rootless_user):
     yield rootless_user
+    # A `run --rm` returns before its monitor has unmounted and removed the layer: give it time.
+    wait_for(lambda: not rootless_user.processes() and not rootless_user.mounts(), timeout=15)
     leftover = rootless_user.processes(), rootless_user.mounts()
     rootless_user.cleanup()
     assert leftover == ([], []), f"the rootless engine left processes/mounts: {leftover}"
