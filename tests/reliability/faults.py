@@ -117,6 +117,7 @@ class Env:
         self._n = 0
         self._image = False
         self.seen = set()
+        self.rounds = []  # (what, ids) of each round run, for late_leaks
         os.makedirs(self.bundle)
         from ketch import busybox
         from ketch.spec.default import default_spec
@@ -435,7 +436,18 @@ for _s in SCENARIOS.values():
 # traced process that reaches that occurrence: the point (name, N) is
 # taken from a child's list, and may hit the parent or a sibling too.
 MODES = ("kill", "error", "ckill", "cerror")
-_EXIT = re.compile(r"^(\d+) \+\+\+ (?:exited with (\d+)|killed by (SIG\w+))")
+# strace -f writes each line's pid left-justified in a column five wide
+# ("%-5d "): a pid below 10000 is followed by two spaces, a longer one by
+# one.  Parsing with a single space read no exit status and no child calls
+# whenever the pids were short -- the "unreliable" child modes.
+_PID = re.compile(r"^(\d+)\s+(.*)$", re.S)
+_EXIT = re.compile(r"^(\d+)\s+\+\+\+ (?:exited with (\d+)|killed by (SIG\w+))")
+
+
+def split_pid(line):
+    """(pid, rest of the line) of a ``strace -f`` line; pid None if it has none."""
+    m = _PID.match(line)
+    return (m.group(1), m.group(2)) if m else (None, line)
 
 
 def traced(env, argv, out, inject=None):
@@ -464,12 +476,12 @@ def traced(env, argv, out, inject=None):
             elif _gone(main):
                 # strace writes the exit line once it has reaped ketch: wait for
                 # it (a loaded machine can take seconds), then let go of the rest.
-                mark = f"{main} +++ ".encode()
+                mark = re.compile(rb"^%d\s+\+\+\+ " % main, re.M)
                 until = time.monotonic() + 15
                 while p.poll() is None and time.monotonic() < until:
                     try:
                         with open(out, "rb") as f:
-                            if mark in f.read():
+                            if mark.search(f.read()):
                                 break
                     except OSError:
                         pass
@@ -492,7 +504,7 @@ def traced(env, argv, out, inject=None):
     with open(out, errors="replace") as f:
         for line in f:
             if first is None:
-                first = line.split(" ", 1)[0]
+                first = split_pid(line)[0]
             m = _EXIT.match(line)
             if m and m.group(1) == first:
                 rc = int(m.group(2)) if m.group(2) is not None else -_signum(m.group(3))
@@ -530,7 +542,7 @@ def child_points(env, scenario):
     seen, main, points, done = {}, None, [], set()
     with open(out, errors="replace") as f:
         for line in f:
-            pid, _, rest = line.partition(" ")
+            pid, rest = split_pid(line)
             if main is None:
                 main = pid
             if rest.startswith("<..."):
@@ -681,9 +693,23 @@ def run_point(env, scenario, points, index, mode):
     if left:
         problems.append(f"left {left}")
         env.scrub(allids)
+    env.rounds.append((f"{scenario.name}: {what}", allids))
     if problems:
         return f"{scenario.name}: {what}: " + "; ".join(problems)
     return None
+
+
+def late_leaks(env, last=None):
+    """Cgroups of earlier rounds that appeared after their round was checked
+    (a process still running when the round ended could make one later):
+    [failure description], and removed."""
+    out = []
+    for what, ids in env.rounds[-last:] if last else env.rounds:
+        late = leaks.cgroup_dirs(ids)
+        if late:
+            out.append(f"{what}: left, after its round was checked, {late}")
+            env.scrub(ids)
+    return out
 
 
 STATS = {}  # (scenario, mode) -> rounds run, for the summary
@@ -718,9 +744,16 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
                     STATS[key] = STATS.get(key, 0) + 1
                     if f:
                         failures.append(f)
+                    # The rounds before this one: anything they left since.
+                    failures.extend(late_leaks(env, last=20))
                     if log:
                         inj, rc, line = getattr(env, "last", ("", 0, ""))
                         log(f"{sname} {mode} call {i + 1}/{len(pts)} [{inj} -> rc {rc} {line}]: {f or 'ok'}")
+        if rounds:
+            # Whatever a process of the last rounds could still be doing
+            # (every ketch process of theirs is gone, or was reported).
+            time.sleep(1)
+            failures.extend(late_leaks(env))
     finally:
         if own:
             env.close()
