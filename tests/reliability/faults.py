@@ -48,7 +48,7 @@ STRACE = shutil.which("strace") or "/usr/bin/strace"
 # used for a point, rotating by occurrence so each name gets each errno).
 # EINTR too: a write the kernel interrupts before any byte went is retried
 # (PEP 475 for os.write; the ctypes wrappers retry it themselves).
-_WRITE_ERRS = ("ENOSPC", "EIO", "EINTR")
+_WRITE_ERRS = ("ENOSPC", "EIO", "EINTR", "ENOMEM")
 ERRORS = {
     "write": _WRITE_ERRS, "pwrite64": _WRITE_ERRS, "writev": _WRITE_ERRS,
     "fsync": ("EIO", "ENOSPC"), "fdatasync": ("EIO", "ENOSPC"),
@@ -56,7 +56,7 @@ ERRORS = {
     "mknodat": ("ENOSPC", "EIO"), "mknod": ("ENOSPC", "EIO"),
     "rename": ("ENOSPC", "EIO"), "renameat": ("ENOSPC", "EIO"), "renameat2": ("ENOSPC", "EIO"),
     "symlink": ("ENOSPC", "EIO"), "symlinkat": ("ENOSPC", "EIO"),
-    "mount": ("ENOMEM", "EIO"), "umount2": ("EIO",),
+    "mount": ("ENOMEM", "EIO", "ENOSPC"), "umount2": ("EIO",),
     "clone": ("EAGAIN", "ENOMEM"), "clone3": ("EAGAIN", "ENOMEM"), "fork": ("EAGAIN", "ENOMEM"),
     "vfork": ("EAGAIN", "ENOMEM"),
     "socketpair": ("ENOMEM",), "pipe2": ("ENOMEM",),
@@ -450,7 +450,7 @@ def split_pid(line):
     return (m.group(1), m.group(2)) if m else (None, line)
 
 
-def traced(env, argv, out, inject=None):
+def traced(env, argv, out, inject=None, timeout=120):
     """Run ``argv`` under ``strace -f`` (children followed, each detached at
     its execve: the container's own process is not ours to fail), writing
     the trace to ``out``.  A ``create`` leaves its init waiting on the exec
@@ -464,7 +464,7 @@ def traced(env, argv, out, inject=None):
     with tempfile.TemporaryFile(dir=env.base) as so, tempfile.TemporaryFile(dir=env.base) as se:
         p = subprocess.Popen(args + list(argv), stdin=subprocess.DEVNULL, stdout=so, stderr=se, env=env.env())
         main = 0
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while p.poll() is None and time.monotonic() < deadline:
             if not main:
                 try:
@@ -713,6 +713,29 @@ def late_leaks(env, last=None):
 
 
 STATS = {}  # (scenario, mode) -> rounds run, for the summary
+# (scenario, mode) -> {"rounds", "killed" (ketch itself died), "completed"
+# (the command succeeded all the same: a retried EINTR/EAGAIN, a fault in a
+# step after its work was done), "refused" (one error line, rolled back),
+# "failures", and one count per errno injected}
+OUTCOMES = {}
+
+
+def _count(sname, mode, failed, env):
+    o = OUTCOMES.setdefault((sname, mode), {"rounds": 0, "killed": 0, "completed": 0, "refused": 0,
+                                            "failures": 0})
+    inj, rc, _ = getattr(env, "last", ("", 0, ""))
+    o["rounds"] += 1
+    m = re.search(r":error=(\w+)", inj)
+    if m:
+        o[m.group(1)] = o.get(m.group(1), 0) + 1
+    if failed:
+        o["failures"] += 1
+    elif rc < 0:
+        o["killed"] += 1
+    elif rc == 0:
+        o["completed"] += 1
+    else:
+        o["refused"] += 1
 
 
 def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=None, stride=1):
@@ -742,6 +765,7 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
                     f = run_point(env, sc, pts, i, mode)
                     key = (sname, mode)
                     STATS[key] = STATS.get(key, 0) + 1
+                    _count(sname, mode, f, env)
                     if f:
                         failures.append(f)
                     # The rounds before this one: anything they left since.
@@ -769,6 +793,7 @@ def main():
     ap.add_argument("--sample", type=int, default=15)
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--json", help="write the per-scenario, per-mode outcome counts here")
     a = ap.parse_args()
     leaks.own_network_namespace()
     scen = a.scenario or list(SCENARIOS)
@@ -782,6 +807,11 @@ def main():
         counts = [f"{m} {STATS[(sname, m)]}" for m in modes if (sname, m) in STATS]
         bad = sum(1 for f in failures if f.startswith(sname + ":"))
         print(f"  {sname}: {', '.join(counts)}; failed {bad}")
+    for (sname, mode), o in OUTCOMES.items():
+        print(f"  outcome {sname} {mode}: " + " ".join(f"{k}={v}" for k, v in o.items()))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({f"{s_} {m}": o for (s_, m), o in OUTCOMES.items()}, f, indent=1)
     print(f"{n} rounds ({', '.join(modes)}; {', '.join(scen)}) in {time.monotonic() - t0:.0f} s: "
           f"{len(failures)} failed")
     return 1 if failures else 0
