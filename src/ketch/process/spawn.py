@@ -36,7 +36,7 @@ def spawn(ctx):
     if early or (v2 and _late_cgroups(ctx)):
         r, w = os.pipe()
         gate = _GateWriter(ctx._high(w))
-        ctx.cgroup_paths = CgroupGate(ctx._high(r))
+        ctx.cgroup_gate = CgroupGate(ctx._high(r))
     ctx.wait_go = not early
     ctx.sync_sock = child_sock
     trace("fork stage-1")
@@ -62,7 +62,7 @@ def spawn(ctx):
     child_sock.close()
     ctx.close_child_fds()
     if gate is not None:
-        ctx.cgroup_paths.close()
+        ctx.cgroup_gate.close()
     init_pid = 0
     try:
         ctx.record()
@@ -155,7 +155,7 @@ class _GateWriter:
 
 
 class CgroupGate:
-    """``ctx.cgroup_paths`` for an init that prepares its rootfs before it
+    """``ctx.cgroup_gate`` for an init that prepares its rootfs before it
     is in its cgroups.  ``rootfs.prepare`` calls ``wait()`` before anything
     that depends on them (the cgroup mount, device nodes under the devices
     controller, hooks).  The parent writes once the cgroups exist and the

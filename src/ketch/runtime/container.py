@@ -69,7 +69,7 @@ class CreateContext:
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroups_owned = False
-        self.cgroup_paths = None
+        self.cgroup_gate = None  # process.spawn.CgroupGate when the init joins its cgroups late
         self.wait_go = True
         self.init_pid = 0
         self.exec_path = None
@@ -179,7 +179,6 @@ class CreateContext:
             raise
         except OSError as e:
             raise errors.SetupError("set up cgroups", e) from None
-        self.cgroup_paths = mgr.paths()
 
     def join_cgroups(self):
         """Stage-1, with a user or a new cgroup namespace: join the v1
