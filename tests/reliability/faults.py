@@ -181,6 +181,7 @@ class Env:
         whose layer the store does not hold: each pull fetches it."""
         if getattr(self, "_registry", None) is None:
             sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
+            sys.path.insert(0, os.path.dirname(HERE))  # tests/: conftest's rootless helper
             from test_registry import Registry
 
             self._registry = Registry(os.path.join(self.base, "registry"))
@@ -622,6 +623,12 @@ class Failure(Exception):
     pass
 
 
+def _interpreter_startup(stderr):
+    """A failure of Python's own start-up: frozen importlib/getpath frames, none of ketch's."""
+    return ("Traceback" in stderr or "Fatal Python error" in stderr) and "<frozen " in stderr \
+        and "/ketch/" not in stderr and not stderr.startswith("ketch: ")
+
+
 def run_point(env, scenario, points, index, mode):
     """One round; returns a description of what went wrong, or None."""
     name, occ, line = points[index]
@@ -655,7 +662,13 @@ def run_point(env, scenario, points, index, mode):
         mode = "cerror"
     if mode in ("error", "cerror"):
         err_lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-        if "Traceback" in p.stderr:
+        if _interpreter_startup(p.stderr):
+            # The child modes' occurrence hit the interpreter's own start-up in
+            # the parent (an open of its prefix, of a directory its importer
+            # lists), before any of ketch ran: not ketch's to handle.  What is
+            # left is still checked below.
+            pass
+        elif "Traceback" in p.stderr:
             problems.append(f"traceback: {p.stderr.strip()[-600:]}")
         elif err.startswith("EINTR") and p.returncode != 0:
             problems.append(f"EINTR was not retried: rc={p.returncode} {p.stderr.strip()!r}")
@@ -762,7 +775,12 @@ def run(scenarios, modes, sample=15, seed=18, exhaustive=False, log=None, env=No
                 chosen = choose(pts, env, sc, mode, sample, seed, exhaustive, stride)
                 for i in chosen:
                     rounds += 1
-                    f = run_point(env, sc, pts, i, mode)
+                    try:
+                        f = run_point(env, sc, pts, i, mode)
+                    except subprocess.TimeoutExpired as e:
+                        # A command that never ended is a finding, not the end of the sweep.
+                        f = f"{sname}: {mode} at call {i + 1} ({pts[i][2][:90]}): hung: {e}"
+                        env.scrub(list(env.seen))
                     key = (sname, mode)
                     STATS[key] = STATS.get(key, 0) + 1
                     _count(sname, mode, f, env)
