@@ -208,12 +208,23 @@ class Env:
 
     def scrub(self, ids):
         leaks.scrub(self.root, ids, [self.base])
-        for d in sorted((d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
-                         if os.path.basename(d) in self.seen), reverse=True):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        # The processes just killed may take a moment to leave their cgroups:
+        # one rmdir right after the kill left empty ketch/<id> cgroups on the
+        # host once they had (after a round whose create hung, issue 18).
+        deadline = time.monotonic() + 10
+        while True:
+            left = sorted((d for d in set(leaks.all_ketch_cgroups()) - self.cgroups_before
+                           if os.path.basename(d) in self.seen), reverse=True)
+            for d in left:
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+            if not left or time.monotonic() > deadline or not any(os.path.isdir(d) for d in left):
+                break
+            time.sleep(0.05)
 
     def rm_engine_containers(self):
         if os.path.isdir(self.storage):
