@@ -181,7 +181,7 @@ class Env:
         whose layer the store does not hold: each pull fetches it."""
         if getattr(self, "_registry", None) is None:
             sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
-            sys.path.insert(0, os.path.dirname(HERE))  # tests/: conftest's rootless helper
+            sys.path.append(os.path.dirname(HERE))  # tests/: conftest's rootless helper (after integration/)
             from test_registry import Registry
 
             self._registry = Registry(os.path.join(self.base, "registry"))
