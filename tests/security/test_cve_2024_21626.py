@@ -303,19 +303,25 @@ def _traced(argv, marker_dir, timeout=60):
     return p.returncode, out, err, seen
 
 
+def _assert_clean_chdir(rc, out, err, seen, marker, who):
+    """The traced command printed its cwd, and every process seen at the
+    chdir into it held only listed fds -- not a directory among them, let
+    alone one of the host."""
+    assert rc == 0, err
+    assert out.strip() == marker
+    assert seen, "the chdir into the cwd was never observed"
+    for pid, fds in seen:
+        _assert_only_listed(fds, f"{who} {pid} at chdir({marker})")
+        assert not any(os.path.isdir(f"/proc/{pid}/fd/{fd}") for fd in fds if fd > 2), fds
+
+
 def test_trace_run_no_unlisted_fd_at_the_chdir(ketch, own_bundle, cid):
     marker = "/cwd-" + uuid.uuid4().hex[:8]
     os.mkdir(own_bundle.rootfs + marker)
     own_bundle.args("pwd")
     own_bundle.process["cwd"] = marker
     rc, out, err, seen = _traced(ketch.cmd("run", "-b", own_bundle.write(), cid), marker)
-    assert rc == 0, err
-    assert out.strip() == marker
-    assert seen, "the chdir into the cwd was never observed"
-    for pid, fds in seen:
-        _assert_only_listed(fds, f"init {pid} at chdir({marker})")
-        # Not a directory among them, let alone one of the host.
-        assert not any(os.path.isdir(f"/proc/{pid}/fd/{fd}") for fd in fds if fd > 2), fds
+    _assert_clean_chdir(rc, out, err, seen, marker, "init")
 
 
 def test_trace_exec_no_unlisted_fd_at_the_chdir(ketch, own_bundle, cid):
@@ -324,12 +330,7 @@ def test_trace_exec_no_unlisted_fd_at_the_chdir(ketch, own_bundle, cid):
     own_bundle.args("sleep", "1000")
     ketch("run", "-d", "-b", own_bundle.write(), cid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rc, out, err, seen = _traced(ketch.cmd("exec", "--cwd", marker, cid, "pwd"), marker)
-    assert rc == 0, err
-    assert out.strip() == marker
-    assert seen, "the chdir into the cwd was never observed"
-    for pid, fds in seen:
-        _assert_only_listed(fds, f"exec process {pid} at chdir({marker})")
-        assert not any(os.path.isdir(f"/proc/{pid}/fd/{fd}") for fd in fds if fd > 2), fds
+    _assert_clean_chdir(rc, out, err, seen, marker, "exec process")
     ketch("delete", "--force", cid)
 
 

@@ -75,7 +75,9 @@ class _ZstdReader:
         exe = shutil.which("zstd")
         if exe is None:
             raise ImageError("layer is zstd-compressed and the zstd program is not installed (apt-get install zstd)")
-        self.proc = subprocess.Popen([exe, "-dcq"], stdin=raw, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        from ketch.linux import eagain
+        self.proc = eagain.retry(subprocess.Popen, [exe, "-dcq"], stdin=raw, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
 
     def read(self, n=-1):
         return self.proc.stdout.read(n)

@@ -28,6 +28,7 @@ import time
 
 from ketch.errors import ConfigError, ContainerExists, ContainerNotFound, InvalidState, KetchError
 from ketch.engine.util import Lock, atomic_write, remove_tree
+from ketch.linux import eagain
 from ketch.linux.procfs import proc_start_time
 from ketch.trace import trace
 
@@ -483,9 +484,9 @@ class ContainerStore:
                 elif not open_stdin and stdin is None:
                     stdin = subprocess.DEVNULL
                 try:
-                    p = subprocess.Popen(self._monitor_argv(cid, attach), stdin=stdin, stdout=stdout,
-                                         stderr=stderr, pass_fds=(w,), start_new_session=True,
-                                         env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
+                    p = eagain.retry(subprocess.Popen, self._monitor_argv(cid, attach), stdin=stdin,
+                                     stdout=stdout, stderr=stderr, pass_fds=(w,), start_new_session=True,
+                                     env=dict(os.environ, KETCH_MONITOR_STATUS_FD=str(w)))
                 except BaseException:
                     self._update_state(cid, Status=st)
                     raise
@@ -919,8 +920,8 @@ class ContainerStore:
         (stdout/stderr captured with subprocess.PIPE)."""
         import subprocess
         argv = self.exec_argv(ref, cmd, **kw)
-        return subprocess.run(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                              stdout=stdout, stderr=stderr)
+        return eagain.retry(subprocess.run, argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                            stdout=stdout, stderr=stderr)
 
     def commit(self, ref, name=None, comment="", changes=None, pause=True):
         """A new image: the container's image plus its layer's changes; returns the image id.

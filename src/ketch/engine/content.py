@@ -137,6 +137,15 @@ class ContentStore:
                         pass
         for n in os.listdir(self._p("tmp")):
             remove_tree(self._p("tmp", n))
+        # A layer or image record a killed change was writing (atomic_write's
+        # dot-temp): under the lock nobody else writes one.
+        for sub in ("", "layers", "db"):
+            for n in os.listdir(self._p(sub)):
+                if n.startswith(".") and ".tmp-" in n:
+                    try:
+                        os.unlink(self._p(sub, n))
+                    except FileNotFoundError:
+                        pass
         # A blob being written (put_blob) when its change was killed: under
         # the lock no other change is writing one (found by the fault harness:
         # a killed pull left it for good).

@@ -155,7 +155,8 @@ def fork(store, params, status_fd, stdin_null, all_null):
     import sys
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    from ketch.linux import eagain
+    pid = eagain.retry(os.fork)
     if pid:
         return Forked(pid)
     code = 125

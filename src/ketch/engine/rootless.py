@@ -18,6 +18,7 @@ rootless mode with those maps in config.json.
 import os
 
 from ketch.errors import KetchError, StorageError
+from ketch.linux import eagain
 
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
 
@@ -130,8 +131,8 @@ def write_maps(pid, uid_map, gid_map):
         argv = [_tool(tool), str(pid)]
         for e in m:
             argv += [str(e["containerID"]), str(e["hostID"]), str(e["size"])]
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
+        r = eagain.retry(subprocess.run, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
         if r.returncode:
             msg = r.stderr.decode(errors="replace").strip().splitlines()
             raise KetchError(f"rootless engine: {tool} failed: {msg[-1] if msg else r.returncode} "
@@ -158,9 +159,9 @@ class Child:
         boot = (f"import sys; sys.path.insert(0, {src!r}); "
                 "from ketch.engine.rootless import _child_main; _child_main()")
         try:
-            self.p = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot, json.dumps(params)],
-                                      stdin=stdin, stdout=stdout, pass_fds=(ready_w, go_r, res_w),
-                                      env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"})
+            self.p = eagain.retry(subprocess.Popen, [sys.executable, "-I", "-S", "-c", boot, json.dumps(params)],
+                                  stdin=stdin, stdout=stdout, pass_fds=(ready_w, go_r, res_w),
+                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"})
         finally:
             for fd in (ready_w, go_r, res_w):
                 os.close(fd)

@@ -27,6 +27,7 @@ the monitor and by the kernel with it (PR_SET_PDEATHSIG).
 import os
 
 from ketch.errors import ConfigError, KetchError
+from ketch.linux import eagain
 
 TOOLS = ("slirp4netns", "pasta")
 CIDR, GUEST, GATEWAY = "10.0.2.0/24", "10.0.2.100", "10.0.2.2"
@@ -146,8 +147,8 @@ def _slirp4netns(net, pid, run_dir):
             "--outbound-addr=127.0.0.1", f"--cidr={CIDR}", f"--exit-fd={exit_r}", f"--ready-fd={ready_w}",
             f"--api-socket={api}", f"--userns-path=/proc/{pid}/ns/user", str(pid), "tap0"]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                pass_fds=(exit_r, ready_w), start_new_session=True)
+        proc = eagain.retry(subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, pass_fds=(exit_r, ready_w), start_new_session=True)
     except OSError as e:
         os.close(exit_w)
         raise KetchError(f"slirp4netns: {e.strerror}") from None
@@ -222,8 +223,8 @@ def _pasta(net, pid, run_dir):
     if setpriv:
         argv = [setpriv, "--pdeathsig", "KILL", "--"] + argv
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = eagain.retry(subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
         raise KetchError(f"pasta: {e.strerror}") from None
     try:

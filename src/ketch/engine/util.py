@@ -20,7 +20,16 @@ def atomic_write(path, data, mode=0o644):
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        # A failed rename (ENOSPC, EIO) left the temp file: a half-written
+        # record for `system check` to find (issue 18's fault sweep).
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     fsync_dir(d)
 
 

@@ -21,6 +21,7 @@ import os
 from _ctypes import Structure, byref, get_errno, sizeof
 
 from ketch.errors import syscall_error
+from ketch.linux import eagain as _eagain
 
 
 class c_int(_ctypes._SimpleCData):
@@ -107,22 +108,10 @@ def _retry(fn, *args):
             return ret
 
 
-def fork(attempts=7):
-    """os.fork, retried with backoff (1, 2, 4 ... 32 ms) while the kernel says
-    EAGAIN: a pids-controller limit or RLIMIT_NPROC reached for a moment by
-    processes that are exiting, or a transient allocation failure.  ENOMEM
-    and the rest are not retried: the kernel's answer will not change."""
-    delay = 0.001
-    for i in range(attempts):
-        try:
-            return os.fork()
-        except BlockingIOError:
-            if i == attempts - 1:
-                raise
-            import time
-
-            time.sleep(delay)
-            delay *= 2
+def fork(attempts=_eagain.ATTEMPTS):
+    """os.fork, retried with backoff while the kernel says EAGAIN
+    (``linux.eagain``); ENOMEM and the rest are not retried."""
+    return _eagain.retry(os.fork, attempts=attempts)
 
 
 def _b(s):

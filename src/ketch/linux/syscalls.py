@@ -153,7 +153,7 @@ class Syscalls:
         """An fd of a fresh user namespace with these mappings (for idmapped mounts)."""
         r, w = os.pipe()
         r2, w2 = os.pipe()
-        pid = os.fork()
+        pid = _libc.fork()
         if pid == 0:  # pragma: no cover - child
             try:
                 os.close(w)

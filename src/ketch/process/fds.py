@@ -34,7 +34,7 @@ HANDOFF = (
     "sync_sock",        # the parent <-> child protocol (process/sync.py)
     "fifo_fd",          # create: the exec fifo, O_PATH; the init blocks on it until `start`
     "console_sock",     # --console-socket (or the foreground terminal's): the pty master goes there
-    "cgroup_paths",     # create: spawn.CgroupGate, a pipe the parent opens once the init is in its cgroups
+    "cgroup_gate",      # create: spawn.CgroupGate, a pipe the parent opens once the init is in its cgroups
     "root_fd",          # exec: the container's root (/proc/<init>/root), closed once entered
     "pidfd",            # exec: pins the init while its namespaces are opened
     "selinux_exec_fd",  # /proc/self/attr/exec, opened on the host's procfs (label.py)

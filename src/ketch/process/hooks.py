@@ -148,7 +148,10 @@ def run_hook(hook, state, phase="hook", index=0):
             actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                        (os.POSIX_SPAWN_DUP2, err_w, 2)]
             actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds({in_r, out_w, err_w})]
-            pid = os.posix_spawn(path, argv, env, file_actions=actions, setsigdef=(signals.signal.SIGPIPE,))
+            from ketch.linux import eagain
+
+            pid = eagain.retry(os.posix_spawn, path, argv, env, file_actions=actions,
+                               setsigdef=(signals.signal.SIGPIPE,))
         except OSError as e:
             from ketch.errors import describe_oserror
             raise HookError(f"{what}: {describe_oserror(e)}") from e

@@ -157,7 +157,7 @@ def _setup(ctx, sock):
 
     with Step("prepare rootfs"):
         rootfs.prepare(cfg, ctx.bundle, ctx.rootfs, mount_label=linux.get("mountLabel") or "",
-                       cgroup_paths=ctx.cgroup_paths, before_pivot=before_pivot,
+                       cgroup_gate=ctx.cgroup_gate, before_pivot=before_pivot,
                        no_pivot=ctx.no_pivot, sources=sources)
 
     if proc.get("terminal"):

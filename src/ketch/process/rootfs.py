@@ -760,8 +760,13 @@ def bind_sources(config, bundle):
 
 @_owning
 def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, before_pivot=None,
-            no_pivot=False, sys=None, sources=None):
+            no_pivot=False, sys=None, sources=None, cgroup_gate=None):
     """Lay out the container's root filesystem and pivot into it (in the new mount namespace).
+
+    `cgroup_paths`: the hierarchies a cgroup mount shows (tests, plans; by
+    default read from /proc/self).  `cgroup_gate`: when the runtime moves us
+    into our cgroups while we get here, an object whose ``wait()`` returns
+    once we are in them (``process.spawn.CgroupGate``).
 
     `sources`: {index in config.mounts: fd of a detached mount tree} for bind
     mounts whose source the runtime opened (``bind_sources``); the fds are
@@ -788,11 +793,9 @@ def prepare(config, bundle, rootfs_path, mount_label="", cgroup_paths=None, befo
         eng.step(f"bind mount rootfs {eng.root} on itself", sys.mount, eng.root, eng.root, "bind",
                  MS.BIND | MS.REC, None)
 
-    # The runtime may be moving us into our cgroups while we get here
-    # (process.spawn.CgroupGate): wait for it before what depends on them.
-    gate = getattr(cgroup_paths, "wait", None)
-    if gate is not None:
-        cgroup_paths = None
+    # The runtime may be moving us into our cgroups while we get here:
+    # wait for it before what depends on them.
+    gate = cgroup_gate.wait if cgroup_gate is not None else None
     _trace("rootfs bound")
     for i, m in enumerate(mounts):
         if gate is not None and m.kind == "cgroup":

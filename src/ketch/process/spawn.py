@@ -36,7 +36,7 @@ def spawn(ctx):
     if early or (v2 and _late_cgroups(ctx)):
         r, w = os.pipe()
         gate = _GateWriter(ctx._high(w))
-        ctx.cgroup_paths = CgroupGate(ctx._high(r))
+        ctx.cgroup_gate = CgroupGate(ctx._high(r))
     ctx.wait_go = not early
     ctx.sync_sock = child_sock
     trace("fork stage-1")
@@ -62,7 +62,7 @@ def spawn(ctx):
     child_sock.close()
     ctx.close_child_fds()
     if gate is not None:
-        ctx.cgroup_paths.close()
+        ctx.cgroup_gate.close()
     init_pid = 0
     try:
         ctx.record()
@@ -155,7 +155,7 @@ class _GateWriter:
 
 
 class CgroupGate:
-    """``ctx.cgroup_paths`` for an init that prepares its rootfs before it
+    """``ctx.cgroup_gate`` for an init that prepares its rootfs before it
     is in its cgroups.  ``rootfs.prepare`` calls ``wait()`` before anything
     that depends on them (the cgroup mount, device nodes under the devices
     controller, hooks).  The parent writes once the cgroups exist and the
@@ -203,8 +203,56 @@ class CgroupGate:
 
 
 def _drive(ctx, sock, stage1, gate=None):
+    watch = _Stage1Watch(stage1)
+    try:
+        return _drive_messages(ctx, sock, stage1, gate, watch)
+    finally:
+        watch.close()
+
+
+class _Stage1Watch:
+    """Until stage-1 sends the init's PID, the parent must notice stage-1
+    dying: the init it has forked holds the socket too, so no EOF comes,
+    and the parent waited forever -- holding the container's lock (so
+    `delete --force` hung as well), with the init waiting at the cgroup
+    gate (issue 18: SIGKILL at stage-1's first sendto)."""
+
+    def __init__(self, pid):
+        try:
+            self.fd = os.pidfd_open(pid)
+        except OSError:
+            self.fd = -1  # no pidfds: EOF is all there is
+        self.pid = pid
+
+    def wait(self, sock):
+        """Return once ``sock`` has a message; raise if stage-1 exited
+        first without one (what it sent before exiting is queued already)."""
+        if self.fd < 0:
+            return
+        import select
+
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLIN)
+        p.register(self.fd, select.POLLIN)
+        ready = dict(p.poll())
+        if ready.get(sock.fileno()):
+            return
+        if select.select([sock.fileno()], [], [], 0)[0]:
+            return
+        raise errors.SetupError("container init", f"stage-1 {how_it_ended(_reap(self.pid))} "
+                                "before it reported the init's pid")
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _drive_messages(ctx, sock, stage1, gate, watch):
     init_pid = 0
     while True:
+        if not init_pid:
+            watch.wait(sock)
         msg = sync.recv(sock)
         if msg is None:
             _raise_died(stage1, init_pid)
@@ -225,6 +273,7 @@ def _drive(ctx, sock, stage1, gate=None):
                 trace("cgroups applied")
                 gate.open()
             _reap(stage1)
+            watch.close()
             ctx.on_init_pid(init_pid)
         elif t == sync.MOUNT_SOURCES:
             send_mount_sources(sock, msg.get("mounts") or ())

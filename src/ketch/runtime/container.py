@@ -68,7 +68,7 @@ class CreateContext:
         self.fifo_fd = -1
         self.cgroups = None
         self.cgroups_owned = False
-        self.cgroup_paths = None
+        self.cgroup_gate = None  # process.spawn.CgroupGate when the init joins its cgroups late
         self.wait_go = True
         self.init_pid = 0
         self.exec_path = None
@@ -178,7 +178,6 @@ class CreateContext:
             raise
         except OSError as e:
             raise errors.SetupError("set up cgroups", e) from None
-        self.cgroup_paths = mgr.paths()
 
     def join_cgroups(self):
         """Stage-1, with a user or a new cgroup namespace: join the v1
@@ -434,18 +433,27 @@ def _reap_primer():
 def _undo_create(c, ctx):
     if ctx is not None and ctx.init_pid:
         kill_wait(ctx.init_pid)
-    if ctx is not None and ctx.cgroups is not None:
-        _undo_cgroups(ctx)
+    if ctx is not None and ctx.cgroups is not None and not _undo_cgroups(ctx):
+        # Cgroups of ours are still there (a task in them did not finish
+        # exiting in time: one stopped under a tracer, one a hook moved to a
+        # sub-cgroup).  Keep the record that names them -- "creating" by a
+        # creator that is gone reads as stopped -- so that `delete --force`
+        # finishes the job.  Removing it left them for good: the empty
+        # ketch/<id> in every hierarchy that fault runs found (issue 18).
+        c.unlock()
+        return
     c.remove_dir()
 
 
 def _undo_cgroups(ctx):
-    """Remove the cgroups a failed create made.  An init stage-1 forked into
-    them (with a user or cgroup namespace stage-1 is in them before it
-    forks) may be alive though its pid never reached us: stage-1 failed, or
-    was killed, between the fork and its PID message.  Kill what is in the
-    cgroups -- only once they were found empty and made ours -- and retry
-    while the kernel still counts exiting tasks."""
+    """Remove the cgroups a failed create made; False when some of ours
+    are still there.  An init stage-1 forked into them (with a user or
+    cgroup namespace stage-1 is in them before it forks) may be alive though
+    its pid never reached us: stage-1 failed, or was killed, between the
+    fork and its PID message.  Kill what is in the cgroups -- only once they
+    were found empty and made ours -- and retry while the kernel still
+    counts exiting tasks.  Cgroups that were not ours (another container's
+    processes in them) are never waited for, nor reported as ours."""
     import time
 
     from ..linux.signals import signal
@@ -462,10 +470,12 @@ def _undo_cgroups(ctx):
                         pass
             mgr.destroy()
             mgr.destroy_made_parents()
-            return
+            return True
         except Exception:  # noqa: BLE001 - best effort; the original error matters more
-            if not ctx.cgroups_owned or time.monotonic() > deadline:
-                return
+            if not ctx.cgroups_owned:
+                return True
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.01)
 
 

@@ -203,10 +203,12 @@ def _run_helper(tool, pid, entries):
     r, w = os.pipe()
     try:
         # posix_spawn, not subprocess: nothing heavy on the create path.
-        child = os.posix_spawn(tool, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
-                               file_actions=[(os.POSIX_SPAWN_DUP2, w, 2),
-                                             (os.POSIX_SPAWN_DUP2, w, 1),
-                                             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)])
+        from ..linux import eagain
+
+        child = eagain.retry(os.posix_spawn, tool, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 2),
+                                           (os.POSIX_SPAWN_DUP2, w, 1),
+                                           (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)])
     except OSError as e:
         os.close(r)
         os.close(w)

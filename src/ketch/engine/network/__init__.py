@@ -33,6 +33,7 @@ import os
 
 from ketch.errors import ConfigError, KetchError
 from ketch.engine.network import config as C
+from ketch.linux import eagain
 
 __all__ = ["Networks", "NetworkNotFound", "C"]
 
@@ -212,8 +213,8 @@ class Networks:
         if bridge:
             # No plugin removes a bridge (DEL leaves it for the next container);
             # the network going is the time.
-            subprocess.run(["ip", "link", "delete", bridge, "type", "bridge"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            eagain.retry(subprocess.run, ["ip", "link", "delete", bridge, "type", "bridge"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             iptables_drop_isolation(bridge)
 
     def prune(self, in_use=()):
@@ -504,8 +505,8 @@ def iptables_drop_isolation(bridge):
                          ["-j", "CNI-ISOLATION-STAGE-2"]),
                         ("CNI-ISOLATION-STAGE-2", ["-o", bridge] + note + ["-j", "DROP"])):
         for _ in range(4):
-            p = subprocess.run(["iptables", "-w", "-t", "filter", "-D", chain] + rule, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+            p = eagain.retry(subprocess.run, ["iptables", "-w", "-t", "filter", "-D", chain] + rule,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if p.returncode != 0:
                 break
 

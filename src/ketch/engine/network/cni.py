@@ -14,6 +14,7 @@ from ketch import _json as json
 import os
 
 from ketch.errors import KetchError
+from ketch.linux import eagain
 
 DEFAULT_PATH = "/usr/lib/cni:/opt/cni/bin"
 
@@ -46,8 +47,8 @@ def invoke(command, conf, container_id, netns, ifname, path=None, timeout=60):
            # plugins run iptables and ip through PATH
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     try:
-        p = subprocess.run([exe], input=json.dumps(conf).encode(), env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=timeout, close_fds=True)
+        p = eagain.retry(subprocess.run, [exe], input=json.dumps(conf).encode(), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=timeout, close_fds=True)
     except subprocess.TimeoutExpired:
         raise CNIError(plugin, command, f"no answer in {timeout} s") from None
     out = p.stdout.strip()

@@ -14,6 +14,7 @@ import json
 import os
 
 from ketch.errors import ImageError
+from ketch.linux import eagain
 
 from .reference import DOCKER_HUB
 
@@ -142,7 +143,7 @@ def helper_get(name, host):
     import subprocess
     exe = "docker-credential-" + name
     try:
-        p = subprocess.run([exe, "get"], input=host.encode(), capture_output=True, timeout=60)
+        p = eagain.retry(subprocess.run, [exe, "get"], input=host.encode(), capture_output=True, timeout=60)
     except FileNotFoundError:
         raise ImageError(f"credential helper {exe} is not installed (named for {host})") from None
     except subprocess.TimeoutExpired:
@@ -163,7 +164,7 @@ def _helper_call(name, verb, payload):
     import subprocess
     exe = "docker-credential-" + name
     try:
-        p = subprocess.run([exe, verb], input=payload, capture_output=True, timeout=60)
+        p = eagain.retry(subprocess.run, [exe, verb], input=payload, capture_output=True, timeout=60)
     except (FileNotFoundError, subprocess.TimeoutExpired) as e:
         raise ImageError(f"credential helper {exe}: {e}") from None
     if p.returncode != 0:
