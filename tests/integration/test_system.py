@@ -13,6 +13,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import faults  # noqa: E402
 
+# Engine containers here take the default bridge: it, its iptables rules and ip_forward
+# live in a network namespace of the test's own (conftest.testns), never the host's.
+pytestmark = pytest.mark.usefixtures("testns")
+
 
 @pytest.fixture
 def env():
