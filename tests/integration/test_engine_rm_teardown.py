@@ -11,27 +11,15 @@ import select
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 
 import pytest
 
-from ketch import busybox
-
 from conftest import KETCH, wait_for
+from test_engine_run import rootfs_tar  # noqa: F401 - the same busybox tarball fixture
 
 STRACE = shutil.which("strace")
 pytestmark = pytest.mark.skipif(not STRACE, reason="needs strace")
-
-
-@pytest.fixture(scope="module")
-def rootfs_tar(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bbtar")
-    root = busybox.make_rootfs(str(d / "rootfs"))
-    path = str(d / "busybox.tar")
-    with tarfile.open(path, "w") as t:
-        t.add(root, arcname=".")
-    return path
 
 
 @pytest.fixture
