@@ -9,6 +9,9 @@ class KetchError(Exception):
     """Base of every error ketch reports to a user."""
 
     exit_code = 1
+    # True when the reason is on stderr already (a container's init wrote it
+    # there itself): the CLI then adds no second line.
+    reported = False
 
 
 class ConfigError(KetchError):

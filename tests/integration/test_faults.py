@@ -103,3 +103,29 @@ def test_stage1_killed_before_it_reports_the_init_pid(fault_env):
             assert not left, (p.stderr, left)
         finally:
             fault_env.scrub([cid])
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["run-d", "run"])
+def test_run_whose_init_cannot_open_the_exec_fifo_says_so_once(fault_env, detach):
+    """Regression (found by the child-mode sweep): the init's open of the
+    exec fifo failing (EIO) made `run` print two lines, the init's own reason
+    and then "cannot start container ...: it has already run and stopped".
+    The init exits 127 after writing its line; `run` (a subreaper, detached
+    or not) reaps it, sees that, and adds nothing.  Nothing is left."""
+    cid = fault_env.new_id("fifo")
+    argv = fault_env.argv("run", *(["-d"] if detach else []), "-b", fault_env.bundle, cid)
+    # -P: the injection hits only the openat calls on those paths: the one
+    # of a whole run is the init's reopen of its O_PATH fifo descriptor
+    # after pivot_root (its number depends on what the caller holds open).
+    paths = [a for n in range(3, 24) for a in ("-P", f"/proc/self/fd/{n}")]
+    p = fault_env.call([faults.STRACE, "-f", "-qq", "-o", "/dev/null", *paths,
+                        "--inject=openat:error=EIO", *argv], timeout=60)
+    try:
+        assert p.returncode == 1, (p.returncode, p.stderr)
+        lines = p.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ketch: wait for start: /proc/self/fd/") \
+            and lines[0].endswith(": input/output error"), p.stderr
+        assert not fault_env.leaks([cid]), fault_env.leaks([cid])
+    finally:
+        fault_env.scrub([cid])
+

@@ -62,3 +62,22 @@ def test_main_verb_help(capsys):
 def test_main_wrong_arg_count(capsys):
     assert main(["--root", "/nonexistent-ketch-root", "state"]) == 1
     assert "expected 1 argument" in capsys.readouterr().err
+
+
+def _verb_raising(monkeypatch, exc):
+    import ketch.cli.main as m
+
+    mod = m.load_verb("state")
+    monkeypatch.setattr(mod, "run", lambda g, opts, args: (_ for _ in ()).throw(exc))
+
+
+def test_an_error_the_container_reported_itself_is_not_repeated(monkeypatch, capsys):
+    """`run` whose init died after writing its own reason (exit 127): the
+    error is marked reported and the CLI adds no line of its own."""
+    from ketch.errors import InvalidState
+
+    e = InvalidState("cannot start container 'x': it has already run and stopped")
+    e.reported = True
+    _verb_raising(monkeypatch, e)
+    assert main(["state", "x"]) == 1
+    assert capsys.readouterr().err == ""

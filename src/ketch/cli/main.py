@@ -273,7 +273,8 @@ def _main(argv):
         trace(f"{verb} done")
         return code
     except errors.KetchError as e:
-        log.error(str(e))
+        if not e.reported:
+            log.error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -574,18 +574,20 @@ def run(store, cid, opts):
     _prime_unified()
     from ..linux import libc as _libc
 
+    # Become the subreaper: when stage-1 exits, the init is re-parented to us
+    # so that we can wait for it and return its exit status -- and, detached,
+    # learn whether an init that died before its start said why itself.
+    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
     if opts.detach:
         c = create(store, cid, opts, _keep_lock=True)
         try:
             start(store, cid, c)
-        except BaseException:
+        except BaseException as e:
+            _init_reported(e, c.pid)
             _try_force_delete(store, cid)
             raise
         return 0
 
-    # Become the subreaper: when stage-1 exits, the init is re-parented to us
-    # so that we can wait for it and return its exit status.
-    _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
     tty = None
     from .. import spec
 
@@ -608,7 +610,11 @@ def run(store, cid, opts):
     try:
         if tty:
             tty.receive_master()
-        start(store, cid, c)
+        try:
+            start(store, cid, c)
+        except errors.InvalidState as e:
+            _init_reported(e, pid)
+            raise
         _trace("started")
         status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
         _trace("init exited")
@@ -624,6 +630,23 @@ def run(store, cid, opts):
     if not opts.keep:
         delete(store, cid, force=True)
     return status
+
+
+def _init_reported(e, pid):
+    """`run`'s start found its init dead: mark ``e`` reported when the init
+    exited 127, which it does only after writing its own "ketch: <step>:
+    <reason>" line to the shared stderr (a failure past READY, such as the
+    exec fifo's open) -- the CLI then adds no second line about a container
+    that "has already run and stopped".  An init killed by a signal said
+    nothing: ``e`` stands."""
+    if not isinstance(e, errors.InvalidState):
+        return
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if got == pid and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 127:
+        e.reported = True
 
 
 def _try_force_delete(store, cid):
