@@ -71,6 +71,22 @@ def _verb_raising(monkeypatch, exc):
     monkeypatch.setattr(mod, "run", lambda g, opts, args: (_ for _ in ()).throw(exc))
 
 
+def test_a_thread_that_cannot_start_is_one_error_line(monkeypatch, capsys):
+    """threading raises RuntimeError("can't start new thread") when clone3
+    fails (ENOMEM/EAGAIN): found by `make faults` as a traceback of `container
+    commit`.  The CLI says it in one line and fails."""
+    _verb_raising(monkeypatch, RuntimeError("can't start new thread"))
+    assert main(["state", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["ketch: state: cannot start a thread: out of memory or over the process limit"], err
+
+
+def test_other_runtime_errors_are_not_disguised(monkeypatch):
+    _verb_raising(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["state", "x"])
+
+
 def test_an_error_the_container_reported_itself_is_not_repeated(monkeypatch, capsys):
     """`run` whose init died after writing its own reason (exit 127): the
     error is marked reported and the CLI adds no line of its own."""

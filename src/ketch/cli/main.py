@@ -278,6 +278,14 @@ def _main(argv):
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as e:
+        # threading's word for a clone3 that failed (EAGAIN, ENOMEM): the
+        # engine's copy, tar and download threads.  What the command made is
+        # rolled back on the way here like for any other error.
+        if "can't start new thread" not in str(e):
+            raise
+        log.error(f"{verb}: cannot start a thread: out of memory or over the process limit")
+        return 1
     except OSError as e:
         # An unexpected OS error is still reported as one line, naming the file.
         where = f"{e.filename}: " if e.filename else ""
