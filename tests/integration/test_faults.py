@@ -129,3 +129,22 @@ def test_run_whose_init_cannot_open_the_exec_fifo_says_so_once(fault_env, detach
     finally:
         fault_env.scrub([cid])
 
+
+def test_engine_run_killed_around_taking_its_name(fault_env):
+    """Regression (`make faults`, container-run, every call): SIGKILL between
+    the name's symlink and the container's directory left a name pointing at
+    no container; no sweep looked for one, `system check` failed after every
+    later command, and the name stayed taken.  Now the directory (and its
+    creator's mark) comes first.  Killed at each call from the container
+    directory's mkdir to the name's symlink and two after: the next command
+    sweeps what is left, the name can be taken again, the store checks out."""
+    sc = faults.SCENARIOS["container-run"]
+    points = faults.trace_points(fault_env, sc)
+    cdir = os.path.join(fault_env.storage, "containers", "")
+    mkdir = next(i for i, (n, _, line) in enumerate(points)
+                 if n == "mkdir" and cdir in line and "/names" not in line)
+    link = next(i for i, (n, _, line) in enumerate(points) if n == "symlink" and cdir + "names/" in line)
+    lo, hi = min(mkdir, link), max(mkdir, link)
+    assert hi - lo < 40, (mkdir, link)
+    failures = [f for i in range(lo - 1, hi + 3) if (f := faults.run_point(fault_env, sc, points, i, "kill"))]
+    assert not failures, "\n".join(failures)

@@ -292,14 +292,13 @@ class ContainerStore:
         try:
             with self._lock():
                 self._sweep_half_made()
-                name = _valid_name(o["name"]) if o["name"] else self._new_name()
-                try:
-                    os.symlink(cid, self._p("names", name))
-                except FileExistsError:
-                    other = os.readlink(self._p("names", name))
-                    name = None
-                    raise ContainerExists(o["name"]) from KetchError(
-                        f"the container name \"/{o['name']}\" is already in use by container {other[:12]}")
+                new_name = _valid_name(o["name"]) if o["name"] else self._new_name()
+                # The directory (with its creator's mark) before the name: a
+                # create killed between the two leaves a directory without a
+                # record, which the next command's sweep removes with any name
+                # pointing at it.  The other order left a name pointing at
+                # nothing, which no sweep looked for (`make faults`, SIGKILL
+                # of `container run` between the symlink and the mkdir).
                 # 0711: a container in a user namespace (its root is an unprivileged host
                 # uid) must be able to reach the files bind-mounted from here.
                 os.mkdir(cdir, 0o711)
@@ -307,6 +306,13 @@ class ContainerStore:
                 me = os.getpid()
                 with open(os.path.join(cdir, "creating"), "w") as f:
                     f.write(f"{me} {proc_start_time(me)[0]}")
+                try:
+                    os.symlink(cid, self._p("names", new_name))
+                except FileExistsError:
+                    other = os.readlink(self._p("names", new_name))
+                    raise ContainerExists(o["name"]) from KetchError(
+                        f"the container name \"/{o['name']}\" is already in use by container {other[:12]}")
+                name = new_name
             trace("engine: name and dir taken")
             labels = mcs.init_labels(state_root=self.runtime_root)
             process_label, mount_label = labels
