@@ -583,7 +583,7 @@ def run(store, cid, opts):
         try:
             start(store, cid, c)
         except BaseException as e:
-            _init_reported(e, c.pid)
+            _init_reported(e, c.pid, opts)
             _try_force_delete(store, cid)
             raise
         return 0
@@ -613,7 +613,7 @@ def run(store, cid, opts):
         try:
             start(store, cid, c)
         except errors.InvalidState as e:
-            _init_reported(e, pid)
+            _init_reported(e, pid, opts)
             raise
         _trace("started")
         status = tty.proxy_until_exit(pid) if tty else _wait_init(pid)
@@ -632,14 +632,14 @@ def run(store, cid, opts):
     return status
 
 
-def _init_reported(e, pid):
+def _init_reported(e, pid, opts):
     """`run`'s start found its init dead: mark ``e`` reported when the init
     exited 127, which it does only after writing its own "ketch: <step>:
     <reason>" line to the shared stderr (a failure past READY, such as the
     exec fifo's open) -- the CLI then adds no second line about a container
     that "has already run and stopped".  An init killed by a signal said
-    nothing: ``e`` stands."""
-    if not isinstance(e, errors.InvalidState):
+    nothing, and one with a terminal said it on the pty: ``e`` stands."""
+    if not isinstance(e, errors.InvalidState) or opts.console_socket:
         return
     try:
         got, status = os.waitpid(pid, os.WNOHANG)
