@@ -148,3 +148,17 @@ def test_engine_run_killed_around_taking_its_name(fault_env):
     assert hi - lo < 40, (mkdir, link)
     failures = [f for i in range(lo - 1, hi + 3) if (f := faults.run_point(fault_env, sc, points, i, "kill"))]
     assert not failures, "\n".join(failures)
+
+
+def test_engine_run_rm_killed_while_it_waits_for_the_exit_code(fault_env):
+    """Regression (`make faults`, container-run, calls after the CLI read
+    "ok"): the CLI of a `run --rm` SIGKILLed while it waited for the exit
+    code made the monitor's write of the code fail (EPIPE), and that error
+    ended the monitor before its teardown -- the layer stayed mounted under
+    a .rm-<id> whose remover was dead.  The monitor now finishes the
+    teardown whoever is listening."""
+    sc = faults.SCENARIOS["container-run"]
+    points = faults.trace_points(fault_env, sc)
+    ok = next(i for i, (n, _, line) in enumerate(points) if n == "read" and '"ok\\n"' in line)
+    failures = [f for i in range(ok + 1, ok + 4) if (f := faults.run_point(fault_env, sc, points, i, "kill"))]
+    assert not failures, "\n".join(failures)

@@ -227,10 +227,12 @@ class ContainerStore:
             raise KetchError(f"container id prefix {ref} is ambiguous")
         raise KetchError(f"no such container: {ref}")
 
-    def users_of(self, image_id):
+    def users_of(self, image_id, wait=True):
         """Names of the containers made from image `image_id` (ImageStore's in_use hook);
-        a container being removed (run --rm) is waited for, or counted if it takes too long."""
-        out = [f"{cid[:12]} (being removed)" for cid in self.wait_removals(sweep=False)
+        a container being removed (run --rm) is waited for, or counted if it takes too long.
+        `wait=False` under this store's lock: a remover ends by taking it (finish_removal)."""
+        out = [f"{cid[:12]} (being removed)" for cid in self.wait_removals(timeout=60.0 if wait else 0,
+                                                                          sweep=False)
                if self._record_image(self._p(f".rm-{cid}")) == image_id]
         for cid in self.ids():
             try:
@@ -694,7 +696,17 @@ class ContainerStore:
         self._cleanup_runtime(cid)  # the runtime container and network are gone already: the layer's mount
         if self.driver.exists(cid):
             self.driver.remove(cid)
-        rootless.remove_tree(self._p(f".rm-{cid}"))  # a volume may hold files of the container's ids
+        # The tree but its "removing" mark (a volume may hold files of the
+        # container's ids), then, under the lock, the mark and the directory:
+        # `system check` (under the lock) never sees a .rm-<id> whose mark
+        # has gone while its remover is still at work (a "half-removed"
+        # container that was not; `make faults`, container-run).
+        d = self._p(f".rm-{cid}")
+        for n in os.listdir(d):
+            if n != "removing":
+                rootless.remove_tree(os.path.join(d, n))
+        with self._lock():
+            remove_tree(d)
         lab = rec.get("MountLabel") or rec.get("ProcessLabel")
         if lab:  # after the tree: a remover killed between the two leaks a label, never frees one twice
             mcs.release_labels(lab, state_root=rec.get("RuntimeRoot") or self.runtime_root)

@@ -348,7 +348,15 @@ def run(params, status_fd, store):
                 for fd in (0, 1, 2, my_out, my_err):
                     os.dup2(null, fd, inheritable=fd <= 2)
                 os.close(null)
-                os.write(report_fd, b"%d\n" % code)
+                try:
+                    os.write(report_fd, b"%d\n" % code)
+                except OSError:
+                    # The caller was killed while it waited (EPIPE): the
+                    # teardown below is still ours to finish.  Raised, it
+                    # ended the monitor with the layer mounted and .rm-<id>
+                    # left (`make faults`, container-run, SIGKILL of the CLI
+                    # after "ok").
+                    pass
                 os.close(report_fd)
             if gone is not None:
                 try:

@@ -318,7 +318,7 @@ class Checker:
     def _drop_image(self, iid, repos):
         """A record that cannot work (a layer or its config gone): removed with its names,
         unless a container uses it (then the problem stays for the user to decide)."""
-        users = self.store.users_of(iid)
+        users = self.store.users_of(iid, wait=False)  # we hold the containers' lock
         if users:
             return None
 
