@@ -150,6 +150,37 @@ def test_engine_run_killed_around_taking_its_name(fault_env):
     assert not failures, "\n".join(failures)
 
 
+def test_image_import_killed_before_its_tag_leaves_no_image(fault_env):
+    """Regression (`make faults`, image-import, every call): SIGKILL between
+    the image's record and the repositories.json rename that names it left a
+    whole image nobody asked for, <none>:<none>, holding the layer (every
+    later import of the tarball then reused that layer).  The record now
+    carries a pending mark until its change commits: `system check` names
+    it, and the next image change takes it back with its layer and blobs."""
+    def images():
+        return set(fault_env.sh("image", "ls", "-aq", "--no-trunc").stdout.split())
+
+    sc = faults.SCENARIOS["image-import"]
+    points = faults.trace_points(fault_env, sc)  # warmed: the occurrences of the run below
+    occ = [o for n, o, line in points if n == "rename" and "/repositories.json\"" in line]
+    assert len(occ) == 1, occ
+    before = images()
+    p = fault_env.call([faults.STRACE, "-qq", "-o", "/dev/null", f"--inject=rename:signal=KILL:when={occ[0]}",
+                        *fault_env.argv("image", "import", fault_env.tar, "killed:1")])
+    assert p.returncode == -9, (p.returncode, p.stderr)
+    chk = fault_env.sh("system", "check", check=False)
+    assert chk.returncode != 0 and "image-uncommitted" in chk.stdout + chk.stderr, chk.stdout + chk.stderr
+    fault_env.sh("image", "import", fault_env.tar, "again:1")  # the next image change
+    try:
+        assert len(images() - before) == 1, fault_env.sh("image", "ls", "-a").stdout
+        assert fault_env.sh("system", "check", check=False).returncode == 0
+    finally:
+        fault_env.sh("image", "rm", "again:1")
+    assert images() == before
+    assert not [n for n in os.listdir(os.path.join(fault_env.storage, "images", "db")) if n.endswith(".pending")]
+    assert fault_env.sh("system", "check", check=False).returncode == 0
+
+
 def test_engine_run_rm_killed_while_it_waits_for_the_exit_code(fault_env):
     """Regression (`make faults`, container-run, calls after the CLI read
     "ok"): the CLI of a `run --rm` SIGKILLed while it waited for the exit

@@ -156,6 +156,7 @@ class ContentStore:
         cleanup = getattr(self.driver, "cleanup_temp", None)
         if cleanup:
             cleanup()
+        self._recover_pending()
 
     def repos(self):
         try:
@@ -181,11 +182,46 @@ class ContentStore:
             return []
 
     def add_record(self, txn, image_id, rec):
-        """Write image `image_id`'s record unless it has one; undone with `txn`."""
+        """Write image `image_id`'s record unless it has one; undone with `txn`.
+
+        A `<id>.pending` mark goes first and stays until the change commits
+        (`transaction`): a change killed between the record and its names
+        left a whole image nobody asked for, untagged, holding its layers
+        (`make faults`, image-import), and `_recover` now takes it back."""
         path = self._p("db", hex_digest(image_id) + ".json")
         if not os.path.exists(path):
+            os.close(os.open(path[:-5] + ".pending", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             txn.records.append(path)
             atomic_write(path, json_bytes(rec), 0o600)
+
+    @staticmethod
+    def _commit(txn):
+        for path in txn.records:
+            try:
+                os.unlink(path[:-5] + ".pending")
+            except FileNotFoundError:
+                pass
+
+    def _recover_pending(self):
+        """Image records of changes killed before they committed: a record
+        its change named (repositories.json lists it) had committed, and
+        only the mark goes; any other is removed, and with it the layers and
+        blobs no image uses any more (what that change added)."""
+        pending = [n for n in os.listdir(self._p("db")) if n.endswith(".pending")]
+        if not pending:
+            return
+        named = set(self.repos().values())
+        dropped = False
+        for n in pending:
+            if "sha256:" + n[:-8] not in named:
+                try:
+                    os.unlink(self._p("db", n[:-8] + ".json"))
+                    dropped = True
+                except FileNotFoundError:
+                    pass
+            os.unlink(self._p("db", n))
+        if dropped:
+            self.gc()
 
     def update_record(self, image_id, rec):
         atomic_write(self._p("db", hex_digest(image_id) + ".json"), json_bytes(rec), 0o600)
@@ -312,6 +348,7 @@ class ContentStore:
                 os.unlink(rec)
             except FileNotFoundError:
                 pass
+        self._commit(txn)  # the marks: nothing pending is left
         if self.repos() != txn.repos:
             self.save_repos(txn.repos)
         for lid in reversed(txn.layers):
@@ -336,7 +373,9 @@ class ContentStore:
         with self._locked():
             txn = Txn(self.repos())
             try:
-                return fn(txn, *args)
+                out = fn(txn, *args)
+                self._commit(txn)
+                return out
             except BaseException as e:
                 self.rollback(txn)
                 if isinstance(e, OSError):

@@ -219,6 +219,16 @@ class Checker:
 
         keep_layers, keep_blobs, images = set(), set(), set()
         db = self._ip("db")
+        named = set(repos.values()) if isinstance(repos, dict) else set()
+        pending = set()
+        for n in sorted(os.listdir(db)) if os.path.isdir(db) else ():
+            if n.endswith(".pending"):  # under the lock: its change was killed before it committed
+                p = os.path.join(db, n)
+                if "sha256:" + n[:-8] in named or not os.path.exists(p[:-8] + ".json"):
+                    self.add("image-mark", p, "the mark of a change killed after it committed, or "
+                             "before it wrote the record", _unlink(p))
+                else:
+                    pending.add(n[:-8])
         for n in sorted(os.listdir(db)) if os.path.isdir(db) else ():
             p = os.path.join(db, n)
             if n.startswith("."):
@@ -227,6 +237,12 @@ class Checker:
             if not (n.endswith(".json") and _is_hex64(n[:-5])):
                 continue
             iid = "sha256:" + n[:-5]
+            if n[:-5] in pending:
+                # The record and its mark go; its layers and blobs, then unused, below.
+                record, mark = _unlink(p), _unlink(p[:-5] + ".pending")
+                self.add("image-uncommitted", iid, "an image a killed change made and never named",
+                         lambda record=record, mark=mark: (record(), mark()))
+                continue
             try:
                 rec = _read_json(p)
                 layers = rec["layers"]
